@@ -1,0 +1,112 @@
+"""Measured model statistics: parameters, multiply-accumulates and weight sparsity.
+
+MACs are counted by running one forward pass with hooks on every Conv/Linear layer and reading the real
+output shapes, so they hold for any architecture, including ones whose shapes were changed by passes.
+Sparsity is counted from the weights themselves (zeros ÷ weights), never estimated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+PRUNABLE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+def prunable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The Conv/Linear layers whose weights methods may prune, in module order."""
+    return [(name, module) for name, module in model.named_modules() if isinstance(module, PRUNABLE_TYPES)]
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of parameters (trainable or not) of the model."""
+    return sum(p.numel() for p in model.parameters())
+
+
+@dataclass
+class LayerMacs:
+    """MACs of one layer for one input sample: all of them, and those whose weight is non-zero."""
+
+    macs: int
+    macs_nonzero: int
+
+
+def _effective_weight(module: nn.Module) -> torch.Tensor:
+    # A layer under a pruning mask exposes its masked weight as `.weight`, so this reads what it computes with.
+    return module.weight.detach()
+
+
+def count_layer_macs(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, LayerMacs]:
+    """Per-layer multiply-accumulates of Conv/Linear layers for one sample of `input_shape` (C, H, W)."""
+    results: dict[str, LayerMacs] = {}
+    handles = []
+
+    def hook_for(name: str):
+        def hook(module: nn.Module, inputs, output):
+            weight = _effective_weight(module)
+            # Every weight is used once per output position: each spatial location of a conv output, each row
+            # of a linear output (one per sample, or one per token for sequence inputs).
+            sample = output[0]
+            positions = sample.numel() // (sample.shape[-1] if isinstance(module, nn.Linear) else sample.shape[0])
+            results[name] = LayerMacs(positions * weight.numel(), positions * int(torch.count_nonzero(weight)))
+
+        return hook
+
+    for name, module in prunable_layers(model):
+        handles.append(module.register_forward_hook(hook_for(name)))
+    was_training = model.training
+    model.eval()
+    try:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        with torch.no_grad():
+            model(torch.zeros((1, *input_shape), device=device))
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    return results
+
+
+def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """Total Conv/Linear multiply-accumulates for one sample of `input_shape`."""
+    return sum(layer.macs for layer in count_layer_macs(model, input_shape).values())
+
+
+@dataclass
+class LayerSparsity:
+    """Counted zeros of one prunable layer's weight."""
+
+    name: str
+    kind: str
+    shape: tuple[int, ...]
+    weights: int
+    zeros: int
+
+    @property
+    def sparsity(self) -> float:
+        return self.zeros / self.weights if self.weights else 0.0
+
+
+def layer_sparsity(model: nn.Module) -> list[LayerSparsity]:
+    """Counted sparsity of every prunable layer's (masked) weight."""
+    rows = []
+    for name, module in prunable_layers(model):
+        weight = _effective_weight(module)
+        rows.append(
+            LayerSparsity(
+                name=name,
+                kind=type(module).__name__,
+                shape=tuple(weight.shape),
+                weights=weight.numel(),
+                zeros=int(weight.numel() - torch.count_nonzero(weight)),
+            )
+        )
+    return rows
+
+
+def global_sparsity(rows: list[LayerSparsity]) -> float:
+    """Zero weights ÷ weights over the given layers."""
+    weights = sum(r.weights for r in rows)
+    return sum(r.zeros for r in rows) / weights if weights else 0.0
