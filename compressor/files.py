@@ -7,11 +7,14 @@ renamed over the destination, so an interrupted or failed run never leaves a hal
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable
 
 import torch
+
+from compressor.errors import CompressorError
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
@@ -23,11 +26,19 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     tmp = Path(tmp_name)
     try:
         write(tmp)
+        # mkstemp creates owner-only files; give the result the permissions a plain open() would have.
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -43,3 +54,45 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 def atomic_torch_save(obj: object, path: str | os.PathLike) -> Path:
     """`torch.save` to `path` atomically."""
     return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def check_writable_destination(path: str | os.PathLike, force: bool, what: str = "output") -> Path:
+    """Refuse, before any work starts, a destination that exists (without `force`) or cannot be written."""
+    path = Path(path)
+    if path.exists() and not force:
+        raise CompressorError(f"{what} {path} already exists; pass --force to replace it")
+    ancestor = path.parent.resolve()
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+        raise CompressorError(f"cannot write {what} {path}: {ancestor} is not a writable folder")
+    return path
+
+
+class StagedFolder:
+    """An output folder that appears complete or not at all.
+
+    Files are written into a hidden sibling `.NAME.partial`, which also holds the resume state of an
+    interrupted run; `commit()` swaps it into place (replacing an old folder only when `force` allowed it).
+    """
+
+    def __init__(self, destination: str | os.PathLike, force: bool = False, resume: bool = False):
+        self.destination = check_writable_destination(destination, force, "output folder")
+        if self.destination.exists() and not self.destination.is_dir():
+            raise CompressorError(f"output {self.destination} exists and is not a folder")
+        self.staging = self.destination.parent / f".{self.destination.name}.partial"
+        if self.staging.exists() and not resume:
+            shutil.rmtree(self.staging)
+        self.staging.mkdir(parents=True, exist_ok=True)
+
+    def commit(self) -> Path:
+        retired = self.destination.parent / f".{self.destination.name}.old"
+        if self.destination.exists():
+            os.replace(self.destination, retired)
+        os.replace(self.staging, self.destination)
+        if retired.exists():
+            shutil.rmtree(retired)
+        return self.destination
+
+    def discard(self) -> None:
+        shutil.rmtree(self.staging, ignore_errors=True)

@@ -1,0 +1,294 @@
+"""The Python API: everything the `compress` command does, callable from Python.
+
+`train_model` trains a dense zoo model and writes a checkpoint; `compress` runs the whole pipeline (load →
+method → torch passes → ONNX passes → verification → latency → report) and writes the output folder;
+`export_onnx` and `benchmark` are its export and timing stages on their own. The CLI is a thin layer over
+these functions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import onnx
+import torch
+import torch.nn as nn
+from torch.nn.utils import prune
+
+import compressor
+from compressor.counting import count_layer_macs, count_params, global_sparsity, layer_sparsity, prunable_layers
+from compressor.data import DataBundle, load_data
+from compressor.errors import CompressorError
+from compressor.files import StagedFolder, atomic_write_bytes, check_writable_destination
+from compressor.loading import load_model, save_checkpoint
+from compressor.methods import create_method
+from compressor.models import create_model
+from compressor.report import (CompressedStats, DenseStats, LatencyStats, LayerStats, OnnxStats, PassStats, Report,
+                               write_report)
+from compressor.training import TrainConfig, TrainResult, evaluate, train
+from compressor.verify import VerificationError, verify_onnx
+from passes.analysis import two_four_eligibility
+from passes.bake_masks import BakeMasksPass
+from passes.base import Pipeline, PipelineResult
+from passes.check_onnx_sparsity import CheckOnnxSparsityPass, read_onnx_sparsity
+from passes.clean_onnx import CleanOnnxPass
+from passes.emit_onnx import DEFAULT_OPSET, EmitOnnxPass
+from passes.enforce_two_four import EnforceTwoFourPass
+from passes.fold_batchnorm import FoldBatchNormPass
+from passes.write_onnx_metadata import WriteOnnxMetadataPass
+from runtime.bench import BenchResult
+from runtime.bench import benchmark as run_benchmark
+from runtime.ort_backend import OrtBackend
+
+logger = logging.getLogger(__name__)
+
+VERIFY_BATCH = 64
+
+
+def parse_target(value: str | float) -> float:
+    """'85%' or '0.85' (or 0.85) → 0.85; anything outside (0, 1) is an error."""
+    text = str(value).strip()
+    try:
+        target = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise CompressorError(f"--target must look like 85% or 0.85, not {value!r}") from None
+    if not 0 < target < 1:
+        raise CompressorError(f"--target must lie strictly between 0% and 100%, got {value!r}")
+    return target
+
+
+@dataclass
+class TrainOutcome:
+    """A trained dense model, its training history and where its checkpoint was written."""
+
+    model: nn.Module
+    result: TrainResult
+    path: Path | None
+
+
+def train_model(arch: str, out: str | os.PathLike | None = None, data: str = "digits", epochs: int = 10,
+                seed: int = 0, lr: float = 0.05, batch_size: int = 64, in_channels: int | None = None,
+                num_classes: int = 10, force: bool = False, resume: bool = False, progress: bool = True) -> TrainOutcome:
+    """Train a dense zoo model on `data` and (if `out` is given) write its checkpoint atomically."""
+    destination = check_writable_destination(out, force or resume, "checkpoint") if out is not None else None
+    model = create_model(arch, num_classes=num_classes, in_channels=in_channels)
+    bundle = load_data(data, model.input_shape, batch_size=batch_size, seed=seed, num_classes=model.num_classes)
+    state_path = destination.parent / f".{destination.name}.train-state" if destination is not None else None
+    config = TrainConfig(epochs=epochs, lr=lr, seed=seed)
+    result = train(model, bundle.train, bundle.test, config, state_path=state_path, resume=resume,
+                   progress=progress, description=f"train {arch}")
+    if destination is not None:
+        save_checkpoint(model, destination, extra={
+            "training": {"data": bundle.name, "epochs": epochs, "seed": seed, "lr": lr,
+                         "test_accuracy": result.test_accuracy}})
+    return TrainOutcome(model.eval(), result, destination)
+
+
+def export_onnx(model: nn.Module, path: str | os.PathLike | None = None, input_shape: Sequence[int] | None = None,
+                opset: int = DEFAULT_OPSET, facts: dict[str, Any] | None = None,
+                expect_two_four: Sequence[str] = ()) -> PipelineResult:
+    """Fold BatchNorm, emit ONNX, clean it, write `facts` as metadata and read its sparsity back.
+
+    Masks must already be baked. The returned pipeline result holds the ONNX model and every pass's notes;
+    the file is written (atomically) only when `path` is given.
+    """
+    shape = tuple(input_shape or model.input_shape)
+    passes = [FoldBatchNormPass(), EmitOnnxPass(shape, opset), CleanOnnxPass()]
+    if facts:
+        passes.append(WriteOnnxMetadataPass(facts))
+    passes.append(CheckOnnxSparsityPass(expect_two_four))
+    result = Pipeline(passes).run(model)
+    if path is not None:
+        atomic_write_bytes(path, result.model.SerializeToString())
+    return result
+
+
+def benchmark(model: str | os.PathLike | bytes | onnx.ModelProto, batch_sizes: Sequence[int] = (1,),
+              threads: int | None = None, runs: int = 50, warmup: int = 10,
+              providers: Sequence[str] | None = None) -> list[BenchResult]:
+    """Latency of an ONNX model on onnxruntime: median/p90 over `runs` timed runs per batch size."""
+    backend = OrtBackend(model, providers=providers, threads=threads)
+    return run_benchmark(backend, batch_sizes=batch_sizes, threads=threads, warmup=warmup, runs=runs)
+
+
+def compress(model: str | os.PathLike | nn.Module, method: str = "magnitude", target: float | str | None = None, *,
+             pattern: str = "unstructured", data: str = "digits", epochs: int = 5, lr: float = 0.01,
+             batch_size: int = 64, out: str | os.PathLike = "compressed", force: bool = False, resume: bool = False,
+             arch: str | None = None, trust_model: bool = False, input_shape: Sequence[int] | None = None,
+             seed: int = 0, bench_batch: int = 1, threads: int | None = None, bench_runs: int = 50,
+             method_options: dict[str, Any] | None = None, progress: bool = True) -> Report:
+    """Compress `model` with `method` and write model.onnx, model.pt, report.json/.md and sparsity.png to `out`.
+
+    Every input is validated before any work starts; the output folder appears only when the run succeeded
+    (an interrupted run keeps its state in a hidden sibling folder and continues with `resume=True`).
+    """
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    target_value = parse_target(target) if target is not None else None
+    compression = create_method(method, target_value, pattern, **(method_options or {}))
+    folder = StagedFolder(out, force=force, resume=resume)
+    try:
+        report = _compress_into(folder.staging, model, compression, data, epochs, lr, batch_size, arch, trust_model,
+                                input_shape, seed, bench_batch, threads, bench_runs, progress, resume, timings)
+        timings["total"] = time.perf_counter() - started
+        report.seconds = timings
+        report.onnx.path = str(folder.destination / "model.onnx")
+        write_report(report, folder.staging)
+        folder.commit()
+    except KeyboardInterrupt:
+        logger.warning("interrupted; run again with --resume to continue from the last finished epoch")
+        raise
+    except BaseException:
+        folder.discard()
+        raise
+    return report
+
+
+@contextlib.contextmanager
+def _timed(timings: dict[str, float], stage: str):
+    logger.info("%s ...", stage)
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
+
+
+def _compress_into(staging: Path, source, compression, data_spec, epochs, lr, batch_size, arch, trust_model,
+                   input_shape, seed, bench_batch, threads, bench_runs, progress, resume, timings) -> Report:
+    with _timed(timings, "load"):
+        model = source if isinstance(source, nn.Module) else load_model(source, arch=arch, trust=trust_model,
+                                                                       input_shape=input_shape)
+        if input_shape is not None:
+            model.input_shape = tuple(input_shape)
+        if getattr(model, "input_shape", None) is None:
+            raise CompressorError("the model's input shape is unknown; give it with --input-shape C,H,W")
+        if isinstance(model, torch.jit.ScriptModule):
+            raise CompressorError("TorchScript archives can be loaded, exported and benchmarked, but methods "
+                                  "need the eager module: give a checkpoint, a state_dict with --arch, or a "
+                                  "pickled nn.Module with --trust-model")
+        shape = tuple(model.input_shape)
+        outputs = _output_classes(model, shape)
+        bundle = load_data(data_spec, shape, batch_size=batch_size, seed=seed, num_classes=outputs)
+        _check_data_fits(model, bundle)
+    with _timed(timings, "measure dense"):
+        dense = DenseStats(count_params(model), sum(l.macs for l in count_layer_macs(model, shape).values()),
+                           evaluate(model, bundle.test))
+        dense_onnx = export_onnx(model, input_shape=shape).model
+    with _timed(timings, "method"):
+        model = compression.prepare(model, bundle)
+        masked = {name for name, layer in prunable_layers(model) if prune.is_pruned(layer)}
+        result = train(model, bundle.train, bundle.test, TrainConfig(epochs=epochs, lr=lr, seed=seed),
+                       hooks=compression, state_path=staging / "train-state.pt", resume=resume,
+                       progress=progress, description=f"{compression.name} fine-tune")
+        model = compression.finalize(model)
+    with _timed(timings, "torch passes"):
+        torch_passes = [BakeMasksPass()] + ([EnforceTwoFourPass()] if compression.pattern == "2:4" else [])
+        compiled = Pipeline(torch_passes).run(model)
+        model = compiled.model.eval()
+        layers = _layer_stats(model, masked, compression.pattern)
+        two_four_names = [f"{row.name}.weight" for row in layers if row.pattern == "2:4"]
+    facts = {**compression.facts(), "tool_version": compressor.__version__,
+             "sparsity": global_sparsity(layer_sparsity(model)),
+             "layers": {row.name: round(row.sparsity, 6) for row in layers}}
+    with _timed(timings, "export"):
+        exported = export_onnx(model, staging / "model.onnx", shape, facts=facts, expect_two_four=two_four_names)
+    with _timed(timings, "verify"):
+        check = verify_onnx(model, exported.model, _real_batch(bundle))
+        onnx_rows = exported.notes("CheckOnnxSparsity")["layers"]
+        onnx_zeros = sum(row.zeros for row in onnx_rows)
+        torch_zeros = sum(row.zeros for row in layers)
+        if onnx_zeros != torch_zeros:
+            raise VerificationError(f"the ONNX holds {onnx_zeros} zero weights but the model {torch_zeros}")
+        compressed_accuracy = result.test_accuracy if epochs else evaluate(model, bundle.test)
+    with _timed(timings, "latency"):
+        dense_bench = benchmark(dense_onnx, (bench_batch,), threads, bench_runs)[0]
+        compressed_bench = benchmark(exported.model, (bench_batch,), threads, bench_runs)[0]
+    save_checkpoint(model, staging / "model.pt", extra={"compression": facts})
+    (staging / "train-state.pt").unlink(missing_ok=True)
+    macs = count_layer_macs(model, shape).values()
+    weights = sum(row.weights for row in layers)
+    return Report(
+        tool_version=compressor.__version__,
+        model=str(source) if not isinstance(source, nn.Module) else type(source).__name__,
+        arch=getattr(model, "arch", None),
+        input_shape=list(shape),
+        data=bundle.name,
+        method=compression.name,
+        target=compression.target,
+        pattern=compression.pattern,
+        epochs=epochs,
+        method_config=compression.facts()["config"],
+        dense=dense,
+        compressed=CompressedStats(
+            params=count_params(model),
+            params_nonzero=count_params(model) - torch_zeros,
+            macs=sum(m.macs for m in macs),
+            macs_nonzero=sum(m.macs_nonzero for m in macs),
+            sparsity=torch_zeros / weights if weights else 0.0,
+            accuracy=compressed_accuracy),
+        layers=layers,
+        onnx=OnnxStats(path="model.onnx", opset=exported.notes("EmitOnnx")["opset"], max_abs_diff=check.max_abs_diff,
+                       tolerance=check.tolerance, sparsity=onnx_zeros / sum(r.weights for r in onnx_rows),
+                       nodes=len(exported.model.graph.node)),
+        latency=LatencyStats(backend=compressed_bench.backend, batch=bench_batch, threads=compressed_bench.threads,
+                             dense_ms=dense_bench.median_ms, compressed_ms=compressed_bench.median_ms,
+                             dense_p90_ms=dense_bench.p90_ms, compressed_p90_ms=compressed_bench.p90_ms,
+                             runs=compressed_bench.runs),
+        passes=[PassStats(s.name, s.modified, round(s.seconds, 4)) for s in compiled.steps + exported.steps],
+    )
+
+
+def _output_classes(model: nn.Module, shape: tuple[int, ...]) -> int:
+    try:
+        with torch.no_grad():
+            output = model.eval()(torch.zeros((1, *shape)))
+    except Exception as error:  # a user model rejecting the declared shape raises whatever its layers raise
+        raise CompressorError(f"the model does not accept inputs of shape {'x'.join(map(str, shape))}: "
+                              f"{' '.join(str(error).split())[:200]}") from None
+    if output.dim() != 2:
+        raise CompressorError(f"the model outputs a tensor of shape {tuple(output.shape)}; a classifier's "
+                              "[batch, classes] output is expected")
+    return int(output.shape[1])
+
+
+def _check_data_fits(model: nn.Module, bundle: DataBundle) -> None:
+    images, _ = next(iter(bundle.test))
+    try:
+        with torch.no_grad():
+            model.eval()(images[:2])
+    except Exception as error:  # as above: the model's own layers decide what a misfit raises
+        raise CompressorError(f"data {bundle.name} does not fit the model: {' '.join(str(error).split())[:200]}") from None
+
+
+def _real_batch(bundle: DataBundle) -> torch.Tensor:
+    images = []
+    for batch, _ in bundle.test:
+        images.append(batch)
+        if sum(len(b) for b in images) >= VERIFY_BATCH:
+            break
+    return torch.cat(images)[:VERIFY_BATCH]
+
+
+def _layer_stats(model: nn.Module, masked: set[str], pattern: str) -> list[LayerStats]:
+    rows = []
+    layers = dict(prunable_layers(model))
+    for counted in layer_sparsity(model):
+        note = ""
+        if counted.name not in masked:
+            layout = "dense"
+            if pattern == "2:4":
+                note = two_four_eligibility(layers[counted.name]).reason
+            else:
+                note = "not pruned by the method"
+        else:
+            layout = pattern
+        rows.append(LayerStats(name=counted.name, kind=counted.kind, shape=list(counted.shape), weights=counted.weights,
+                               zeros=counted.zeros, sparsity=counted.sparsity, pattern=layout, note=note))
+    return rows

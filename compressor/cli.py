@@ -1,0 +1,202 @@
+"""The `compress` command: a thin layer over the Python API in `compressor.api`.
+
+`compress MODEL --method NAME --target T ...` compresses a model; the verbs `train`, `bench` and `zoo` train
+a dense zoo model, time an ONNX file, and list the zoo. A mistake in the input (a missing or untrusted file,
+a bad option, data that doesn't fit) is one line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Sequence
+
+from compressor.errors import CompressorError
+
+# The verbs import the API (and with it torch) only when they run, so `compress --help` and usage errors
+# answer at once.
+VERBS = ("train", "bench", "zoo")
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+COMPRESS_EXAMPLES = """\
+examples:
+  compress train lenet5 --epochs 10 -o lenet5.pt
+  compress lenet5.pt --method magnitude --target 85% --out lenet5-85
+  compress lenet5.pt --method magnitude --pattern 2:4 --out lenet5-24
+  compress weights.pth --arch resnet20 --method magnitude --target 0.9 --data cifar10:./cifar-10-batches-py
+  compress bench lenet5-85/model.onnx --batch 1,32 --threads 2
+  compress zoo
+
+other verbs: train (train a dense zoo model), bench (time an ONNX file), zoo (list architectures).
+Run `compress VERB --help` for their options.
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors as one line and exit code 2, like every other input error."""
+
+    def error(self, message: str):
+        raise _UsageError(f"{self.prog}: {message}")
+
+
+class _UsageError(Exception):
+    pass
+
+
+def _add_data_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", default="digits", metavar="SPEC",
+                        help="digits (default: scikit-learn's real handwritten digits), npz:PATH, cifar10:DIR, "
+                             "imagefolder:DIR or package.module:function; e.g. --data cifar10:./cifar-10-batches-py")
+    parser.add_argument("--seed", type=int, default=0, help="random seed for training and data order (default 0)")
+    parser.add_argument("--batch-size", type=int, default=64, help="training batch size (default 64)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted run from its last finished epoch")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _compress_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="compress", description="Compress a trained PyTorch model into a verified sparse ONNX "
+                     "model, with a report of what changed and measured latency.",
+                     epilog=COMPRESS_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", metavar="MODEL",
+                        help="checkpoint written by `compress train`, a state_dict (with --arch), a TorchScript "
+                             "archive, or a pickled nn.Module (with --trust-model); e.g. lenet5.pt")
+    parser.add_argument("--method", default="magnitude", help="compression method (default magnitude); e.g. --method magnitude")
+    parser.add_argument("--target", help="sparsity to reach, as 85%% or 0.85; e.g. --target 85%%")
+    parser.add_argument("--pattern", default="unstructured", choices=["unstructured", "2:4"],
+                        help="unstructured (default) or 2:4 (TensorRT's sparse layout); e.g. --pattern 2:4")
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                        help="a method hyper-parameter; e.g. --option scope=layer")
+    parser.add_argument("--epochs", type=int, default=5, help="fine-tuning epochs after pruning (default 5)")
+    parser.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate (default 0.01)")
+    parser.add_argument("--out", default="compressed", metavar="DIR",
+                        help="output folder (default ./compressed); e.g. --out lenet5-85")
+    parser.add_argument("--force", action="store_true", help="replace an existing output folder")
+    parser.add_argument("--arch", help="zoo architecture of a bare state_dict; e.g. --arch resnet20")
+    parser.add_argument("--trust-model", action="store_true",
+                        help="allow loading a pickled nn.Module (unpickling runs code from the file)")
+    parser.add_argument("--input-shape", metavar="C,H,W", help="input shape of a model outside the zoo; e.g. 3,32,32")
+    parser.add_argument("--bench-batch", type=int, default=1, help="batch size for the latency comparison (default 1)")
+    parser.add_argument("--threads", type=int, help="onnxruntime threads for the latency comparison")
+    _add_data_options(parser)
+    return parser
+
+
+def _train_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="compress train", description="Train a dense zoo model and write a checkpoint.",
+                     epilog="example:\n  compress train resnet20 --data digits --epochs 15 -o resnet20.pt",
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("arch", metavar="ARCH", help="zoo architecture (see `compress zoo`); e.g. lenet5")
+    parser.add_argument("-o", "--out", required=True, metavar="PATH", help="checkpoint to write; e.g. -o lenet5.pt")
+    parser.add_argument("--epochs", type=int, default=10, help="training epochs (default 10)")
+    parser.add_argument("--lr", type=float, default=0.05, help="peak learning rate (default 0.05)")
+    parser.add_argument("--in-channels", type=int, help="input channels, if not the architecture's own")
+    parser.add_argument("--force", action="store_true", help="replace an existing checkpoint")
+    _add_data_options(parser)
+    return parser
+
+
+def _bench_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="compress bench", description="Time an ONNX model on onnxruntime (median and p90).",
+                     epilog="example:\n  compress bench out/model.onnx --batch 1,32 --threads 2",
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("onnx", metavar="MODEL.onnx", help="the ONNX file to time")
+    parser.add_argument("--batch", default="1", help="comma-separated batch sizes (default 1); e.g. --batch 1,32")
+    parser.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: onnxruntime's choice)")
+    parser.add_argument("--runs", type=int, default=50, help="timed runs per batch size (default 50, at least 50)")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed warm-up runs (default 10)")
+    return parser
+
+
+def _zoo_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="compress zoo", description="List the zoo's architectures with their size.",
+                     epilog="example:\n  compress zoo 'resnet*'", formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("pattern", nargs="?", default="*", help="shell-style name filter (default *)")
+    return parser
+
+
+def _parse_options(items: Sequence[str]) -> dict[str, str]:
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CompressorError(f"--option takes KEY=VALUE, not {item!r}")
+        options[key] = value
+    return options
+
+
+def _run_compress(args: argparse.Namespace) -> None:
+    from compressor.api import compress
+    from compressor.loading import parse_input_shape
+    from compressor.methods.base import typed_options
+    from compressor.report import summary_text
+
+    report = compress(
+        args.model, args.method, args.target, pattern=args.pattern, data=args.data, epochs=args.epochs, lr=args.lr,
+        batch_size=args.batch_size, out=args.out, force=args.force, resume=args.resume, arch=args.arch,
+        trust_model=args.trust_model, input_shape=parse_input_shape(args.input_shape) if args.input_shape else None,
+        seed=args.seed, bench_batch=args.bench_batch, threads=args.threads,
+        method_options=typed_options(args.method, _parse_options(args.option)), progress=not args.no_progress)
+    print(summary_text(report))
+    print(f"\nwrote {args.out}/: model.onnx, model.pt, report.json, report.md, sparsity.png "
+          f"(ONNX vs torch max |diff| {report.onnx.max_abs_diff:.2g})")
+
+
+def _run_train(args: argparse.Namespace) -> None:
+    from compressor.api import train_model
+
+    outcome = train_model(args.arch, args.out, data=args.data, epochs=args.epochs, seed=args.seed, lr=args.lr,
+                          batch_size=args.batch_size, in_channels=args.in_channels, force=args.force,
+                          resume=args.resume, progress=not args.no_progress)
+    print(f"{args.arch}: test accuracy {outcome.result.test_accuracy:.2%} after {args.epochs} epochs; "
+          f"wrote {outcome.path}")
+
+
+def _run_bench(args: argparse.Namespace) -> None:
+    from compressor.api import benchmark
+    from runtime.bench import format_table, parse_batch_sizes
+
+    if args.runs < 50:
+        raise CompressorError(f"--runs must be at least 50 for a stable median and p90, got {args.runs}")
+    results = benchmark(args.onnx, parse_batch_sizes(args.batch), threads=args.threads, runs=args.runs,
+                        warmup=args.warmup)
+    print(format_table(results, title=args.onnx))
+
+
+def _run_zoo(args: argparse.Namespace) -> None:
+    from compressor.models import describe_models
+    from compressor.report import format_table
+
+    rows = [[s.name, "x".join(map(str, s.input_shape)), f"{s.params:,}", f"{s.macs:,}"]
+            for s in describe_models(args.pattern)]
+    print(format_table(["name", "input", "params", "MACs"], rows))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    for noisy in ("onnxscript", "onnx_ir", "onnx_graphsurgeon", "passes"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # torch's ONNX exporter warns about optional torchvision operators it cannot register; no exported model
+    # here uses them, so the warnings say nothing about the user's model.
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    verb = argv[0] if argv and argv[0] in VERBS else None
+    parsers = {"train": (_train_parser, _run_train), "bench": (_bench_parser, _run_bench),
+               "zoo": (_zoo_parser, _run_zoo), None: (_compress_parser, _run_compress)}
+    make_parser, run = parsers[verb]
+    try:
+        args = make_parser().parse_args(argv[1:] if verb else argv)
+        run(args)
+    except (CompressorError, _UsageError) as error:
+        print(f"compress: error: {error}" if isinstance(error, CompressorError) else str(error), file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("compress: interrupted; run the same command with --resume to continue", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

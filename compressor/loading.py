@@ -1,0 +1,193 @@
+"""Reading and writing models: our checkpoints, bare state_dicts, TorchScript archives and trusted pickles.
+
+Loading never runs code from a file unless the user says they trust it: checkpoints and state_dicts are read
+with `torch.load(weights_only=True)`, TorchScript with `torch.jit.load` (its own restricted format), and a
+whole pickled `nn.Module` only with `trust=True`, because unpickling executes whatever the file contains.
+Every loaded model carries `input_shape` (C, H, W); zoo models also carry `arch` and `num_classes`.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from compressor.counting import prunable_layers
+from compressor.errors import CompressorError
+from compressor.files import atomic_torch_save
+from compressor.models import create_model, list_models
+
+CHECKPOINT_FORMAT = "compressor.checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+def parse_input_shape(text: str) -> tuple[int, int, int]:
+    """'3,32,32' → (3, 32, 32)."""
+    try:
+        shape = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1:
+        raise CompressorError(f"--input-shape must be three positive integers C,H,W (e.g. 3,32,32), not {text!r}")
+    return shape
+
+
+def save_checkpoint(model: nn.Module, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
+    """Write `model` so that `load_model` rebuilds it without trusting code.
+
+    Zoo models are stored as (arch, num_classes, input shape, state_dict, extra facts). A model from outside the
+    zoo (loaded from a trusted pickle) has no architecture to rebuild from, so it is stored as a pickled module
+    again and reading it back needs the same trust it needed the first time.
+    """
+    if getattr(model, "arch", None) is None:
+        return atomic_torch_save(model, path)
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "arch": model.arch,
+        "num_classes": model.num_classes,
+        "input_shape": list(model.input_shape),
+        "state_dict": model.state_dict(),
+        "extra": extra or {},
+    }
+    return atomic_torch_save(payload, path)
+
+
+def read_checkpoint_extra(path: str | os.PathLike) -> dict[str, Any]:
+    """The `extra` facts stored in one of our checkpoints (empty for any other file)."""
+    payload = _load_weights_only(Path(path))
+    return payload.get("extra", {}) if _is_our_checkpoint(payload) else {}
+
+
+def load_model(path: str | os.PathLike, arch: str | None = None, trust: bool = False,
+               input_shape: tuple[int, int, int] | None = None) -> nn.Module:
+    """Load a model file in any supported form; see the module docstring. The result is in eval mode."""
+    path = Path(path)
+    if not path.is_file():
+        raise CompressorError(f"model file not found: {path}")
+    if _is_torchscript(path):
+        model = _load_torchscript(path)
+    else:
+        try:
+            payload = _load_weights_only(path)
+        except pickle.UnpicklingError as error:
+            if "Weights only load failed" not in str(error):
+                raise CompressorError(f"{path} is not a readable PyTorch file ({_first_line(error)})") from None
+            model = _load_trusted_pickle(path, trust)
+        else:
+            model = _from_payload(payload, path, arch)
+    if input_shape is not None:
+        model.input_shape = tuple(input_shape)
+    if getattr(model, "input_shape", None) is None:
+        raise CompressorError(f"{path}: the model's input shape is unknown; give it with --input-shape C,H,W")
+    return model.eval()
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+def _is_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("constants.pkl") for name in archive.namelist())
+
+
+def _load_torchscript(path: Path) -> nn.Module:
+    try:
+        return torch.jit.load(str(path), map_location="cpu")
+    except Exception as error:  # torch.jit raises several unrelated types for a damaged archive
+        raise CompressorError(f"{path} is a damaged TorchScript archive ({_first_line(error)})") from None
+
+
+def _load_weights_only(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise
+    except Exception as error:  # a corrupt file surfaces as whatever the zip/pickle readers hit first
+        raise CompressorError(f"{path} is not a readable PyTorch file ({_first_line(error)})") from None
+
+
+def _load_trusted_pickle(path: Path, trust: bool) -> nn.Module:
+    if not trust:
+        raise CompressorError(
+            f"{path} is a pickled Python object and loading it would run code from the file; "
+            "pass --trust-model only if you trust where it came from")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # arbitrary code ran inside; report whatever it raised, in one line
+        raise CompressorError(f"{path}: unpickling failed ({_first_line(error)})") from None
+    if not isinstance(obj, nn.Module):
+        raise CompressorError(f"{path} holds a {type(obj).__name__}, not a torch.nn.Module")
+    return obj
+
+
+def _is_our_checkpoint(payload: Any) -> bool:
+    return isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT
+
+
+def _from_payload(payload: Any, path: Path, arch: str | None) -> nn.Module:
+    if _is_our_checkpoint(payload):
+        if payload.get("version") != CHECKPOINT_VERSION:
+            raise CompressorError(f"{path} is a checkpoint of format version {payload.get('version')}, "
+                                  f"this tool reads version {CHECKPOINT_VERSION}")
+        if arch is not None and arch != payload["arch"]:
+            raise CompressorError(f"{path} is a {payload['arch']} checkpoint, not {arch}")
+        model = create_model(payload["arch"], num_classes=payload["num_classes"], in_channels=payload["input_shape"][0])
+        _load_state(model, payload["state_dict"], path, payload["arch"])
+        return model
+    state_dict = _find_state_dict(payload)
+    if state_dict is None:
+        raise CompressorError(f"{path} holds no model: expected a compressor checkpoint, a state_dict, "
+                              "a TorchScript archive or (with --trust-model) a pickled nn.Module")
+    if arch is None:
+        raise CompressorError(f"{path} is a bare state_dict; name its architecture with --arch "
+                              f"(one of: {', '.join(list_models())})")
+    model = _zoo_model_fitting(arch, state_dict)
+    _load_state(model, state_dict, path, arch)
+    return model
+
+
+def _find_state_dict(payload: Any) -> dict[str, torch.Tensor] | None:
+    """A state_dict itself, or one nested under the keys training scripts commonly use."""
+    if isinstance(payload, dict) and payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
+        return payload
+    if isinstance(payload, dict):
+        for key in ("state_dict", "model_state_dict", "model"):
+            nested = payload.get(key)
+            if isinstance(nested, dict) and nested and all(isinstance(v, torch.Tensor) for v in nested.values()):
+                return nested
+    return None
+
+
+def _zoo_model_fitting(arch: str, state_dict: dict[str, torch.Tensor]) -> nn.Module:
+    """Build `arch` with the class count and input channels that the state_dict's shapes imply."""
+    model = create_model(arch)
+    layers = prunable_layers(model)
+    first_name, first = layers[0]
+    last_name, _ = layers[-1]
+    num_classes = model.num_classes
+    in_channels = None
+    last_weight = state_dict.get(f"{last_name}.weight")
+    if last_weight is not None:
+        num_classes = last_weight.shape[0]
+    first_weight = state_dict.get(f"{first_name}.weight")
+    if first_weight is not None and not isinstance(first, nn.Linear):
+        in_channels = first_weight.shape[1]
+    return create_model(arch, num_classes=num_classes, in_channels=in_channels)
+
+
+def _load_state(model: nn.Module, state_dict: dict[str, torch.Tensor], path: Path, arch: str) -> None:
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as error:
+        detail = " ".join(str(error).split())
+        raise CompressorError(f"{path} does not fit architecture {arch}: {detail[:300]}") from None

@@ -1,0 +1,98 @@
+"""The one interface every compression method implements, and the registry that names them.
+
+A method decides *what* to remove and says so only through weight masks and gates (DESIGN.md); passes
+decide how the model becomes smaller. Its life cycle is `prepare` (attach masks/gates, possibly from data)
+→ training with the method's hooks (a `TrainingHooks` subclass: extra losses, optimizer groups, per-step
+work) → `finalize` (fix the decisions). Each method has a hyper-parameter dataclass whose defaults are its
+seed paper's, so the CLI and the Python API construct every method the same way and never special-case one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABCMeta, abstractmethod
+from typing import Any, ClassVar
+
+import torch.nn as nn
+
+from compressor.data import DataBundle
+from compressor.errors import CompressorError
+from compressor.training import TrainingHooks
+
+PATTERNS = ("unstructured", "2:4")
+
+
+class Method(TrainingHooks, metaclass=ABCMeta):
+    """Base class: a compression method with its own `Config` dataclass."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type]
+    patterns: ClassVar[tuple[str, ...]] = PATTERNS
+
+    def __init__(self, target: float | None, pattern: str = "unstructured", config: Any = None):
+        if pattern not in self.patterns:
+            raise CompressorError(f"method {self.name} supports patterns {', '.join(self.patterns)}, not {pattern!r}")
+        self.target = target
+        self.pattern = pattern
+        self.config = config if config is not None else self.Config()
+
+    @abstractmethod
+    def prepare(self, model: nn.Module, data: DataBundle) -> nn.Module:
+        """Attach the method's masks/gates to `model` (in place) and return it."""
+
+    def finalize(self, model: nn.Module) -> nn.Module:
+        """Fix the method's decisions after training; the default keeps the masks as they are."""
+        return model
+
+    def facts(self) -> dict[str, Any]:
+        """What the report and the ONNX metadata record about this method's run."""
+        return {"method": self.name, "target": self.target, "pattern": self.pattern,
+                "config": dataclasses.asdict(self.config)}
+
+
+_METHODS: dict[str, type[Method]] = {}
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    """Class decorator: make a method available by its `name`."""
+    _METHODS[cls.name] = cls
+    return cls
+
+
+def list_methods() -> list[str]:
+    """Names of the registered methods."""
+    return sorted(_METHODS)
+
+
+def create_method(name: str, target: float | None, pattern: str = "unstructured", **options: Any) -> Method:
+    """Build a registered method; `options` override fields of its Config dataclass."""
+    if name not in _METHODS:
+        raise CompressorError(f"unknown method {name!r}; known methods: {', '.join(list_methods())}")
+    cls = _METHODS[name]
+    fields = {f.name for f in dataclasses.fields(cls.Config)}
+    unknown = sorted(set(options) - fields)
+    if unknown:
+        raise CompressorError(f"method {name} has no option {', '.join(unknown)}; its options: {', '.join(sorted(fields))}")
+    return cls(target, pattern, cls.Config(**options))
+
+
+def typed_options(name: str, options: dict[str, str]) -> dict[str, Any]:
+    """Convert KEY=VALUE strings from the command line to the types of the method's Config fields."""
+    if name not in _METHODS or not options:
+        return dict(options)
+    defaults = {f.name: f.default for f in dataclasses.fields(_METHODS[name].Config)}
+    typed: dict[str, Any] = {}
+    for key, text in options.items():
+        default = defaults.get(key)
+        try:
+            if isinstance(default, bool):
+                if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(text)
+                typed[key] = text.lower() in ("true", "1", "yes")
+            elif isinstance(default, (int, float)):
+                typed[key] = type(default)(text)
+            else:
+                typed[key] = text
+        except ValueError:
+            raise CompressorError(f"option {key} of method {name} takes a {type(default).__name__}, not {text!r}") from None
+    return typed

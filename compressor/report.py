@@ -1,0 +1,232 @@
+"""The compression report: one dataclass tree, serialised to report.json and rendered to report.md and PNG.
+
+Every number here was measured in the run that wrote it: parameters and MACs by counting a forward pass,
+sparsity by counting zeros (in torch and again in the ONNX file), accuracy on the test split, latency by timed
+runs. A field that is a prediction says so in its name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from compressor.files import atomic_write, atomic_write_text
+
+
+@dataclass
+class DenseStats:
+    """The model before compression."""
+
+    params: int
+    macs: int
+    accuracy: float
+
+
+@dataclass
+class CompressedStats:
+    """The model after compression; `sparsity` is zero weights ÷ weights over the prunable layers."""
+
+    params: int
+    params_nonzero: int
+    macs: int
+    macs_nonzero: int
+    sparsity: float
+    accuracy: float
+
+
+@dataclass
+class LayerStats:
+    """One prunable layer's counted sparsity and the layout it ended in."""
+
+    name: str
+    kind: str
+    shape: list[int]
+    weights: int
+    zeros: int
+    sparsity: float
+    pattern: str
+    note: str = ""
+
+
+@dataclass
+class OnnxStats:
+    """The exported file: where it is, its opset, and its agreement with torch on real test data."""
+
+    path: str
+    opset: int
+    max_abs_diff: float
+    tolerance: float
+    sparsity: float
+    nodes: int
+
+
+@dataclass
+class LatencyStats:
+    """Dense and compressed ONNX timed with the same backend, batch and threads in the same run."""
+
+    backend: str
+    batch: int
+    threads: int | None
+    dense_ms: float
+    compressed_ms: float
+    dense_p90_ms: float
+    compressed_p90_ms: float
+    runs: int
+
+
+@dataclass
+class PassStats:
+    """One compiler pass as it ran."""
+
+    name: str
+    modified: bool
+    seconds: float
+
+
+@dataclass
+class Report:
+    """Everything a compression run did and measured."""
+
+    tool_version: str
+    model: str
+    arch: str | None
+    input_shape: list[int]
+    data: str
+    method: str
+    target: float
+    pattern: str
+    epochs: int
+    method_config: dict[str, Any]
+    dense: DenseStats
+    compressed: CompressedStats
+    layers: list[LayerStats]
+    onnx: OnnxStats
+    latency: LatencyStats
+    passes: list[PassStats] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Report":
+        nested = {"dense": DenseStats, "compressed": CompressedStats, "onnx": OnnxStats, "latency": LatencyStats}
+        values = dict(data)
+        for key, kind in nested.items():
+            values[key] = kind(**data[key])
+        values["layers"] = [LayerStats(**row) for row in data["layers"]]
+        values["passes"] = [PassStats(**row) for row in data.get("passes", [])]
+        return cls(**values)
+
+    def summary_rows(self) -> list[tuple[str, str, str]]:
+        """(quantity, dense, compressed) rows for the summary table."""
+        d, c, lat = self.dense, self.compressed, self.latency
+        return [
+            ("params (non-zero)", f"{d.params:,}", f"{c.params_nonzero:,}"),
+            ("MACs (non-zero weights)", f"{d.macs:,}", f"{c.macs_nonzero:,}"),
+            ("sparsity", "0.00%", f"{c.sparsity:.2%}"),
+            ("accuracy", f"{d.accuracy:.2%}", f"{c.accuracy:.2%}"),
+            (f"latency {lat.backend} b={lat.batch} (median)", f"{lat.dense_ms:.3f} ms", f"{lat.compressed_ms:.3f} ms"),
+        ]
+
+
+def format_table(header: list[str], rows: list[list[str]]) -> str:
+    """A plain-text table with aligned columns, for terminals."""
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
+    lines = ["  ".join(str(cell).ljust(w) for cell, w in zip(line, widths)) for line in [header, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def summary_text(report: Report) -> str:
+    """The terminal summary printed at the end of a run."""
+    return format_table(["", "dense", "compressed"], [list(row) for row in report.summary_rows()])
+
+
+def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def render_markdown(report: Report) -> str:
+    """report.md: summary, export check, latency, per-layer table and the passes that ran."""
+    r = report
+    parts = [
+        f"# Compression report: {r.arch or r.model}",
+        "",
+        f"Method **{r.method}**, target {r.target:.2%}, pattern {r.pattern}, {r.epochs} fine-tuning epochs "
+        f"on `{r.data}`; input {'x'.join(map(str, r.input_shape))}; compressor {r.tool_version}.",
+        "",
+        "## Summary",
+        "",
+        _markdown_table(["", "dense", "compressed"], [list(row) for row in r.summary_rows()]),
+        "",
+        "## ONNX",
+        "",
+        f"`{r.onnx.path}` (opset {r.onnx.opset}, {r.onnx.nodes} nodes). Sparsity read back from the file: "
+        f"{r.onnx.sparsity:.2%}. Max |onnxruntime − torch| on a real test batch: {r.onnx.max_abs_diff:.3g} "
+        f"(allowed {r.onnx.tolerance:.3g}).",
+        "",
+        "## Latency",
+        "",
+        _markdown_table(
+            ["backend", "batch", "threads", "dense median ms", "compressed median ms", "dense p90 ms",
+             "compressed p90 ms", "runs"],
+            [[r.latency.backend, r.latency.batch, r.latency.threads or "default", f"{r.latency.dense_ms:.3f}",
+              f"{r.latency.compressed_ms:.3f}", f"{r.latency.dense_p90_ms:.3f}", f"{r.latency.compressed_p90_ms:.3f}",
+              r.latency.runs]]),
+        "",
+        "## Layers",
+        "",
+        "![per-layer sparsity](sparsity.png)",
+        "",
+        _markdown_table(
+            ["layer", "kind", "shape", "weights", "zeros", "sparsity", "pattern", "note"],
+            [[f"`{row.name}`", row.kind, "x".join(map(str, row.shape)), f"{row.weights:,}", f"{row.zeros:,}",
+              f"{row.sparsity:.2%}", row.pattern, row.note] for row in r.layers]),
+        "",
+        "## Passes",
+        "",
+        _markdown_table(["pass", "modified", "seconds"],
+                        [[p.name, "yes" if p.modified else "no", f"{p.seconds:.2f}"] for p in r.passes]),
+        "",
+    ]
+    return "\n".join(parts)
+
+
+def plot_sparsity(report: Report, path: str | os.PathLike) -> Path:
+    """sparsity.png: one bar per prunable layer, the global sparsity as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [row.name for row in report.layers]
+    values = [100 * row.sparsity for row in report.layers]
+    colours = {"unstructured": "tab:blue", "2:4": "tab:green", "dense": "tab:gray"}
+    figure, axes = plt.subplots(figsize=(max(6.0, 0.32 * len(names) + 2), 4.2))
+    axes.bar(range(len(names)), values, color=[colours.get(row.pattern, "tab:blue") for row in report.layers])
+    axes.axhline(100 * report.compressed.sparsity, color="tab:red", linestyle="--",
+                 label=f"global {report.compressed.sparsity:.1%}")
+    axes.set_xticks(range(len(names)), names, rotation=75, ha="right", fontsize=7)
+    axes.set_ylim(0, 100)
+    axes.set_ylabel("sparsity (%)")
+    axes.set_title(f"{report.arch or report.model}: {report.method}, {report.pattern}")
+    axes.legend(loc="lower right")
+    figure.tight_layout()
+    written = atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=120))
+    plt.close(figure)
+    return written
+
+
+def write_report(report: Report, folder: str | os.PathLike) -> None:
+    """report.json, report.md and sparsity.png in `folder`."""
+    folder = Path(folder)
+    atomic_write_text(folder / "report.json", json.dumps(report.to_dict(), indent=2) + "\n")
+    atomic_write_text(folder / "report.md", render_markdown(report))
+    plot_sparsity(report, folder / "sparsity.png")

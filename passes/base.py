@@ -1,0 +1,119 @@
+"""The pass framework: what a compiler pass is, what it returns, and how passes compose.
+
+A pass is a small object with a `name` and `run(model) -> PassResult`. The model is an `nn.Module` for
+torch-level passes and an `onnx.ModelProto` for ONNX-level ones. A pass never mutates its input: it returns
+a new model and says honestly whether anything changed, so running it twice changes nothing the second
+time. A `Pipeline` runs passes in order and, when one fails, names it and the passes that ran before it.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Sequence
+
+import torch
+import torch.nn as nn
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PassResult:
+    """What a pass produced: the new model, whether it differs from the input, and facts for the report."""
+
+    model: Any
+    modified: bool
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+class PassError(RuntimeError):
+    """A pass failed inside a pipeline; the message names it and the passes that completed before it."""
+
+    def __init__(self, pass_name: str, completed: Sequence[str], cause: BaseException):
+        self.pass_name = pass_name
+        self.completed = list(completed)
+        self.cause = cause
+        before = ", ".join(self.completed) if self.completed else "none"
+        super().__init__(f"pass {pass_name} failed (after: {before}): {cause}")
+
+
+class Pass(ABC):
+    """One model transformation or analysis. Subclasses set `name` and implement `run`."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def run(self, model: Any) -> PassResult:
+        """Transform (a copy of) `model`; never mutate the argument."""
+
+    def __call__(self, model: Any) -> PassResult:
+        result = self.run(model)
+        if not isinstance(result, PassResult):
+            raise TypeError(f"pass {self.name} returned {type(result).__name__}, expected PassResult")
+        return result
+
+
+def copy_model(model: nn.Module) -> nn.Module:
+    """A deep copy of `model` that also works while weights are under masks.
+
+    A masked layer keeps its masked weight as a computed (non-leaf) tensor attribute, which `copy.deepcopy`
+    refuses; the copy receives a detached clone instead (the mask hook recomputes it on the next forward).
+    """
+    memo = {}
+    for module in model.modules():
+        for value in vars(module).values():
+            if isinstance(value, torch.Tensor) and value.grad_fn is not None:
+                memo[id(value)] = value.detach().clone()
+    return copy.deepcopy(model, memo)
+
+
+@dataclass
+class PipelineStep:
+    """One pass's outcome inside a pipeline run."""
+
+    name: str
+    modified: bool
+    seconds: float
+    notes: dict[str, Any]
+
+
+@dataclass
+class PipelineResult:
+    """The final model of a pipeline and each pass's outcome in order."""
+
+    model: Any
+    steps: list[PipelineStep]
+
+    def notes(self, pass_name: str) -> dict[str, Any]:
+        """The notes of the (last) step called `pass_name`."""
+        for step in reversed(self.steps):
+            if step.name == pass_name:
+                return step.notes
+        raise KeyError(pass_name)
+
+
+class Pipeline:
+    """Runs passes in order, feeding each the previous one's model."""
+
+    def __init__(self, passes: Sequence[Pass]):
+        self.passes = list(passes)
+
+    def run(self, model: Any) -> PipelineResult:
+        steps: list[PipelineStep] = []
+        for compiler_pass in self.passes:
+            start = time.perf_counter()
+            try:
+                result = compiler_pass(model)
+            except PassError:
+                raise
+            except Exception as error:
+                raise PassError(compiler_pass.name, [s.name for s in steps], error) from error
+            elapsed = time.perf_counter() - start
+            logger.info("pass %s: modified=%s (%.2fs)", compiler_pass.name, result.modified, elapsed)
+            steps.append(PipelineStep(compiler_pass.name, result.modified, elapsed, result.notes))
+            model = result.model
+        return PipelineResult(model, steps)

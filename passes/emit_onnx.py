@@ -1,0 +1,67 @@
+"""EmitOnnxPass: export an eval-mode torch model to ONNX with a dynamic batch axis.
+
+This is the bridge between the torch-level and the ONNX-level passes. It uses torch's own exporter
+(`torch.onnx.export(dynamo=True)`), names the graph's input and output, and keeps every weight as a dense
+initializer (zeros included): TensorRT's parser ignores sparse initializers, so 2:4 weights must be dense.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+
+import onnx
+import torch
+import torch.nn as nn
+
+from passes.base import Pass, PassResult, copy_model
+
+DEFAULT_OPSET = 18
+
+
+class EmitOnnxPass(Pass):
+    """nn.Module → onnx.ModelProto for inputs shaped (batch, *input_shape)."""
+
+    name = "EmitOnnx"
+
+    def __init__(self, input_shape: tuple[int, ...], opset: int = DEFAULT_OPSET,
+                 input_name: str = "input", output_name: str = "logits"):
+        if opset < 17:
+            raise ValueError(f"opset {opset} is below the supported minimum of 17")
+        self.input_shape = tuple(input_shape)
+        self.opset = opset
+        self.input_name = input_name
+        self.output_name = output_name
+
+    def run(self, model: nn.Module | onnx.ModelProto) -> PassResult:
+        if isinstance(model, onnx.ModelProto):
+            return PassResult(model, modified=False, notes={"opset": _opset(model)})
+        model = copy_model(model).eval()
+        example = torch.zeros((2, *self.input_shape))
+        # The exporter narrates its stages on stdout and warns about internals that are not the user's
+        # concern; the CLI owns the terminal, so both are kept out of it.
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                model,
+                (example,),
+                dynamo=True,
+                opset_version=self.opset,
+                input_names=[self.input_name],
+                output_names=[self.output_name],
+                dynamic_shapes=({0: torch.export.Dim("batch")},),
+                external_data=False,
+            )
+        proto = program.model_proto
+        onnx.checker.check_model(proto)
+        return PassResult(proto, modified=True, notes={"opset": _opset(proto)})
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def emit_onnx(model: nn.Module, input_shape: tuple[int, ...], opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
+    """Functional form of `EmitOnnxPass`."""
+    return EmitOnnxPass(input_shape, opset).run(model).model

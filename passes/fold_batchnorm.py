@@ -1,0 +1,42 @@
+"""FoldBatchNormPass: fold each BatchNorm into the Conv/Linear that feeds it.
+
+In eval mode a BatchNorm that directly follows a Conv/Linear is an affine map per output channel, so it can
+be merged into that layer's weight and bias, which removes a layer from the exported graph. Zeros in the
+weight stay zeros (each output row is only scaled), so sparsity survives folding. BatchNorms that follow an
+activation or a concatenation (pre-activation designs) cannot be folded and are left alone.
+"""
+
+from __future__ import annotations
+
+import torch.nn as nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
+
+from passes.analysis import linear_bn_pairs
+from passes.base import Pass, PassResult, copy_model
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
+
+
+class FoldBatchNormPass(Pass):
+    """Merge BatchNorm into the preceding Conv/Linear; the BatchNorm becomes an Identity."""
+
+    name = "FoldBatchNorm"
+
+    def run(self, model: nn.Module) -> PassResult:
+        model = copy_model(model).eval()
+        pairs = linear_bn_pairs(model)
+        for layer_name, bn_name in pairs:
+            layer = model.get_submodule(layer_name)
+            bn = model.get_submodule(bn_name)
+            fuse = fuse_linear_bn_eval if isinstance(layer, nn.Linear) else fuse_conv_bn_eval
+            _set_submodule(model, layer_name, fuse(layer, bn))
+            _set_submodule(model, bn_name, nn.Identity())
+        return PassResult(model, modified=bool(pairs), notes={"folded": [bn for _, bn in pairs]})
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """Functional form of `FoldBatchNormPass`."""
+    return FoldBatchNormPass().run(model).model
