@@ -9,7 +9,9 @@ Every loaded model carries `input_shape` (C, H, W); zoo models also carry `arch`
 from __future__ import annotations
 
 import os
+import io
 import pickle
+import pickletools
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -76,7 +78,7 @@ def load_model(path: str | os.PathLike, arch: str | None = None, trust: bool = F
         try:
             payload = _load_weights_only(path)
         except pickle.UnpicklingError as error:
-            if "Weights only load failed" not in str(error):
+            if not _pickle_imports_code(path):
                 raise CompressorError(f"{path} is not a readable PyTorch file ({_first_line(error)})") from None
             model = _load_trusted_pickle(path, trust)
         else:
@@ -98,6 +100,34 @@ def _is_torchscript(path: Path) -> bool:
         return False
     with zipfile.ZipFile(path) as archive:
         return any(name.endswith("constants.pkl") for name in archive.namelist())
+
+
+# Opcodes with which a pickle names Python callables to import and call: what makes unpickling run code.
+_CODE_OPCODES = {"GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "REDUCE", "NEWOBJ", "NEWOBJ_EX"}
+
+
+def _pickle_imports_code(path: Path) -> bool:
+    """Whether the file is a well-formed pickle that imports callables (rather than damaged bytes).
+
+    torch reports both cases with the same error, but only the first one deserves the --trust-model hint.
+    `pickletools.genops` parses opcodes without executing any of them.
+    """
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            names = [name for name in archive.namelist() if name.endswith("data.pkl")]
+            streams = [archive.read(name) for name in names]
+    else:
+        streams = [path.read_bytes()]
+    try:
+        for data in streams:
+            stream = io.BytesIO(data)
+            # The legacy torch.save format is several pickles back to back: scan all of them.
+            while stream.tell() < len(data):
+                if any(op.name in _CODE_OPCODES for op, _, _ in pickletools.genops(stream)):
+                    return True
+    except Exception:  # pickletools raises ValueError or several others on bytes that are no pickle
+        return False
+    return False
 
 
 def _load_torchscript(path: Path) -> nn.Module:

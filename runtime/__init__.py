@@ -1,0 +1,11 @@
+"""Runtime: execute exported models and measure them.
+
+Backends run an exported ONNX model behind one small interface (`run(batch) -> output`, `name`,
+`input_shape`) so verification and latency benchmarks treat onnxruntime, TensorRT and torch alike;
+`bench` times any such backend and renders the results as plain-text tables.
+"""
+
+from runtime.bench import BenchResult, benchmark, compare, format_table, parse_batch_sizes
+from runtime.ort_backend import OrtBackend
+
+__all__ = ["BenchResult", "OrtBackend", "benchmark", "compare", "format_table", "parse_batch_sizes"]

@@ -1,0 +1,368 @@
+"""The one training loop, shared by dense training and by compression methods that fine-tune.
+
+`train` runs SGD with Nesterov momentum and a cosine learning-rate schedule on a classification model and
+evaluates test accuracy after every epoch. Compression methods do not get their own loops: they plug into
+this one through `TrainingHooks` (extra optimizer groups, an extra loss term, work after each step or
+epoch, state to keep across a resume). Given a `state_path`, the loop saves everything it needs after every
+epoch, so an interrupted run resumed with `resume=True` ends with exactly the weights an uninterrupted run
+with the same seed would have produced.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from compressor.errors import CompressorError
+from compressor.files import atomic_torch_save
+
+logger = logging.getLogger(__name__)
+
+# Bumped when the layout of the resume state changes, so an old file is refused instead of misread.
+_STATE_FORMAT = 1
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings; every field is part of the fingerprint that a resumed run must match."""
+
+    epochs: int = 10
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = True
+    seed: int = 0
+    label_smoothing: float = 0.0
+
+
+class TrainingHooks:
+    """What a compression method may plug into training; every default does nothing.
+
+    `step` and `epoch` count from 1 over the whole run (a resumed run continues the count), so
+    `after_step(model, step)` runs after the step-th optimizer step and `after_epoch(model, epoch)` after the
+    epoch-th epoch has been trained and evaluated, before the resume state is saved.
+    """
+
+    def param_groups(self, model: nn.Module) -> list[dict] | None:
+        """Optimizer parameter groups (e.g. thresholds at a smaller lr, no weight decay).
+
+        Options a group leaves out take the `TrainConfig` values. None puts every trainable parameter in
+        one group.
+        """
+        return None
+
+    def extra_loss(self, model: nn.Module) -> torch.Tensor | None:
+        """A scalar added to the task loss at every step (e.g. a budget penalty); None adds nothing."""
+        return None
+
+    def after_step(self, model: nn.Module, step: int) -> None:
+        """Called after each optimizer step (e.g. to re-apply masks)."""
+
+    def after_epoch(self, model: nn.Module, epoch: int) -> None:
+        """Called after each epoch, before the resume state is saved."""
+
+    def state_dict(self) -> dict:
+        """State to keep across a resume; it must load with `torch.load(weights_only=True)`."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what `state_dict` returned."""
+
+
+@dataclass
+class EpochRecord:
+    """One epoch: mean task (cross-entropy) loss and accuracy on the training batches, test accuracy, and
+    the seconds spent in the training pass (evaluation and saving excluded)."""
+
+    epoch: int
+    train_loss: float
+    train_accuracy: float
+    test_accuracy: float
+    seconds: float
+
+
+@dataclass
+class TrainResult:
+    """The outcome of `train`; accuracies are fractions in [0, 1]."""
+
+    history: list[EpochRecord]
+    test_accuracy: float
+    seconds_per_epoch: float
+    resumed_from_epoch: int
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter or buffer (CPU for a model with neither)."""
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
+def evaluate(model: nn.Module, loader: DataLoader) -> float:
+    """Top-1 accuracy of `model` on `loader` as a fraction, in eval mode; the model's mode is restored."""
+    device = model_device(model)
+    was_training = model.training
+    model.eval()
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    seen = 0
+    try:
+        with torch.no_grad():
+            for inputs, targets in loader:
+                inputs, targets = inputs.to(device), targets.to(device)
+                correct += (model(inputs).argmax(dim=1) == targets).sum()
+                seen += targets.numel()
+    finally:
+        model.train(was_training)
+    if seen == 0:
+        raise CompressorError("cannot evaluate: the test data is empty")
+    return correct.item() / seen
+
+
+def train(
+    model: nn.Module,
+    train_loader: DataLoader,
+    test_loader: DataLoader,
+    config: TrainConfig,
+    hooks: TrainingHooks | None = None,
+    state_path: str | os.PathLike | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    description: str = "train",
+) -> TrainResult:
+    """Train `model` in place for `config.epochs` epochs and return the per-epoch history.
+
+    With `state_path`, the full training state is saved there after every epoch and deleted when training
+    completes; with `resume=True` as well, a state found there is checked against `config` and the model,
+    restored, and training continues from the next epoch. Shuffling is reproducible across a resume: a
+    loader (or sampler) with its own generator is reseeded from `config.seed + epoch` at every epoch, and
+    one without draws from the global torch RNG, whose state is part of the saved state.
+    """
+    _check_config(config)
+    hooks = hooks if hooks is not None else TrainingHooks()
+    was_training = model.training
+    try:
+        result = _train(model, train_loader, test_loader, config, hooks, state_path, resume, progress, description)
+    finally:
+        model.train(was_training)
+    if state_path is not None:
+        # The run is complete; the caller writes the real output, and a stale state must not be resumed later.
+        Path(state_path).unlink(missing_ok=True)
+    return result
+
+
+def _train(
+    model: nn.Module,
+    train_loader: DataLoader,
+    test_loader: DataLoader,
+    config: TrainConfig,
+    hooks: TrainingHooks,
+    state_path: str | os.PathLike | None,
+    resume: bool,
+    progress: bool,
+    description: str,
+) -> TrainResult:
+    if config.epochs == 0:
+        return TrainResult(history=[], test_accuracy=evaluate(model, test_loader), seconds_per_epoch=0.0,
+                           resumed_from_epoch=0)
+
+    device = model_device(model)
+    batches_per_epoch = len(train_loader)
+    if batches_per_epoch == 0:
+        raise CompressorError("cannot train: the training data is empty")
+    optimizer = _make_optimizer(model, config, hooks)
+    # Stepped per batch, so that a short fine-tune of one or two epochs still anneals smoothly.
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs * batches_per_epoch)
+    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    fingerprint = _fingerprint(model, config, batches_per_epoch)
+
+    history: list[EpochRecord] = []
+    completed = 0
+    state = _load_state(state_path, device) if resume and state_path is not None else None
+    if state is not None:
+        completed = _restore(state, state_path, fingerprint, config, model, optimizer, scheduler, hooks, device)
+        history = [EpochRecord(**record) for record in state["history"]]
+        logger.info("%s: resuming from %s after epoch %d of %d", description, state_path, completed, config.epochs)
+    else:
+        if resume and state_path is not None:
+            logger.info("%s: no training state at %s, starting fresh", description, state_path)
+        torch.manual_seed(config.seed)
+
+    step = completed * batches_per_epoch
+    for epoch in range(completed + 1, config.epochs + 1):
+        _seed_shuffling(train_loader, config.seed + epoch)
+        model.train()
+        start = time.perf_counter()
+        # Sums stay on the device so that, with the progress bar off, the loop never waits on the GPU.
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), dtype=torch.long, device=device)
+        seen = 0
+        with tqdm(train_loader, desc=f"{description} {epoch}/{config.epochs}", total=batches_per_epoch,
+                  disable=not progress, leave=True) as bar:
+            for inputs, targets in bar:
+                inputs, targets = inputs.to(device), targets.to(device)
+                optimizer.zero_grad(set_to_none=True)
+                logits = model(inputs)
+                task_loss = criterion(logits, targets)
+                extra = hooks.extra_loss(model)
+                loss = task_loss if extra is None else task_loss + extra
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                hooks.after_step(model, step)
+                loss_sum += task_loss.detach() * targets.numel()
+                correct += (logits.detach().argmax(dim=1) == targets).sum()
+                seen += targets.numel()
+                if progress:
+                    bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.4f}")
+            seconds = time.perf_counter() - start
+
+        train_loss = loss_sum.item() / seen
+        if not math.isfinite(train_loss):
+            raise CompressorError(f"{description}: training diverged (loss {train_loss}) in epoch {epoch}; "
+                                  f"try a smaller learning rate than {config.lr}")
+        record = EpochRecord(epoch=epoch, train_loss=train_loss, train_accuracy=correct.item() / seen,
+                             test_accuracy=evaluate(model, test_loader), seconds=seconds)
+        history.append(record)
+        logger.info("%s epoch %d/%d: loss %.4f, train acc %.4f, test acc %.4f, %.1f s", description, epoch,
+                    config.epochs, record.train_loss, record.train_accuracy, record.test_accuracy, record.seconds)
+        hooks.after_epoch(model, epoch)
+        if state_path is not None:
+            _save_state(state_path, fingerprint, config, model, optimizer, scheduler, hooks, history, epoch, device)
+
+    return TrainResult(
+        history=history,
+        test_accuracy=history[-1].test_accuracy,
+        seconds_per_epoch=sum(record.seconds for record in history) / len(history),
+        resumed_from_epoch=completed,
+    )
+
+
+def _check_config(config: TrainConfig) -> None:
+    if config.epochs < 0:
+        raise CompressorError(f"epochs must be 0 or more, got {config.epochs}")
+    if config.lr < 0 or config.momentum < 0 or config.weight_decay < 0:
+        raise CompressorError("lr, momentum and weight decay must not be negative")
+    if not 0.0 <= config.label_smoothing < 1.0:
+        raise CompressorError(f"label smoothing must be in [0, 1), got {config.label_smoothing}")
+
+
+def _make_optimizer(model: nn.Module, config: TrainConfig, hooks: TrainingHooks) -> torch.optim.SGD:
+    groups = hooks.param_groups(model)
+    if groups is None:
+        groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
+    return torch.optim.SGD(
+        groups,
+        lr=config.lr,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+        # Nesterov is undefined without momentum (torch refuses it), so momentum=0 means plain SGD.
+        nesterov=config.nesterov and config.momentum > 0,
+    )
+
+
+def _seed_shuffling(loader: DataLoader, seed: int) -> None:
+    """Reseed the generators that decide the loader's order, so each epoch's order depends on the seed and
+    the epoch only, not on how many epochs this process has run."""
+    generators = [loader.generator, getattr(loader.sampler, "generator", None)]
+    for generator in {id(g): g for g in generators if isinstance(g, torch.Generator)}.values():
+        generator.manual_seed(seed)
+
+
+def _fingerprint(model: nn.Module, config: TrainConfig, batches_per_epoch: int) -> str:
+    """A hash of everything a resumed run must share with the run that wrote the state."""
+    content = {
+        "config": dataclasses.asdict(config),
+        "batches_per_epoch": batches_per_epoch,
+        "model": [[name, list(tensor.shape)] for name, tensor in model.state_dict().items()],
+    }
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+def _save_state(
+    path: str | os.PathLike,
+    fingerprint: str,
+    config: TrainConfig,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    hooks: TrainingHooks,
+    history: list[EpochRecord],
+    epoch: int,
+    device: torch.device,
+) -> None:
+    state = {
+        "format": _STATE_FORMAT,
+        "fingerprint": fingerprint,
+        # Kept beside the hash only to say which setting differs when a resume is refused.
+        "config": dataclasses.asdict(config),
+        "epoch": epoch,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "hooks": hooks.state_dict(),
+        "history": [dataclasses.asdict(record) for record in history],
+        "rng": torch.get_rng_state(),
+    }
+    if device.type == "cuda":
+        state["cuda_rng"] = torch.cuda.get_rng_state(device)
+    atomic_torch_save(state, path)
+
+
+def _load_state(path: str | os.PathLike, device: torch.device) -> dict | None:
+    if not Path(path).exists():
+        return None
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as error:
+        raise CompressorError(f"cannot read the training state {path}: {error}".splitlines()[0]) from error
+    if not isinstance(state, dict) or state.get("format") != _STATE_FORMAT:
+        raise CompressorError(f"{path} is not a training state written by this version; delete it to start fresh")
+    return state
+
+
+def _restore(
+    state: dict,
+    path: str | os.PathLike,
+    fingerprint: str,
+    config: TrainConfig,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    hooks: TrainingHooks,
+    device: torch.device,
+) -> int:
+    """Load `state` into the training objects and return the number of epochs it completed."""
+    if state["fingerprint"] != fingerprint:
+        saved = state["config"]
+        changed = [f"{key} {saved.get(key)!r} -> {value!r}" for key, value in dataclasses.asdict(config).items()
+                   if saved.get(key) != value]
+        what = ", ".join(changed) if changed else "a different model or training data"
+        raise CompressorError(f"the training state {path} was written with different settings ({what}); "
+                              "delete it or run without resume")
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as error:
+        raise CompressorError(f"the training state {path} does not fit this model or its optimizer groups: "
+                              f"{error}".splitlines()[0]) from error
+    scheduler.load_state_dict(state["scheduler"])
+    hooks.load_state_dict(state["hooks"])
+    torch.set_rng_state(state["rng"].cpu())
+    if device.type == "cuda" and "cuda_rng" in state:
+        torch.cuda.set_rng_state(state["cuda_rng"].cpu(), device)
+    return int(state["epoch"])

@@ -1,0 +1,222 @@
+"""Latency benchmark for any inference backend, and plain-text tables of the results.
+
+`benchmark` times `backend.run` on seeded random input: warm-up runs first (allocator, kernel selection,
+caches), then `runs` timed calls per batch size with `time.perf_counter_ns`. The report quotes the median
+and p90 rather than the mean because a few scheduler hiccups dominate a mean of short runs. Any object with
+`run(np.ndarray)`, `name` and `input_shape` is a backend, so onnxruntime, TensorRT and torch are timed the
+same way. `format_table` and `compare` render results for people; `BenchResult.to_dict` is what goes into
+report.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+import numpy as np
+
+from compressor.errors import CompressorError
+
+
+class Backend(Protocol):
+    """What the benchmark needs from a backend."""
+
+    name: str
+    input_shape: tuple[int | None, ...]
+
+    def run(self, x: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    """Measured latency of one backend at one batch size; times are per `run` call, i.e. per batch."""
+
+    backend: str
+    batch: int
+    threads: int | None
+    median_ms: float
+    p90_ms: float
+    mean_ms: float
+    throughput_per_s: float
+    runs: int
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def parse_batch_sizes(text: str) -> tuple[int, ...]:
+    """'1,32' -> (1, 32): comma-separated positive integers, each at most once, order kept."""
+    sizes: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not (part.isascii() and part.isdigit()) or int(part) < 1:
+            raise CompressorError(
+                f"bad batch sizes {text!r}: expected comma-separated positive integers such as '1,32'"
+            )
+        if int(part) in sizes:
+            raise CompressorError(f"bad batch sizes {text!r}: batch size {int(part)} is given twice")
+        sizes.append(int(part))
+    return tuple(sizes)
+
+
+def _check_input_fits(backend: Backend, shape: tuple[int, ...]) -> None:
+    """Fail before timing anything when the model declares a fixed dimension the input doesn't match."""
+    declared = tuple(backend.input_shape)
+    fits = len(declared) == len(shape) and all(d is None or d == s for d, s in zip(declared, shape))
+    if not fits:
+        shown = tuple("?" if d is None else d for d in declared)
+        raise CompressorError(f"{backend.name}: model input is declared {shown}, cannot feed {shape}")
+
+
+def _resolve_threads(backend: Backend, threads: int | None) -> int | None:
+    """The thread count to report: the benchmark cannot change a backend's threads, only record them."""
+    if not hasattr(backend, "threads"):
+        return threads
+    configured = backend.threads
+    if threads is not None and threads != configured:
+        raise ValueError(f"threads={threads} but {backend.name} is configured with {_threads(configured)} threads")
+    return configured
+
+
+def benchmark(
+    backend: Backend,
+    input_shape: Sequence[int] | None = None,
+    batch_sizes: Sequence[int] = (1,),
+    threads: int | None = None,
+    warmup: int = 10,
+    runs: int = 50,
+    seed: int = 0,
+) -> list[BenchResult]:
+    """Time `backend.run` at each batch size; one `BenchResult` per batch size, in the order given.
+
+    `input_shape` is the shape of one sample (C, H, W) without the batch dimension; None takes it from the
+    backend's declared input shape. `threads` labels the results; a backend with a `threads` attribute is
+    authoritative, and a different `threads` here is a ValueError rather than a wrong label.
+    """
+    if runs < 1 or warmup < 0:
+        raise ValueError(f"need runs >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
+    if not batch_sizes or any(b < 1 for b in batch_sizes):
+        raise ValueError(f"batch sizes must be positive, got {tuple(batch_sizes)}")
+    if input_shape is None:
+        declared = tuple(backend.input_shape)[1:]
+        if not declared or any(d is None for d in declared):
+            raise CompressorError(
+                f"{backend.name}: model input shape {tuple(backend.input_shape)} has unknown dimensions; "
+                "give the sample shape (C, H, W) explicitly"
+            )
+        input_shape = declared
+    sample_shape = tuple(int(d) for d in input_shape)
+    threads = _resolve_threads(backend, threads)
+
+    results = []
+    for batch in batch_sizes:
+        shape = (batch, *sample_shape)
+        _check_input_fits(backend, shape)
+        # A fresh generator per batch size: dense and compressed models see identical input at each batch.
+        x = np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
+        for _ in range(warmup):
+            backend.run(x)
+        elapsed_ns = np.empty(runs, dtype=np.int64)
+        for i in range(runs):
+            start = time.perf_counter_ns()
+            backend.run(x)
+            elapsed_ns[i] = time.perf_counter_ns() - start
+        elapsed_ms = elapsed_ns / 1e6
+        median_ms = float(np.percentile(elapsed_ms, 50))
+        results.append(
+            BenchResult(
+                backend=backend.name,
+                batch=batch,
+                threads=threads,
+                median_ms=median_ms,
+                p90_ms=float(np.percentile(elapsed_ms, 90)),
+                mean_ms=float(elapsed_ms.mean()),
+                throughput_per_s=batch / (median_ms / 1e3),
+                runs=runs,
+            )
+        )
+    return results
+
+
+def _ms(value: float) -> str:
+    return f"{value:.3f}"
+
+
+def _per_s(value: float) -> str:
+    return f"{value:.1f}"
+
+
+def _threads(value: int | None) -> str:
+    return "default" if value is None else str(value)
+
+
+def _render(headers: Sequence[str], rows: Sequence[Sequence[str]], title: str | None, text_columns: int) -> str:
+    """Columns padded to their widest cell: the first `text_columns` left-aligned, numbers right-aligned."""
+    widths = [max(len(cell) for cell in column) for column in zip(headers, *rows)]
+
+    def line(cells: Sequence[str]) -> str:
+        padded = [c.ljust(w) if i < text_columns else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))]
+        return "  ".join(padded).rstrip()
+
+    lines = [title] if title else []
+    lines += [line(headers), "  ".join("-" * w for w in widths)]
+    lines += [line(row) for row in rows]
+    return "\n".join(lines)
+
+
+def format_table(results: Sequence[BenchResult], title: str | None = None) -> str:
+    """One row per result: backend, batch, threads, median ms, p90 ms, throughput/s."""
+    headers = ("backend", "batch", "threads", "median ms", "p90 ms", "throughput/s")
+    rows = [
+        (r.backend, str(r.batch), _threads(r.threads), _ms(r.median_ms), _ms(r.p90_ms), _per_s(r.throughput_per_s))
+        for r in results
+    ]
+    return _render(headers, rows, title, text_columns=1)
+
+
+def compare(
+    dense: Sequence[BenchResult], compressed: Sequence[BenchResult], title: str | None = None
+) -> str:
+    """Dense -> compressed median latency and throughput per (batch, threads), with the speed-up ratio.
+
+    Both lists must cover the same (batch, threads) pairs: a row with one side missing would hide a gap.
+    """
+
+    def by_key(results: Sequence[BenchResult], which: str) -> dict[tuple[int, int | None], BenchResult]:
+        keyed: dict[tuple[int, int | None], BenchResult] = {}
+        for r in results:
+            key = (r.batch, r.threads)
+            if key in keyed:
+                raise ValueError(f"{which} results have batch {r.batch}, threads {_threads(r.threads)} twice")
+            keyed[key] = r
+        return keyed
+
+    dense_by_key = by_key(dense, "dense")
+    compressed_by_key = by_key(compressed, "compressed")
+    if dense_by_key.keys() != compressed_by_key.keys():
+        raise ValueError(
+            f"dense and compressed were benchmarked at different (batch, threads): "
+            f"{sorted(dense_by_key, key=str)} vs {sorted(compressed_by_key, key=str)}"
+        )
+
+    headers = ("batch", "threads", "median ms (dense -> compressed)", "throughput/s (dense -> compressed)", "speed-up")
+    rows = []
+    for key, d in dense_by_key.items():
+        c = compressed_by_key[key]
+        rows.append(
+            (
+                str(d.batch),
+                _threads(d.threads),
+                f"{_ms(d.median_ms)} -> {_ms(c.median_ms)}",
+                f"{_per_s(d.throughput_per_s)} -> {_per_s(c.throughput_per_s)}",
+                f"{d.median_ms / c.median_ms:.2f}x",
+            )
+        )
+    backends = (
+        f"dense: {', '.join(sorted({r.backend for r in dense}))}; "
+        f"compressed: {', '.join(sorted({r.backend for r in compressed}))}"
+    )
+    heading = f"{title}\n{backends}" if title else backends
+    return _render(headers, rows, heading, text_columns=0)

@@ -1,0 +1,182 @@
+"""onnxruntime backend: run an exported ONNX classifier on CPU or CUDA.
+
+`OrtBackend` wraps one `onnxruntime.InferenceSession` behind the small interface the benchmark and the
+torch-vs-onnxruntime verification use: `run(batch) -> logits`, the declared `input_shape`, and a `name` that
+says which execution provider really ran the model. Everything the user can get wrong (a missing or corrupt
+file, a provider this onnxruntime build lacks, an input that doesn't fit) becomes a one-line
+`CompressorError`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
+
+from compressor.errors import CompressorError
+
+logger = logging.getLogger(__name__)
+
+CPU_PROVIDER = "CPUExecutionProvider"
+CUDA_PROVIDER = "CUDAExecutionProvider"
+
+# onnxruntime's Python exceptions derive from Exception directly, not from one common base.
+_ORT_ERRORS = (
+    ort_state.Fail,
+    ort_state.InvalidArgument,
+    ort_state.InvalidGraph,
+    ort_state.InvalidProtobuf,
+    ort_state.NoModel,
+    ort_state.NoSuchFile,
+    ort_state.NotImplemented,
+    ort_state.RuntimeException,
+)
+
+# Inputs are fed as the model declares them; the benchmark and verification only feed real-valued tensors.
+_INPUT_DTYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+}
+
+_ORT_MESSAGE_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ")
+
+
+def _one_line(error: BaseException) -> str:
+    """onnxruntime's message without its status prefix, folded onto one line for the CLI."""
+    text = " ".join(str(error).split())
+    return _ORT_MESSAGE_PREFIX.sub("", text)
+
+
+def default_providers() -> list[str]:
+    """CUDA first when this onnxruntime build has it, with CPU behind it for nodes CUDA can't run."""
+    available = ort.get_available_providers()
+    return [CUDA_PROVIDER, CPU_PROVIDER] if CUDA_PROVIDER in available else [CPU_PROVIDER]
+
+
+def _check_providers(providers: Sequence[str]) -> list[str]:
+    if isinstance(providers, str):
+        providers = [providers]
+    providers = list(providers)
+    available = ort.get_available_providers()
+    missing = [p for p in providers if p not in available]
+    if not providers or missing:
+        asked = ", ".join(missing) if missing else "no execution provider"
+        raise CompressorError(
+            f"onnxruntime cannot use {asked}; available execution providers: {', '.join(available)}"
+        )
+    return providers
+
+
+def _model_source(model: str | os.PathLike | bytes | onnx.ModelProto) -> str | bytes:
+    """What `InferenceSession` accepts; a path stays a path so external weight files resolve beside it."""
+    if isinstance(model, onnx.ModelProto):
+        return model.SerializeToString()
+    if isinstance(model, (bytes, bytearray, memoryview)):
+        return bytes(model)
+    path = Path(model)
+    if not path.is_file():
+        raise CompressorError(f"ONNX model not found: {path}")
+    return str(path)
+
+
+class OrtBackend:
+    """One onnxruntime session over a single-input model: `run(x)` feeds its input, returns its first output."""
+
+    def __init__(
+        self,
+        model: str | os.PathLike | bytes | onnx.ModelProto,
+        providers: Sequence[str] | None = None,
+        threads: int | None = None,
+    ) -> None:
+        requested = default_providers() if providers is None else _check_providers(providers)
+        if threads is not None and threads < 1:
+            raise CompressorError(f"threads must be a positive integer, got {threads}")
+        source = _model_source(model)
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads is not None:
+            options.intra_op_num_threads = threads
+            # One inter-op thread: a classifier is a chain of ops, so extra inter-op threads only add
+            # contention and make timings depend on the machine's core count.
+            options.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(source, sess_options=options, providers=requested)
+        except _ORT_ERRORS as error:
+            raise CompressorError(f"onnxruntime cannot load the model: {_one_line(error)}") from None
+
+        # onnxruntime silently falls back to CPU when a provider's libraries (CUDA, cuDNN) fail to load.
+        # An explicit request that wasn't honoured is an error; the default just says so and goes on.
+        dropped = [p for p in requested if p not in self.session.get_providers()]
+        if dropped and providers is not None:
+            raise CompressorError(
+                f"onnxruntime could not start {', '.join(dropped)} (its libraries failed to load); "
+                f"session runs on {', '.join(self.session.get_providers())}"
+            )
+        if dropped:
+            logger.warning("onnxruntime could not start %s; running on %s", ", ".join(dropped), self.providers)
+
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            names = ", ".join(i.name for i in inputs)
+            raise CompressorError(f"expected an ONNX model with exactly one input, got {len(inputs)} ({names})")
+        self._input = inputs[0]
+        self._input_dtype = _INPUT_DTYPES.get(self._input.type)
+        if self._input_dtype is None:
+            raise CompressorError(
+                f"ONNX input {self._input.name!r} has type {self._input.type}; only float inputs are supported"
+            )
+        self._output = self.session.get_outputs()[0]
+        self._threads = threads
+
+    @property
+    def input_name(self) -> str:
+        return self._input.name
+
+    @property
+    def output_name(self) -> str:
+        return self._output.name
+
+    @property
+    def input_shape(self) -> tuple[int | None, ...]:
+        """The declared input shape; symbolic dimensions (the dynamic batch) are None."""
+        return tuple(d if isinstance(d, int) else None for d in self._input.shape)
+
+    @property
+    def providers(self) -> list[str]:
+        """The execution providers the session actually uses, in priority order."""
+        return self.session.get_providers()
+
+    @property
+    def threads(self) -> int | None:
+        """Intra-op threads asked for; None means onnxruntime's default (one per physical core)."""
+        return self._threads
+
+    @property
+    def name(self) -> str:
+        """`onnxruntime-<provider>` for the provider that runs first, e.g. onnxruntime-cpu or onnxruntime-cuda."""
+        provider = self.providers[0].removesuffix("ExecutionProvider").lower()
+        return f"onnxruntime-{provider}"
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """Feed `x` to the first input and return the first output as float32."""
+        feed = {self._input.name: np.ascontiguousarray(x, dtype=self._input_dtype)}
+        try:
+            (output,) = self.session.run([self._output.name], feed)
+        except ort_state.InvalidArgument as error:
+            raise CompressorError(
+                f"input of shape {tuple(np.shape(x))} does not fit the model "
+                f"(declared {self.input_shape}): {_one_line(error)}"
+            ) from None
+        return np.asarray(output, dtype=np.float32)
+
+    def __repr__(self) -> str:
+        return f"OrtBackend(name={self.name!r}, input_shape={self.input_shape}, threads={self.threads})"
