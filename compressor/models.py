@@ -1,0 +1,41 @@
+"""The model zoo as seen from the compressor API and CLI: build models by name and summarise them.
+
+`create_model` and `list_models` come from the `models` package; `describe_models` adds the measured size of
+each model (parameters, and multiply-accumulates of one sample at its published input shape), which the CLI
+prints when listing architectures and the reports use as the uncompressed baseline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from compressor.counting import count_macs, count_params
+from models import create_model, list_models
+
+__all__ = ["ModelSummary", "create_model", "describe_models", "list_models"]
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    """Measured size of one zoo model with its default number of classes."""
+
+    name: str
+    input_shape: tuple[int, ...]
+    params: int
+    macs: int
+
+
+def describe_models(pattern: str = "*") -> list[ModelSummary]:
+    """Parameters and MACs of every zoo model whose name matches `pattern`, in name order."""
+    summaries = []
+    for name in list_models(pattern):
+        model = create_model(name)
+        summaries.append(
+            ModelSummary(
+                name=name,
+                input_shape=tuple(model.input_shape),
+                params=count_params(model),
+                macs=count_macs(model, model.input_shape),
+            )
+        )
+    return summaries

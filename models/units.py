@@ -1,0 +1,106 @@
+"""Skip-units of the model zoo as explicit modules, plus the weight initialisation the zoo shares.
+
+Residual and dense connections are the places where channel pruning couples layers and where whole units can
+be removed, so every one of them is a `ResidualUnit` or a `DenseUnit` that methods and passes find by type
+instead of by pattern-matching a graph. Forwards contain no data-dependent control flow, so the models trace
+with torch.fx and export to ONNX.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def _is_projection(shortcut: nn.Module) -> bool:
+    # A projection shortcut learns a linear map; identity and zero-padding shortcuts have no weights.
+    return any(True for _ in shortcut.parameters())
+
+
+class ResidualUnit(nn.Module):
+    """`post_activation(branch(h) + shortcut(s))` with `h = preact(x)`; missing parts are identities.
+
+    `s` is `h` when the unit has a pre-activation and a projection shortcut, and `x` otherwise: the original
+    pre-activation ResNet and Wide ResNet code share the first BN-ReLU between the branch and a projection
+    shortcut, while an identity shortcut carries the raw input. The choice is fixed at construction in
+    `shortcut_uses_preact`, so passes that later replace the shortcut keep what the unit computes.
+    """
+
+    def __init__(
+        self,
+        branch: nn.Module,
+        shortcut: nn.Module,
+        preact: nn.Module | None = None,
+        post_activation: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        self.preact = preact if preact is not None else nn.Identity()
+        self.branch = branch
+        self.shortcut = shortcut
+        self.post_activation = post_activation if post_activation is not None else nn.Identity()
+        self.shortcut_uses_preact = preact is not None and _is_projection(shortcut)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.preact(x)
+        shortcut_input = h if self.shortcut_uses_preact else x
+        return self.post_activation(self.branch(h) + self.shortcut(shortcut_input))
+
+
+class PadShortcut(nn.Module):
+    """Option-A shortcut of the CIFAR ResNets (He et al. 2016): subsample spatially, zero-pad the channels.
+
+    The new channels are split around the old ones, `(out - in) // 2` before and the rest after, as in the
+    widely used CIFAR ResNet code whose parameter counts the papers report.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+        super().__init__()
+        if out_channels < in_channels:
+            raise ValueError(f"PadShortcut cannot shrink channels ({in_channels} -> {out_channels})")
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.stride = stride
+        self.pad_before = (out_channels - in_channels) // 2
+        self.pad_after = out_channels - in_channels - self.pad_before
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        subsampled = x[:, :, :: self.stride, :: self.stride]
+        return F.pad(subsampled, (0, 0, 0, 0, self.pad_before, self.pad_after))
+
+    def extra_repr(self) -> str:
+        return f"{self.in_channels}, {self.out_channels}, stride={self.stride}"
+
+
+class DenseUnit(nn.Module):
+    """DenseNet unit: concatenates `new_features(x)` after its input `x` along the channels."""
+
+    def __init__(self, new_features: nn.Module) -> None:
+        super().__init__()
+        self.new_features = new_features
+        # Fail at construction rather than at the first pass that asks for the growth.
+        _ = self.growth
+
+    @property
+    def growth(self) -> int:
+        """Number of channels this unit adds, read from its last layer so it follows channel slicing."""
+        last = None
+        for module in self.new_features.modules():
+            if hasattr(module, "out_channels"):
+                last = module
+        if last is None:
+            raise ValueError("DenseUnit.new_features has no layer with out_channels")
+        return int(last.out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x, self.new_features(x)], 1)
+
+
+def he_init(model: nn.Module) -> nn.Module:
+    """He-normal convolution weights (fan-out), as the CIFAR ResNet, WRN, DenseNet and VGG papers' code uses."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+    return model

@@ -1,0 +1,120 @@
+"""The whole pipeline through the Python API on real digits data: files, facts and failure behaviour."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from compressor.api import compress, parse_target
+from compressor.errors import CompressorError
+from compressor.loading import load_model
+from compressor.methods.magnitude import MagnitudeMethod
+from passes.check_onnx_sparsity import read_onnx_sparsity
+from passes.write_onnx_metadata import read_onnx_metadata
+from runtime.ort_backend import OrtBackend
+
+REPORT_KEYS = {"method", "target", "pattern", "dense", "compressed", "layers", "onnx", "latency"}
+
+
+@pytest.fixture(scope="module")
+def unstructured(lenet5_checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "lenet5-85"
+    return out, compress(lenet5_checkpoint, "magnitude", "85%", epochs=1, out=out, progress=False)
+
+
+def test_outputs_are_written_and_consistent(unstructured):
+    out, report = unstructured
+    assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "model.pt", "report.json", "report.md",
+                                                     "sparsity.png"]
+    saved = json.loads((out / "report.json").read_text())
+    assert REPORT_KEYS <= saved.keys()
+    assert {"params", "macs", "accuracy"} <= saved["dense"].keys()
+    assert {"params", "params_nonzero", "macs", "sparsity", "accuracy"} <= saved["compressed"].keys()
+    assert {"backend", "batch", "threads", "dense_ms", "compressed_ms"} <= saved["latency"].keys()
+    assert abs(report.compressed.sparsity - 0.85) < 0.005
+    assert 0 <= report.compressed.accuracy <= 1 and 0 <= report.dense.accuracy <= 1
+    assert report.onnx.max_abs_diff <= report.onnx.tolerance and report.onnx.opset >= 17
+    assert report.latency.dense_ms > 0 and report.latency.compressed_ms > 0
+    assert (out / "sparsity.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_onnx_zeros_equal_the_report_and_metadata(unstructured):
+    out, report = unstructured
+    proto = onnx.load(out / "model.onnx")
+    by_name = {row.name: row for row in read_onnx_sparsity(proto)}
+    for layer in report.layers:
+        assert by_name[f"{layer.name}.weight"].zeros == layer.zeros
+    facts = read_onnx_metadata(proto)
+    assert facts["method"] == "magnitude" and facts["target"] == 0.85 and facts["pattern"] == "unstructured"
+    assert facts["layers"].keys() == {layer.name for layer in report.layers}
+
+
+def test_checkpoint_reloads_and_matches_onnx(unstructured):
+    out, _ = unstructured
+    model = load_model(out / "model.pt")
+    x = torch.randn(3, *model.input_shape)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    actual = OrtBackend(out / "model.onnx").run(x.numpy())
+    assert np.max(np.abs(actual - expected)) <= 1e-4 * np.max(np.abs(expected))
+
+
+def test_two_four_run(lenet5_checkpoint, tmp_path):
+    report = compress(lenet5_checkpoint, "magnitude", pattern="2:4", epochs=1, out=tmp_path / "o", progress=False)
+    layers = {row.name: row for row in report.layers}
+    assert layers["features.conv1"].pattern == "dense" and "in_channels=1" in layers["features.conv1"].note
+    for row in report.layers:
+        if row.pattern == "2:4":
+            assert row.sparsity == 0.5
+    rows = read_onnx_sparsity(onnx.load(tmp_path / "o" / "model.onnx"))
+    assert all(row.two_four for row in rows if row.name != "features.conv1.weight")
+
+
+def test_existing_output_is_not_touched_without_force(lenet5_checkpoint, tmp_path):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(CompressorError, match="--force"):
+        compress(lenet5_checkpoint, "magnitude", "50%", epochs=0, out=out, progress=False)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    compress(lenet5_checkpoint, "magnitude", "50%", epochs=0, out=out, force=True, progress=False)
+    assert not (out / "keep.txt").exists() and (out / "model.onnx").exists()
+
+
+def test_interrupted_run_resumes(lenet5_checkpoint, tmp_path, monkeypatch):
+    out = tmp_path / "o"
+
+    def interrupt(self, model, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(MagnitudeMethod, "after_epoch", interrupt, raising=False)
+        with pytest.raises(KeyboardInterrupt):
+            compress(lenet5_checkpoint, "magnitude", "70%", epochs=3, out=out, progress=False)
+    assert not out.exists() and (tmp_path / ".o.partial" / "train-state.pt").exists()
+    report = compress(lenet5_checkpoint, "magnitude", "70%", epochs=3, out=out, resume=True, progress=False)
+    assert out.exists() and not (tmp_path / ".o.partial").exists()
+    assert abs(report.compressed.sparsity - 0.7) < 0.005
+
+
+def test_data_that_does_not_fit_leaves_nothing(lenet5_checkpoint, tmp_path):
+    x = np.zeros((4, 3, 32, 32), np.float32)
+    np.savez(tmp_path / "d.npz", x_train=x, y_train=np.zeros(4, np.int64), x_test=x, y_test=np.zeros(4, np.int64))
+    with pytest.raises(CompressorError, match="1x28x28"):
+        compress(lenet5_checkpoint, "magnitude", "50%", data=f"npz:{tmp_path / 'd.npz'}", out=tmp_path / "o",
+                 progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.npz"]
+
+
+@pytest.mark.parametrize("text, value", [("85%", 0.85), ("0.85", 0.85), (0.5, 0.5), (" 99.5% ", 0.995)])
+def test_target_parsing(text, value):
+    assert parse_target(text) == pytest.approx(value)
+
+
+@pytest.mark.parametrize("text", ["0%", "100%", "0", "1", "150%", "-5%", "abc", "85%%"])
+def test_target_outside_open_interval(text):
+    with pytest.raises(CompressorError):
+        parse_target(text)
