@@ -151,8 +151,10 @@ def compress(model: str | os.PathLike | nn.Module, method: str = "magnitude", ta
 
 
 @contextlib.contextmanager
-def _timed(timings: dict[str, float], stage: str):
-    logger.info("%s ...", stage)
+def _timed(timings: dict[str, float], stage: str, announce: bool = True):
+    # Loading is not announced: it is where bad input is found, and then the error is the only line printed.
+    if announce:
+        logger.info("%s ...", stage)
     start = time.perf_counter()
     try:
         yield
@@ -162,7 +164,7 @@ def _timed(timings: dict[str, float], stage: str):
 
 def _compress_into(staging: Path, source, compression, data_spec, epochs, lr, batch_size, arch, trust_model,
                    input_shape, seed, bench_batch, threads, bench_runs, progress, resume, timings) -> Report:
-    with _timed(timings, "load"):
+    with _timed(timings, "load", announce=False):
         model = source if isinstance(source, nn.Module) else load_model(source, arch=arch, trust=trust_model,
                                                                        input_shape=input_shape)
         if input_shape is not None:

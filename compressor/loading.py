@@ -12,6 +12,7 @@ import os
 import io
 import pickle
 import pickletools
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -79,7 +80,7 @@ def load_model(path: str | os.PathLike, arch: str | None = None, trust: bool = F
             payload = _load_weights_only(path)
         except pickle.UnpicklingError as error:
             if not _pickle_imports_code(path):
-                raise CompressorError(f"{path} is not a readable PyTorch file ({_first_line(error)})") from None
+                raise CompressorError(f"{path} is not a readable PyTorch file (damaged, or not a checkpoint)") from None
             model = _load_trusted_pickle(path, trust)
         else:
             model = _from_payload(payload, path, arch)
@@ -139,7 +140,11 @@ def _load_torchscript(path: Path) -> nn.Module:
 
 def _load_weights_only(path: Path) -> Any:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns about pickle protocols its safe unpickler may not fully support before it decides;
+            # the decision (load, or a clear error) is what the user needs, not the warning.
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         raise
     except Exception as error:  # a corrupt file surfaces as whatever the zip/pickle readers hit first

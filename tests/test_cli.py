@@ -1,0 +1,133 @@
+"""The `compress` command: verbs work, and every bad input is one line on stderr, exit code 2, nothing written."""
+
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from compressor.cli import main
+from compressor.models import create_model, list_models
+
+
+class Evil:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def run(argv, capsys):
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_one_line_error(code, err):
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+
+
+def test_zoo_lists_every_architecture(capsys):
+    code, out, _ = run(["zoo"], capsys)
+    assert code == 0
+    for name in list_models():
+        assert name in out
+    assert "269,722" in out and "431,080" in out
+
+
+def test_help_explains_options_with_examples(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0
+    for option in ("--method", "--target", "--pattern", "--data", "--epochs", "--out", "--force", "--arch",
+                   "--trust-model", "--input-shape", "--seed", "--resume"):
+        assert option in out
+    assert "e.g." in out and "compress train" in out
+
+
+def test_train_then_compress_then_bench(tmp_path, capsys):
+    checkpoint = tmp_path / "lenet300.pt"
+    code, out, _ = run(["train", "lenet300_100", "--epochs", "1", "-o", checkpoint, "--no-progress"], capsys)
+    assert code == 0 and checkpoint.exists() and "test accuracy" in out
+    code, _, err = run(["train", "lenet300_100", "--epochs", "1", "-o", checkpoint], capsys)
+    assert_one_line_error(code, err)
+
+    out_dir = tmp_path / "out"
+    code, out, _ = run([checkpoint, "--method", "magnitude", "--target", "90%", "--epochs", "0", "--out", out_dir,
+                        "--no-progress"], capsys)
+    assert code == 0 and "90.00%" in out and "latency" in out and (out_dir / "model.onnx").exists()
+
+    code, out, _ = run(["bench", out_dir / "model.onnx", "--batch", "1,4", "--threads", "1"], capsys)
+    assert code == 0 and "median" in out and out.count("onnxruntime-cpu") >= 2
+
+
+@pytest.fixture(scope="module")
+def bad_inputs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bad")
+    model = create_model("lenet5")
+    torch.save(model.state_dict(), root / "sd.pt")
+    (root / "corrupt.pt").write_bytes(b"\x80\x04 definitely not a model")
+    (root / "plain.txt").write_text("x")
+    with open(root / "evil.pt", "wb") as f:
+        pickle.dump(Evil(root / "pwned"), f)
+    x = np.zeros((4, 3, 32, 32), np.float32)
+    np.savez(root / "wrong.npz", x_train=x, y_train=np.zeros(4, np.int64), x_test=x, y_test=np.zeros(4, np.int64))
+    (root / "existing").mkdir()
+    return root
+
+
+@pytest.mark.parametrize("args", [
+    ["missing.pt", "--target", "50%"],
+    ["corrupt.pt", "--target", "50%"],
+    ["evil.pt", "--target", "50%"],
+    ["sd.pt", "--target", "50%"],
+    ["sd.pt", "--arch", "resnet20", "--target", "50%"],
+    ["sd.pt", "--arch", "nonet", "--target", "50%"],
+    ["sd.pt", "--arch", "lenet5", "--method", "nomethod", "--target", "50%"],
+    ["sd.pt", "--arch", "lenet5", "--pattern", "1:8", "--target", "50%"],
+    ["sd.pt", "--arch", "lenet5", "--data", "mnist", "--target", "50%"],
+    ["sd.pt", "--arch", "lenet5", "--target", "0%"],
+    ["sd.pt", "--arch", "lenet5", "--target", "100%"],
+    ["sd.pt", "--arch", "lenet5", "--target", "1.5"],
+    ["sd.pt", "--arch", "lenet5", "--target", "lots"],
+    ["sd.pt", "--arch", "lenet5", "--target", "50%", "--data", "npz:wrong.npz"],
+    ["sd.pt", "--arch", "lenet5", "--target", "50%", "--out", "existing"],
+    ["sd.pt", "--arch", "lenet5", "--target", "50%", "--out", "plain.txt/out"],
+    ["sd.pt", "--arch", "lenet5", "--target", "50%", "--option", "scope"],
+    ["sd.pt", "--arch", "lenet5", "--target", "50%", "--input-shape", "3,32"],
+    ["sd.pt", "--arch", "lenet5", "--bogus-flag"],
+    ["bench", "missing.onnx"],
+    ["bench", "corrupt.pt"],
+    ["bench", "corrupt.pt", "--batch", "0,x"],
+    ["bench", "corrupt.pt", "--runs", "10"],
+    ["train", "nonet", "-o", "x.pt"],
+])
+def test_bad_input_is_one_line_and_writes_nothing(bad_inputs, args, capsys, monkeypatch):
+    monkeypatch.chdir(bad_inputs)
+    before = sorted(p.name for p in bad_inputs.iterdir())
+    code, _, err = run([*args, "--no-progress"] if args[0] not in ("bench",) else args, capsys)
+    assert_one_line_error(code, err)
+    assert sorted(p.name for p in bad_inputs.iterdir()) == before
+    assert list((bad_inputs / "existing").iterdir()) == []
+    assert not (bad_inputs / "pwned").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["evil.pt", "--target", "50%"], "--trust-model"),
+    (["corrupt.pt", "--target", "50%"], "not a readable PyTorch file"),
+    (["sd.pt", "--arch", "lenet5", "--target", "50%", "--data", "npz:wrong.npz"], "samples are 3x32x32"),
+])
+def test_console_script_prints_exactly_one_line(bad_inputs, args, message):
+    result = subprocess.run([sys.executable, "-m", "compressor.cli", *args], capture_output=True, text=True,
+                            cwd=bad_inputs, timeout=300)
+    assert result.returncode == 2
+    assert_one_line_error(result.returncode, result.stderr)
+    assert message in result.stderr
+    assert not (bad_inputs / "pwned").exists() and not (bad_inputs / "compressed").exists()
