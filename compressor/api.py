@@ -36,7 +36,7 @@ from compressor.verify import VerificationError, verify_onnx
 from passes.analysis import two_four_eligibility
 from passes.bake_masks import BakeMasksPass
 from passes.base import Pipeline, PipelineResult
-from passes.check_onnx_sparsity import CheckOnnxSparsityPass, read_onnx_sparsity
+from passes.check_onnx_sparsity import CheckOnnxSparsityPass
 from passes.clean_onnx import CleanOnnxPass
 from passes.emit_onnx import DEFAULT_OPSET, EmitOnnxPass
 from passes.enforce_two_four import EnforceTwoFourPass

@@ -78,7 +78,7 @@ def load_model(path: str | os.PathLike, arch: str | None = None, trust: bool = F
     else:
         try:
             payload = _load_weights_only(path)
-        except pickle.UnpicklingError as error:
+        except pickle.UnpicklingError:
             if not _pickle_imports_code(path):
                 raise CompressorError(f"{path} is not a readable PyTorch file (damaged, or not a checkpoint)") from None
             model = _load_trusted_pickle(path, trust)

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-import torch
 import torch.nn as nn
 
 from models.registry import register_model
-from models.units import DenseUnit, he_init
+from models.units import DenseUnit, FeaturesClassifier, he_init, pooled_classifier
 
 BLOCKS = 3
 PLAIN_STEM_CHANNELS = 16
@@ -45,7 +44,7 @@ def transition(in_channels: int, out_channels: int) -> nn.Sequential:
     )
 
 
-class DenseNet(nn.Module):
+class DenseNet(FeaturesClassifier):
     """DenseNet of depth `depth` (counting convolutions and the classifier) and growth rate `growth`."""
 
     def __init__(
@@ -82,13 +81,8 @@ class DenseNet(nn.Module):
         layers["final_bn"] = nn.BatchNorm2d(channels)
         layers["final_relu"] = nn.ReLU()
         self.features = nn.Sequential(layers)
-        self.classifier = nn.Sequential(
-            OrderedDict(pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(), fc=nn.Linear(channels, num_classes))
-        )
+        self.classifier = pooled_classifier(channels, num_classes)
         he_init(self)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
 
 
 @register_model

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-import torch
 import torch.nn as nn
 
 from models.registry import register_model
+from models.units import FeaturesClassifier
 
 IMAGE_SIZE = 28
 
 
-class LeNet300100(nn.Module):
+class LeNet300100(FeaturesClassifier):
     """Fully connected 784-300-100-10 network on flattened images."""
 
     def __init__(self, num_classes: int = 10, in_channels: int = 1) -> None:
@@ -35,11 +35,8 @@ class LeNet300100(nn.Module):
         )
         self.classifier = nn.Sequential(OrderedDict(fc=nn.Linear(100, num_classes)))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
 
-
-class LeNet5(nn.Module):
+class LeNet5(FeaturesClassifier):
     """Caffe LeNet-5: conv5x5(20)-maxpool-conv5x5(50)-maxpool-fc(500)-relu-fc."""
 
     def __init__(self, num_classes: int = 10, in_channels: int = 1) -> None:
@@ -62,9 +59,6 @@ class LeNet5(nn.Module):
                 fc2=nn.Linear(500, num_classes),
             )
         )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
 
 
 @register_model

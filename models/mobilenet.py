@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-import torch
 import torch.nn as nn
 
 from models.registry import register_model
-from models.units import he_init
+from models.units import FeaturesClassifier, he_init, pooled_classifier
 
 STEM_WIDTH = 32
 # (output channels, stride of the depthwise convolution) of each depthwise-separable block, from Table 1.
@@ -58,7 +57,7 @@ def separable_block(in_channels: int, out_channels: int, stride: int) -> nn.Sequ
     )
 
 
-class MobileNetV1(nn.Module):
+class MobileNetV1(FeaturesClassifier):
     """MobileNet v1 at width 1.0."""
 
     def __init__(self, num_classes: int = 10, in_channels: int = 3) -> None:
@@ -71,13 +70,8 @@ class MobileNetV1(nn.Module):
             layers[f"block{index}"] = separable_block(channels, width, stride)
             channels = width
         self.features = nn.Sequential(layers)
-        self.classifier = nn.Sequential(
-            OrderedDict(pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(), fc=nn.Linear(channels, num_classes))
-        )
+        self.classifier = pooled_classifier(channels, num_classes)
         he_init(self)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
 
 
 @register_model

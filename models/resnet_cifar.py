@@ -10,11 +10,10 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-import torch
 import torch.nn as nn
 
 from models.registry import register_model
-from models.units import PadShortcut, ResidualUnit, he_init
+from models.units import FeaturesClassifier, he_init, PadShortcut, pooled_classifier, ResidualUnit
 
 STAGE_WIDTHS = (16, 32, 64)
 BOTTLENECK_EXPANSION = 4
@@ -65,7 +64,7 @@ def preact_bottleneck_unit(in_channels: int, width: int, stride: int) -> Residua
     return ResidualUnit(branch, shortcut, preact=preact)
 
 
-class CifarResNet(nn.Module):
+class CifarResNet(FeaturesClassifier):
     """ResNet-(6n+2) with basic blocks and option-A shortcuts (He et al. 2016, CIFAR-10 experiments)."""
 
     def __init__(self, depth: int, num_classes: int = 10, in_channels: int = 3) -> None:
@@ -87,16 +86,11 @@ class CifarResNet(nn.Module):
                 channels = width
             layers[f"stage{index + 1}"] = nn.Sequential(*units)
         self.features = nn.Sequential(layers)
-        self.classifier = nn.Sequential(
-            OrderedDict(pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(), fc=nn.Linear(channels, num_classes))
-        )
+        self.classifier = pooled_classifier(channels, num_classes)
         he_init(self)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
 
-
-class PreActBottleneckResNet(nn.Module):
+class PreActBottleneckResNet(FeaturesClassifier):
     """Pre-activation ResNet-(9n+2) with bottleneck units (He et al. 2016, "Identity Mappings", CIFAR)."""
 
     def __init__(self, depth: int, num_classes: int = 10, in_channels: int = 3) -> None:
@@ -119,13 +113,8 @@ class PreActBottleneckResNet(nn.Module):
         layers["final_bn"] = nn.BatchNorm2d(channels)
         layers["final_relu"] = nn.ReLU()
         self.features = nn.Sequential(layers)
-        self.classifier = nn.Sequential(
-            OrderedDict(pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(), fc=nn.Linear(channels, num_classes))
-        )
+        self.classifier = pooled_classifier(channels, num_classes)
         he_init(self)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
 
 
 @register_model

@@ -8,6 +8,8 @@ with torch.fx and export to ONNX.
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -104,3 +106,15 @@ def he_init(model: nn.Module) -> nn.Module:
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
     return model
+
+
+class FeaturesClassifier(nn.Module):
+    """The zoo's common shape: a `features` trunk followed by a `classifier` head."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+def pooled_classifier(channels: int, num_classes: int) -> nn.Sequential:
+    """Global average pooling and one linear layer: the head of every CIFAR/ImageNet conv net in the zoo."""
+    return nn.Sequential(OrderedDict(pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(), fc=nn.Linear(channels, num_classes)))

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-import torch
 import torch.nn as nn
 
 from models.registry import register_model
-from models.units import he_init
+from models.units import FeaturesClassifier, he_init
 
 POOL = "M"
 VGG16_LAYOUT = (64, 64, POOL, 128, 128, POOL, 256, 256, 256, POOL, 512, 512, 512, POOL, 512, 512, 512, POOL)
@@ -21,7 +20,7 @@ CLASSIFIER_WIDTH = 512
 IMAGE_SIZE = 32
 
 
-class CifarVGG(nn.Module):
+class CifarVGG(FeaturesClassifier):
     """Batch-normalised VGG for 32x32 inputs; `layout` lists conv widths and `"M"` for 2x2 max-pools."""
 
     def __init__(self, layout: tuple[int | str, ...], num_classes: int = 10, in_channels: int = 3) -> None:
@@ -52,9 +51,6 @@ class CifarVGG(nn.Module):
             )
         )
         he_init(self)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
 
 
 @register_model

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-import torch
 import torch.nn as nn
 
 from models.registry import register_model
-from models.units import ResidualUnit, he_init
+from models.units import FeaturesClassifier, he_init, pooled_classifier, ResidualUnit
 
 STEM_WIDTH = 16
 GROUP_WIDTHS = (16, 32, 64)
@@ -36,7 +35,7 @@ def preact_basic_unit(in_channels: int, out_channels: int, stride: int) -> Resid
     return ResidualUnit(branch, shortcut, preact=preact)
 
 
-class WideResNet(nn.Module):
+class WideResNet(FeaturesClassifier):
     """WRN-`depth`-`widen_factor` without dropout."""
 
     def __init__(self, depth: int, widen_factor: int, num_classes: int = 10, in_channels: int = 3) -> None:
@@ -61,13 +60,8 @@ class WideResNet(nn.Module):
         layers["final_bn"] = nn.BatchNorm2d(channels)
         layers["final_relu"] = nn.ReLU()
         self.features = nn.Sequential(layers)
-        self.classifier = nn.Sequential(
-            OrderedDict(pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(), fc=nn.Linear(channels, num_classes))
-        )
+        self.classifier = pooled_classifier(channels, num_classes)
         he_init(self)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
 
 
 @register_model
