@@ -186,7 +186,7 @@ def _compress_into(staging: Path, source, compression, data_spec, epochs, lr, ba
     with _timed(timings, "method"):
         model = compression.prepare(model, bundle)
         masked = {name for name, layer in prunable_layers(model) if prune.is_pruned(layer)}
-        result = train(model, bundle.train, bundle.test, TrainConfig(epochs=epochs, lr=lr, seed=seed),
+        train(model, bundle.train, bundle.test, TrainConfig(epochs=epochs, lr=lr, seed=seed),
                        hooks=compression, state_path=staging / "train-state.pt", resume=resume,
                        progress=progress, description=f"{compression.name} fine-tune")
         model = compression.finalize(model)
@@ -208,7 +208,7 @@ def _compress_into(staging: Path, source, compression, data_spec, epochs, lr, ba
         torch_zeros = sum(row.zeros for row in layers)
         if onnx_zeros != torch_zeros:
             raise VerificationError(f"the ONNX holds {onnx_zeros} zero weights but the model {torch_zeros}")
-        compressed_accuracy = result.test_accuracy if epochs else evaluate(model, bundle.test)
+        compressed_accuracy = evaluate(model, bundle.test)
     with _timed(timings, "latency"):
         dense_bench = benchmark(dense_onnx, (bench_batch,), threads, bench_runs)[0]
         compressed_bench = benchmark(exported.model, (bench_batch,), threads, bench_runs)[0]

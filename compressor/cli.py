@@ -179,9 +179,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     for noisy in ("onnxscript", "onnx_ir", "onnx_graphsurgeon", "passes"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    # torch's ONNX exporter warns about optional torchvision operators it cannot register; no exported model
-    # here uses them, so the warnings say nothing about the user's model.
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     verb = argv[0] if argv and argv[0] in VERBS else None
     parsers = {"train": (_train_parser, _run_train), "bench": (_bench_parser, _run_bench),
                "zoo": (_zoo_parser, _run_zoo), None: (_compress_parser, _run_compress)}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import warnings
 
 import onnx
@@ -39,20 +40,27 @@ class EmitOnnxPass(Pass):
             return PassResult(model, modified=False, notes={"opset": _opset(model)})
         model = copy_model(model).eval()
         example = torch.zeros((2, *self.input_shape))
-        # The exporter narrates its stages on stdout and warns about internals that are not the user's
-        # concern; the CLI owns the terminal, so both are kept out of it.
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            program = torch.onnx.export(
-                model,
-                (example,),
-                dynamo=True,
-                opset_version=self.opset,
-                input_names=[self.input_name],
-                output_names=[self.output_name],
-                dynamic_shapes=({0: torch.export.Dim("batch")},),
-                external_data=False,
-            )
+        # The exporter narrates its stages on stdout, warns about internals, and logs that it cannot register
+        # torchvision's operators (absent here, and unused by any model it exports): none of it concerns the
+        # user's model, so it is kept out of the terminal.
+        exporter_log = logging.getLogger("torch.onnx")
+        level = exporter_log.level
+        exporter_log.setLevel(logging.ERROR)
+        try:
+            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+                warnings.simplefilter("ignore")
+                program = torch.onnx.export(
+                    model,
+                    (example,),
+                    dynamo=True,
+                    opset_version=self.opset,
+                    input_names=[self.input_name],
+                    output_names=[self.output_name],
+                    dynamic_shapes=({0: torch.export.Dim("batch")},),
+                    external_data=False,
+                )
+        finally:
+            exporter_log.setLevel(level)
         proto = program.model_proto
         onnx.checker.check_model(proto)
         return PassResult(proto, modified=True, notes={"opset": _opset(proto)})
