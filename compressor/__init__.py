@@ -5,11 +5,29 @@ computes comes out, with a report of what changed and measured latency. `compres
 `benchmark`, `train_model` and `load_model` are the entry points; the `compress` command wraps them.
 """
 
+import importlib
+
 __version__ = "0.1.0"
 
-from compressor.api import benchmark, compress, export_onnx, parse_target, train_model  # noqa: E402
-from compressor.loading import load_model, save_checkpoint  # noqa: E402
-from compressor.models import create_model, describe_models, list_models  # noqa: E402
+# The entry points are resolved on first use: the API imports the passes, which import this package's
+# counting module, so an eager import here would make `import passes.<anything>` circular.
+_EXPORTS = {
+    "benchmark": "compressor.api",
+    "compress": "compressor.api",
+    "export_onnx": "compressor.api",
+    "parse_target": "compressor.api",
+    "train_model": "compressor.api",
+    "load_model": "compressor.loading",
+    "save_checkpoint": "compressor.loading",
+    "create_model": "compressor.models",
+    "describe_models": "compressor.models",
+    "list_models": "compressor.models",
+}
 
-__all__ = ["__version__", "benchmark", "compress", "create_model", "describe_models", "export_onnx",
-           "list_models", "load_model", "parse_target", "save_checkpoint", "train_model"]
+__all__ = ["__version__", *sorted(_EXPORTS)]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'compressor' has no attribute {name!r}")

@@ -13,6 +13,8 @@ from typing import Callable, TypeVar
 
 import torch.nn as nn
 
+from compressor.errors import CompressorError
+
 Factory = TypeVar("Factory", bound=Callable[..., nn.Module])
 
 _factories: dict[str, Callable[..., nn.Module]] = {}
@@ -36,10 +38,6 @@ def list_models(pattern: str = "*") -> list[str]:
 
 def create_model(name: str, num_classes: int = 10, in_channels: int | None = None) -> nn.Module:
     """Build the zoo model `name`; `in_channels=None` keeps the published input channels."""
-    # Imported here because importing the `compressor` package imports this zoo: a module-level import would
-    # make `import models` circular whenever it runs before `import compressor`.
-    from compressor.errors import CompressorError
-
     factory = _factories.get(name)
     if factory is None:
         raise CompressorError(f"unknown model {name!r}; known models: {', '.join(list_models())}")

@@ -7,12 +7,14 @@ initializers alike), and which Conv/Linear → BatchNorm pairs a torch.fx trace 
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.fx
 import torch.nn as nn
+from torch.nn.utils import parametrize, prune
 
 from compressor.counting import PRUNABLE_TYPES
 
@@ -43,6 +45,11 @@ def two_four_eligibility(module: nn.Module) -> Eligibility:
     return Eligibility(False, f"{type(module).__name__} is not a Conv/Linear layer")
 
 
+def has_unbaked_mask(module: nn.Module) -> bool:
+    """True while a layer computes with a mask (a torch.nn.utils.prune hook or a parametrization)."""
+    return prune.is_pruned(module) or parametrize.is_parametrized(module)
+
+
 def to_groups(weight: torch.Tensor) -> torch.Tensor:
     """View a Conv [K, C, ...] or Linear [out, in] weight as rows of 4 consecutive input channels.
 
@@ -68,9 +75,11 @@ def two_four_mask(weight: torch.Tensor) -> torch.Tensor:
     return from_groups(keep, weight).to(weight.dtype)
 
 
-def onnx_weight_groups(op_type: str, weight: np.ndarray, trans_b: bool = False) -> np.ndarray | None:
+def onnx_weight_groups(op_type: str, weight: np.ndarray, trans_b: bool = False, group: int = 1) -> np.ndarray | None:
     """Groups of 4 along TensorRT's 2:4 axis for an ONNX Conv / Gemm / MatMul weight, or None if ineligible."""
     if op_type == "Conv":
+        if group != 1:
+            return None
         matrix = np.moveaxis(weight, 1, -1)
     elif op_type == "Gemm":
         matrix = weight if trans_b else weight.T
@@ -93,11 +102,15 @@ def is_two_four(groups: torch.Tensor | np.ndarray) -> bool:
 def linear_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
     """(layer, batchnorm) module names where the BN's only input is the Conv/Linear's only use.
 
+    Both modules must be called exactly once in the trace.
+
     Found on a torch.fx trace so that the pairing reflects the dataflow, not the module order.
     Raises torch.fx's own error when the model cannot be traced.
     """
     graph = torch.fx.symbolic_trace(model).graph
     modules = dict(model.named_modules())
+    # A module called at several places computes several things; folding it would change all of them.
+    calls = Counter(node.target for node in graph.nodes if node.op == "call_module")
     pairs = []
     for node in graph.nodes:
         if node.op != "call_module" or not isinstance(modules.get(node.target), nn.modules.batchnorm._BatchNorm):
@@ -106,6 +119,7 @@ def linear_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
         if rest or not isinstance(source, torch.fx.Node) or source.op != "call_module":
             continue
         layer = modules.get(source.target)
-        if isinstance(layer, PRUNABLE_TYPES) and len(source.users) == 1:
+        if (isinstance(layer, PRUNABLE_TYPES) and len(source.users) == 1
+                and calls[source.target] == 1 and calls[node.target] == 1):
             pairs.append((source.target, node.target))
     return pairs

@@ -46,8 +46,8 @@ def read_onnx_sparsity(model: onnx.ModelProto) -> list[OnnxLayerSparsity]:
         if index is None or len(node.input) <= index or node.input[index] not in initializers:
             continue
         weight = numpy_helper.to_array(initializers[node.input[index]])
-        trans_b = any(a.name == "transB" and a.i == 1 for a in node.attribute)
-        groups = onnx_weight_groups(node.op_type, weight, trans_b)
+        attributes = {a.name: a.i for a in node.attribute if a.type == onnx.AttributeProto.INT}
+        groups = onnx_weight_groups(node.op_type, weight, attributes.get("transB", 0) == 1, attributes.get("group", 1))
         rows.append(
             OnnxLayerSparsity(
                 name=node.input[index],

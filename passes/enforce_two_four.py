@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from compressor.counting import prunable_layers
-from passes.analysis import is_two_four, to_groups, two_four_eligibility, two_four_mask
+from passes.analysis import has_unbaked_mask, is_two_four, to_groups, two_four_eligibility, two_four_mask
 from passes.base import Pass, PassResult, copy_model
 
 
@@ -26,7 +26,7 @@ class EnforceTwoFourPass(Pass):
         model = copy_model(model)
         eligible, ineligible, changed = [], {}, {}
         for name, layer in prunable_layers(model):
-            if hasattr(layer, "weight_orig"):
+            if has_unbaked_mask(layer):
                 raise ValueError(f"layer {name} still carries a pruning mask: run BakeMasks first")
             verdict = two_four_eligibility(layer)
             if not verdict.eligible:

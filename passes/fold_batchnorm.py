@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch.nn as nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
-from passes.analysis import linear_bn_pairs
+from passes.analysis import has_unbaked_mask, linear_bn_pairs
 from passes.base import Pass, PassResult, copy_model
 
 
@@ -27,7 +27,15 @@ class FoldBatchNormPass(Pass):
 
     def run(self, model: nn.Module) -> PassResult:
         model = copy_model(model).eval()
-        pairs = linear_bn_pairs(model)
+        pairs = []
+        for layer_name, bn_name in linear_bn_pairs(model):
+            layer = model.get_submodule(layer_name)
+            if has_unbaked_mask(layer):
+                raise ValueError(f"layer {layer_name} still carries a pruning mask: run BakeMasks first")
+            # A BatchNorm without running statistics normalises with batch statistics even in eval mode:
+            # it is not a fixed affine map and cannot be folded.
+            if model.get_submodule(bn_name).running_mean is not None:
+                pairs.append((layer_name, bn_name))
         for layer_name, bn_name in pairs:
             layer = model.get_submodule(layer_name)
             bn = model.get_submodule(bn_name)
