@@ -217,7 +217,7 @@ def plot_sparsity(report: Report, path: str | os.PathLike) -> Path:
     axes.set_ylim(0, 100)
     axes.set_ylabel("sparsity (%)")
     axes.set_title(f"{report.arch or report.model}: {report.method}, {report.pattern}")
-    axes.legend(loc="lower right")
+    axes.legend(loc="upper left")
     figure.tight_layout()
     written = atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=120))
     plt.close(figure)
