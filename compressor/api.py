@@ -35,7 +35,7 @@ from compressor.training import TrainConfig, TrainResult, evaluate, train
 from compressor.verify import VerificationError, verify_onnx
 from passes.analysis import two_four_eligibility
 from passes.bake_masks import BakeMasksPass
-from passes.base import Pipeline, PipelineResult
+from passes.base import Pipeline, PipelineResult, copy_model
 from passes.check_onnx_sparsity import CheckOnnxSparsityPass
 from passes.clean_onnx import CleanOnnxPass
 from passes.emit_onnx import DEFAULT_OPSET, EmitOnnxPass
@@ -63,6 +63,15 @@ def parse_target(value: str | float) -> float:
     return target
 
 
+def _check_settings(epochs: int, **positive: float | None) -> None:
+    """Refuse impossible numeric settings before any work starts; None means "not set"."""
+    if epochs < 0:
+        raise CompressorError(f"--epochs must be 0 or more, got {epochs}")
+    for name, value in positive.items():
+        if value is not None and not value > 0:
+            raise CompressorError(f"--{name.replace('_', '-')} must be positive, got {value}")
+
+
 @dataclass
 class TrainOutcome:
     """A trained dense model, its training history and where its checkpoint was written."""
@@ -76,10 +85,16 @@ def train_model(arch: str, out: str | os.PathLike | None = None, data: str = "di
                 seed: int = 0, lr: float = 0.05, batch_size: int = 64, in_channels: int | None = None,
                 num_classes: int = 10, force: bool = False, resume: bool = False, progress: bool = True) -> TrainOutcome:
     """Train a dense zoo model on `data` and (if `out` is given) write its checkpoint atomically."""
-    destination = check_writable_destination(out, force or resume, "checkpoint") if out is not None else None
+    _check_settings(epochs, batch_size=batch_size, lr=lr)
+    destination = state_path = None
+    if out is not None:
+        state_path = Path(out).parent / f".{Path(out).name}.train-state"
+        # Resuming writes over the checkpoint only when there is an interrupted run of it to continue.
+        destination = check_writable_destination(out, force or (resume and state_path.exists()), "checkpoint")
+    # Seeded before the model is built, so that the initial weights, too, follow --seed.
+    torch.manual_seed(seed)
     model = create_model(arch, num_classes=num_classes, in_channels=in_channels)
     bundle = load_data(data, model.input_shape, batch_size=batch_size, seed=seed, num_classes=model.num_classes)
-    state_path = destination.parent / f".{destination.name}.train-state" if destination is not None else None
     config = TrainConfig(epochs=epochs, lr=lr, seed=seed)
     result = train(model, bundle.train, bundle.test, config, state_path=state_path, resume=resume,
                    progress=progress, description=f"train {arch}")
@@ -130,6 +145,8 @@ def compress(model: str | os.PathLike | nn.Module, method: str = "magnitude", ta
     """
     timings: dict[str, float] = {}
     started = time.perf_counter()
+    _check_settings(epochs, lr=lr, batch_size=batch_size, bench_batch=bench_batch, bench_runs=bench_runs,
+                    threads=threads)
     target_value = parse_target(target) if target is not None else None
     compression = create_method(method, target_value, pattern, **(method_options or {}))
     folder = StagedFolder(out, force=force, resume=resume)
@@ -142,7 +159,9 @@ def compress(model: str | os.PathLike | nn.Module, method: str = "magnitude", ta
         write_report(report, folder.staging)
         folder.commit()
     except KeyboardInterrupt:
-        logger.warning("interrupted; run again with --resume to continue from the last finished epoch")
+        # The staging folder stays only when it holds a training state that --resume can continue from.
+        if not any(folder.staging.iterdir()):
+            folder.discard()
         raise
     except BaseException:
         folder.discard()
@@ -165,16 +184,18 @@ def _timed(timings: dict[str, float], stage: str, announce: bool = True):
 def _compress_into(staging: Path, source, compression, data_spec, epochs, lr, batch_size, arch, trust_model,
                    input_shape, seed, bench_batch, threads, bench_runs, progress, resume, timings) -> Report:
     with _timed(timings, "load", announce=False):
-        model = source if isinstance(source, nn.Module) else load_model(source, arch=arch, trust=trust_model,
-                                                                       input_shape=input_shape)
+        # A module passed in is copied: methods attach masks in place, and the caller's model stays as it was.
+        model = copy_model(source) if isinstance(source, nn.Module) else load_model(source, arch=arch,
+                                                                                    trust=trust_model,
+                                                                                    input_shape=input_shape)
         if input_shape is not None:
             model.input_shape = tuple(input_shape)
         if getattr(model, "input_shape", None) is None:
             raise CompressorError("the model's input shape is unknown; give it with --input-shape C,H,W")
         if isinstance(model, torch.jit.ScriptModule):
-            raise CompressorError("TorchScript archives can be loaded, exported and benchmarked, but methods "
-                                  "need the eager module: give a checkpoint, a state_dict with --arch, or a "
-                                  "pickled nn.Module with --trust-model")
+            raise CompressorError("a TorchScript archive can be loaded and exported, but methods need the eager "
+                                  "module: give a checkpoint, a state_dict with --arch, or a pickled nn.Module "
+                                  "with --trust-model")
         shape = tuple(model.input_shape)
         outputs = _output_classes(model, shape)
         bundle = load_data(data_spec, shape, batch_size=batch_size, seed=seed, num_classes=outputs)
@@ -186,9 +207,9 @@ def _compress_into(staging: Path, source, compression, data_spec, epochs, lr, ba
     with _timed(timings, "method"):
         model = compression.prepare(model, bundle)
         masked = {name for name, layer in prunable_layers(model) if prune.is_pruned(layer)}
-        train(model, bundle.train, bundle.test, TrainConfig(epochs=epochs, lr=lr, seed=seed),
-                       hooks=compression, state_path=staging / "train-state.pt", resume=resume,
-                       progress=progress, description=f"{compression.name} fine-tune")
+        train(model, bundle.train, bundle.test, TrainConfig(epochs=epochs, lr=lr, seed=seed), hooks=compression,
+              state_path=staging / "train-state.pt", resume=resume, progress=progress,
+              description=f"{compression.name} fine-tune")
         model = compression.finalize(model)
     with _timed(timings, "torch passes"):
         torch_passes = [BakeMasksPass()] + ([EnforceTwoFourPass()] if compression.pattern == "2:4" else [])
@@ -213,7 +234,6 @@ def _compress_into(staging: Path, source, compression, data_spec, epochs, lr, ba
         dense_bench = benchmark(dense_onnx, (bench_batch,), threads, bench_runs)[0]
         compressed_bench = benchmark(exported.model, (bench_batch,), threads, bench_runs)[0]
     save_checkpoint(model, staging / "model.pt", extra={"compression": facts})
-    (staging / "train-state.pt").unlink(missing_ok=True)
     macs = count_layer_macs(model, shape).values()
     weights = sum(row.weights for row in layers)
     return Report(

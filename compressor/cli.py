@@ -160,6 +160,8 @@ def _run_bench(args: argparse.Namespace) -> None:
 
     if args.runs < 50:
         raise CompressorError(f"--runs must be at least 50 for a stable median and p90, got {args.runs}")
+    if args.warmup < 0:
+        raise CompressorError(f"--warmup must be 0 or more, got {args.warmup}")
     results = benchmark(args.onnx, parse_batch_sizes(args.batch), threads=args.threads, runs=args.runs,
                         warmup=args.warmup)
     print(format_table(results, title=args.onnx))
@@ -187,7 +189,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = make_parser().parse_args(argv[1:] if verb else argv)
         run(args)
     except (CompressorError, _UsageError) as error:
-        print(f"compress: error: {error}" if isinstance(error, CompressorError) else str(error), file=sys.stderr)
+        if error.__cause__ is not None:
+            logging.getLogger(__name__).debug("cause", exc_info=error.__cause__)
+        print(str(error) if isinstance(error, _UsageError) else f"compress: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("compress: interrupted; run the same command with --resume to continue", file=sys.stderr)

@@ -81,12 +81,18 @@ class StagedFolder:
         if self.destination.exists() and not self.destination.is_dir():
             raise CompressorError(f"output {self.destination} exists and is not a folder")
         self.staging = self.destination.parent / f".{self.destination.name}.partial"
-        if self.staging.exists() and not resume:
-            shutil.rmtree(self.staging)
-        self.staging.mkdir(parents=True, exist_ok=True)
+        try:
+            if self.staging.exists() and not resume:
+                shutil.rmtree(self.staging)
+            self.staging.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise CompressorError(f"cannot write output folder {self.destination}: {error.strerror}") from None
 
     def commit(self) -> Path:
         retired = self.destination.parent / f".{self.destination.name}.old"
+        # A retired folder left by a run that crashed mid-commit would block the rename below.
+        if retired.exists():
+            shutil.rmtree(retired)
         if self.destination.exists():
             os.replace(self.destination, retired)
         os.replace(self.staging, self.destination)

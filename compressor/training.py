@@ -73,6 +73,10 @@ class TrainingHooks:
     def after_epoch(self, model: nn.Module, epoch: int) -> None:
         """Called after each epoch, before the resume state is saved."""
 
+    def fingerprint(self) -> dict:
+        """Settings a resumed run must share with the interrupted one (JSON-serialisable)."""
+        return {}
+
     def state_dict(self) -> dict:
         """State to keep across a resume; it must load with `torch.load(weights_only=True)`."""
         return {}
@@ -187,7 +191,7 @@ def _train(
     # Stepped per batch, so that a short fine-tune of one or two epochs still anneals smoothly.
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs * batches_per_epoch)
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    fingerprint = _fingerprint(model, config, batches_per_epoch)
+    fingerprint = _fingerprint(model, config, batches_per_epoch, hooks)
 
     history: list[EpochRecord] = []
     completed = 0
@@ -283,10 +287,11 @@ def _seed_shuffling(loader: DataLoader, seed: int) -> None:
         generator.manual_seed(seed)
 
 
-def _fingerprint(model: nn.Module, config: TrainConfig, batches_per_epoch: int) -> str:
+def _fingerprint(model: nn.Module, config: TrainConfig, batches_per_epoch: int, hooks: TrainingHooks) -> str:
     """A hash of everything a resumed run must share with the run that wrote the state."""
     content = {
         "config": dataclasses.asdict(config),
+        "hooks": hooks.fingerprint(),
         "batches_per_epoch": batches_per_epoch,
         "model": [[name, list(tensor.shape)] for name, tensor in model.state_dict().items()],
     }
@@ -351,7 +356,7 @@ def _restore(
         saved = state["config"]
         changed = [f"{key} {saved.get(key)!r} -> {value!r}" for key, value in dataclasses.asdict(config).items()
                    if saved.get(key) != value]
-        what = ", ".join(changed) if changed else "a different model or training data"
+        what = ", ".join(changed) if changed else "a different model, method or training data"
         raise CompressorError(f"the training state {path} was written with different settings ({what}); "
                               "delete it or run without resume")
     try:

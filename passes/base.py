@@ -18,6 +18,8 @@ from typing import Any, ClassVar, Sequence
 import torch
 import torch.nn as nn
 
+from compressor.errors import CompressorError
+
 logger = logging.getLogger(__name__)
 
 
@@ -30,15 +32,21 @@ class PassResult:
     notes: dict[str, Any] = field(default_factory=dict)
 
 
-class PassError(RuntimeError):
-    """A pass failed inside a pipeline; the message names it and the passes that completed before it."""
+class PassError(CompressorError):
+    """A pass failed inside a pipeline; the message names it and the passes that completed before it.
+
+    It is a user-facing error (a model the compiler cannot handle, such as one torch cannot export), reported
+    in one line; the original exception stays in `cause` and chained as `__cause__`.
+    """
 
     def __init__(self, pass_name: str, completed: Sequence[str], cause: BaseException):
         self.pass_name = pass_name
         self.completed = list(completed)
         self.cause = cause
         before = ", ".join(self.completed) if self.completed else "none"
-        super().__init__(f"pass {pass_name} failed (after: {before}): {cause}")
+        # One line: the cause's first line says what went wrong; the whole cause stays in `cause`.
+        first_line = next((line.strip() for line in str(cause).splitlines() if line.strip()), type(cause).__name__)
+        super().__init__(f"pass {pass_name} failed (after: {before}): {first_line}")
 
 
 class Pass(ABC):

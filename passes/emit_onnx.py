@@ -1,7 +1,7 @@
 """EmitOnnxPass: export an eval-mode torch model to ONNX with a dynamic batch axis.
 
 This is the bridge between the torch-level and the ONNX-level passes. It uses torch's own exporter
-(`torch.onnx.export(dynamo=True)`), names the graph's input and output, and keeps every weight as a dense
+(`torch.onnx.export(dynamo=True)`; TorchScript archives take torch's TorchScript-based exporter), names the graph's input and output, and keeps every weight as a dense
 initializer (zeros included): TensorRT's parser ignores sparse initializers, so 2:4 weights must be dense.
 """
 
@@ -49,21 +49,25 @@ class EmitOnnxPass(Pass):
         try:
             with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
                 warnings.simplefilter("ignore")
-                program = torch.onnx.export(
-                    model,
-                    (example,),
-                    dynamo=True,
-                    opset_version=self.opset,
-                    input_names=[self.input_name],
-                    output_names=[self.output_name],
-                    dynamic_shapes=({0: torch.export.Dim("batch")},),
-                    external_data=False,
-                )
+                proto = _export(model, example, self.opset, self.input_name, self.output_name)
         finally:
             exporter_log.setLevel(level)
-        proto = program.model_proto
         onnx.checker.check_model(proto)
         return PassResult(proto, modified=True, notes={"opset": _opset(proto)})
+
+
+def _export(model: nn.Module, example: torch.Tensor, opset: int, input_name: str, output_name: str) -> onnx.ModelProto:
+    if isinstance(model, torch.jit.ScriptModule):
+        # torch.export (behind the dynamo exporter) cannot read TorchScript; the TorchScript-based exporter
+        # is the one made for it.
+        buffer = io.BytesIO()
+        torch.onnx.export(model, (example,), buffer, dynamo=False, opset_version=opset, input_names=[input_name],
+                          output_names=[output_name], dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}})
+        return onnx.load_from_string(buffer.getvalue())
+    program = torch.onnx.export(model, (example,), dynamo=True, opset_version=opset, input_names=[input_name],
+                                output_names=[output_name], dynamic_shapes=({0: torch.export.Dim("batch")},),
+                                external_data=False)
+    return program.model_proto
 
 
 def _opset(model: onnx.ModelProto) -> int:

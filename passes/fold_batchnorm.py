@@ -3,7 +3,8 @@
 In eval mode a BatchNorm that directly follows a Conv/Linear is an affine map per output channel, so it can
 be merged into that layer's weight and bias, which removes a layer from the exported graph. Zeros in the
 weight stay zeros (each output row is only scaled), so sparsity survives folding. BatchNorms that follow an
-activation or a concatenation (pre-activation designs) cannot be folded and are left alone.
+activation or a concatenation (pre-activation designs) cannot be folded and are left alone, and so is a whole
+model that torch.fx cannot trace (data-dependent control flow, TorchScript): the exporter still handles it.
 """
 
 from __future__ import annotations
@@ -27,8 +28,13 @@ class FoldBatchNormPass(Pass):
 
     def run(self, model: nn.Module) -> PassResult:
         model = copy_model(model).eval()
+        try:
+            candidates = linear_bn_pairs(model)
+        except Exception as error:  # tracing runs the model's own forward, which may raise anything
+            reason = f"not traceable by torch.fx ({' '.join(str(error).split())[:160]})"
+            return PassResult(model, modified=False, notes={"folded": [], "skipped": reason})
         pairs = []
-        for layer_name, bn_name in linear_bn_pairs(model):
+        for layer_name, bn_name in candidates:
             layer = model.get_submodule(layer_name)
             if has_unbaked_mask(layer):
                 raise ValueError(f"layer {layer_name} still carries a pruning mask: run BakeMasks first")

@@ -7,9 +7,10 @@ import onnx
 import pytest
 import torch
 
-from compressor.api import compress, parse_target
+from compressor.api import compress, parse_target, train_model
 from compressor.errors import CompressorError
 from compressor.loading import load_model
+from compressor.models import create_model
 from compressor.methods.magnitude import MagnitudeMethod
 from passes.check_onnx_sparsity import read_onnx_sparsity
 from passes.write_onnx_metadata import read_onnx_metadata
@@ -118,3 +119,46 @@ def test_target_parsing(text, value):
 def test_target_outside_open_interval(text):
     with pytest.raises(CompressorError):
         parse_target(text)
+
+
+def test_resume_refuses_a_different_target(lenet5_checkpoint, tmp_path, monkeypatch):
+    def interrupt(self, model, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(MagnitudeMethod, "after_epoch", interrupt, raising=False)
+        with pytest.raises(KeyboardInterrupt):
+            compress(lenet5_checkpoint, "magnitude", "90%", epochs=3, out=tmp_path / "o", progress=False)
+    with pytest.raises(CompressorError, match="different settings"):
+        compress(lenet5_checkpoint, "magnitude", "30%", epochs=3, out=tmp_path / "o", resume=True, progress=False)
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_module_passed_in_is_not_changed(tmp_path):
+    model = create_model("lenet300_100")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    compress(model, "magnitude", "50%", epochs=0, out=tmp_path / "o", progress=False)
+    after = model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+
+
+@pytest.mark.parametrize("settings", [{"epochs": -1}, {"bench_batch": 0}, {"threads": 0}, {"lr": 0.0},
+                                      {"batch_size": 0}])
+def test_impossible_settings_fail_before_any_work(lenet5_checkpoint, tmp_path, settings):
+    with pytest.raises(CompressorError, match="must be"):
+        compress(lenet5_checkpoint, "magnitude", "50%", out=tmp_path / "o", progress=False, **settings)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_training_follows_the_seed_from_the_initial_weights(tmp_path):
+    first = train_model("lenet300_100", epochs=0, seed=3, progress=False).model.state_dict()
+    again = train_model("lenet300_100", epochs=0, seed=3, progress=False).model.state_dict()
+    other = train_model("lenet300_100", epochs=0, seed=4, progress=False).model.state_dict()
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert not all(torch.equal(first[k], other[k]) for k in first)
+
+
+def test_train_resume_without_a_state_does_not_overwrite(lenet5_checkpoint, tmp_path):
+    with pytest.raises(CompressorError, match="--force"):
+        train_model("lenet5", lenet5_checkpoint, epochs=1, resume=True, progress=False)

@@ -107,6 +107,10 @@ def bad_inputs(tmp_path_factory):
     ["bench", "corrupt.pt"],
     ["bench", "corrupt.pt", "--batch", "0,x"],
     ["bench", "corrupt.pt", "--runs", "10"],
+    ["bench", "corrupt.pt", "--warmup", "-1"],
+    ["sd.pt", "--arch", "lenet5", "--target", "50%", "--bench-batch", "0"],
+    ["sd.pt", "--arch", "lenet5", "--target", "50%", "--epochs", "-1"],
+    ["sd.pt", "--arch", "lenet5", "--target", "50%", "--threads", "0"],
     ["train", "nonet", "-o", "x.pt"],
 ])
 def test_bad_input_is_one_line_and_writes_nothing(bad_inputs, args, capsys, monkeypatch):

@@ -69,3 +69,13 @@ def test_destination_under_a_file_is_refused(tmp_path):
     (tmp_path / "plain.txt").write_text("x")
     with pytest.raises(CompressorError, match="not a writable folder"):
         check_writable_destination(tmp_path / "plain.txt" / "out", force=False)
+
+
+def test_a_retired_folder_left_by_a_crash_does_not_block_commit(tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / ".out.old").mkdir()
+    (tmp_path / ".out.old" / "stale").write_text("x")
+    folder = StagedFolder(tmp_path / "out", force=True)
+    (folder.staging / "model.onnx").write_text("new")
+    folder.commit()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

@@ -274,7 +274,7 @@ def test_resume_with_a_different_model_is_refused(tmp_path):
     state_path = interrupted_state(tmp_path, fast(3))
     train_loader, test_loader = loaders()
     wider = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Dropout(0.1), nn.Linear(32, 2))
-    with pytest.raises(CompressorError, match="different model or training data"):
+    with pytest.raises(CompressorError, match="different model, method or training data"):
         train(wider, train_loader, test_loader, fast(3), state_path=state_path, resume=True, progress=False)
 
 

@@ -44,6 +44,10 @@ class Method(TrainingHooks, metaclass=ABCMeta):
         """Fix the method's decisions after training; the default keeps the masks as they are."""
         return model
 
+    def fingerprint(self) -> dict[str, Any]:
+        """A resumed fine-tune must continue the same method with the same target, pattern and options."""
+        return self.facts()
+
     def facts(self) -> dict[str, Any]:
         """What the report and the ONNX metadata record about this method's run."""
         return {"method": self.name, "target": self.target, "pattern": self.pattern,

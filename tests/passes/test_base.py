@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import prune
 
+from compressor.errors import CompressorError
 from compressor.methods.masks import attach_masks
 from passes.base import Pass, PassError, PassResult, Pipeline, PipelineResult, copy_model
 
@@ -188,3 +189,11 @@ print(json.dumps(failures))
     )
 
 
+
+
+def test_pass_error_is_one_user_facing_line():
+    cause = RuntimeError("first line of the cause\nsecond line\nthird")
+    error = PassError("EmitOnnx", ["FoldBatchNorm"], cause)
+    assert isinstance(error, CompressorError)
+    assert str(error) == "pass EmitOnnx failed (after: FoldBatchNorm): first line of the cause"
+    assert error.cause is cause

@@ -6,6 +6,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+import torch.nn as nn
 
 from compressor.counting import prunable_layers
 from passes.emit_onnx import DEFAULT_OPSET, EmitOnnxPass, emit_onnx
@@ -79,3 +80,14 @@ def test_opset_below_17_raises(opset):
         EmitOnnxPass((1, 28, 28), opset=opset)
     with pytest.raises(ValueError):
         emit_onnx(torch.nn.Identity(), (1, 28, 28), opset=opset)
+
+
+def test_torchscript_archive_exports_through_the_torchscript_exporter(tmp_path, onnx_run, check_outputs):
+    eager = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)).eval()
+    scripted = torch.jit.trace(eager, torch.randn(1, 1, 8, 8))
+    result = EmitOnnxPass((1, 8, 8)).run(scripted)
+    assert result.modified and result.notes["opset"] >= 17
+    for batch in (1, 5):
+        x = torch.randn(batch, 1, 8, 8)
+        check_outputs(onnx_run(result.model, x), eager(x).detach().numpy())
+    assert EmitOnnxPass((1, 8, 8)).run(result.model).modified is False

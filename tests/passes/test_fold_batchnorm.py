@@ -153,3 +153,24 @@ def test_fold_batchnorm_leaves_batchnorm_without_running_stats(check_outputs, to
     check_outputs(torch_run(result.model, x), torch_run(model, x))
 
 
+
+
+class DataDependentFlow(nn.Module):
+    """torch.fx cannot trace a forward whose control flow depends on the data."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3)
+        self.bn = nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        y = self.bn(self.conv(x))
+        return y * 2 if y.sum() > 0 else y
+
+
+def test_fold_batchnorm_skips_a_model_fx_cannot_trace(check_outputs, torch_run):
+    model = DataDependentFlow().eval()
+    x = torch.randn(2, 1, 8, 8)
+    result = FoldBatchNormPass().run(model)
+    assert result.modified is False and "not traceable" in result.notes["skipped"]
+    check_outputs(torch_run(result.model, x), torch_run(model, x))
