@@ -19,7 +19,7 @@ import onnx
 
 from compressor.api import benchmark, compress, export_onnx, train_model
 from compressor.loading import load_model
-from compressor.report import format_table
+from compressor.tables import text_table
 from passes.check_onnx_sparsity import read_onnx_sparsity
 
 
@@ -69,7 +69,7 @@ def main() -> None:
     header = ["model", "pattern", "accuracy dense → compressed", "sparsity (counted)", "2:4 layers",
               "ONNX zeros = report", "max |ort − torch|", *[f"ms b={b} dense → compr." for b in batches],
               "run s"]
-    table = format_table(header, rows)
+    table = text_table(header, rows)
     print(table)
     (root / "table.txt").write_text(table + "\n")
 

@@ -156,7 +156,7 @@ def _run_train(args: argparse.Namespace) -> None:
 
 def _run_bench(args: argparse.Namespace) -> None:
     from compressor.api import benchmark
-    from runtime.bench import format_table, parse_batch_sizes
+    from runtime.bench import parse_batch_sizes, results_table
 
     if args.runs < 50:
         raise CompressorError(f"--runs must be at least 50 for a stable median and p90, got {args.runs}")
@@ -164,16 +164,16 @@ def _run_bench(args: argparse.Namespace) -> None:
         raise CompressorError(f"--warmup must be 0 or more, got {args.warmup}")
     results = benchmark(args.onnx, parse_batch_sizes(args.batch), threads=args.threads, runs=args.runs,
                         warmup=args.warmup)
-    print(format_table(results, title=args.onnx))
+    print(results_table(results, title=args.onnx))
 
 
 def _run_zoo(args: argparse.Namespace) -> None:
     from compressor.models import describe_models
-    from compressor.report import format_table
+    from compressor.tables import text_table
 
     rows = [[s.name, "x".join(map(str, s.input_shape)), f"{s.params:,}", f"{s.macs:,}"]
             for s in describe_models(args.pattern)]
-    print(format_table(["name", "input", "params", "MACs"], rows))
+    print(text_table(["name", "input", "params", "MACs"], rows, left_columns=2))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

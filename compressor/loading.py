@@ -61,12 +61,6 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, extra: dict[str, 
     return atomic_torch_save(payload, path)
 
 
-def read_checkpoint_extra(path: str | os.PathLike) -> dict[str, Any]:
-    """The `extra` facts stored in one of our checkpoints (empty for any other file)."""
-    payload = _load_weights_only(Path(path))
-    return payload.get("extra", {}) if _is_our_checkpoint(payload) else {}
-
-
 def load_model(path: str | os.PathLike, arch: str | None = None, trust: bool = False,
                input_shape: tuple[int, int, int] | None = None) -> nn.Module:
     """Load a model file in any supported form; see the module docstring. The result is in eval mode."""

@@ -1,8 +1,8 @@
 """The model zoo as seen from the compressor API and CLI: build models by name and summarise them.
 
 `create_model` and `list_models` come from the `models` package; `describe_models` adds the measured size of
-each model (parameters, and multiply-accumulates of one sample at its published input shape), which the CLI
-prints when listing architectures and the reports use as the uncompressed baseline.
+each model (parameters, and multiply-accumulates of one sample at its published input shape), which
+`compress zoo` prints.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from compressor.files import atomic_write, atomic_write_text
+from compressor.tables import markdown_table, text_table
 
 
 @dataclass
@@ -126,7 +127,7 @@ class Report:
         """(quantity, dense, compressed) rows for the summary table."""
         d, c, lat = self.dense, self.compressed, self.latency
         return [
-            ("params (non-zero)", f"{d.params:,}", f"{c.params_nonzero:,}"),
+            ("params (compressed: non-zero)", f"{d.params:,}", f"{c.params_nonzero:,}"),
             ("MACs (non-zero weights)", f"{d.macs:,}", f"{c.macs_nonzero:,}"),
             ("sparsity", "0.00%", f"{c.sparsity:.2%}"),
             ("accuracy", f"{d.accuracy:.2%}", f"{c.accuracy:.2%}"),
@@ -134,23 +135,9 @@ class Report:
         ]
 
 
-def format_table(header: list[str], rows: list[list[str]]) -> str:
-    """A plain-text table with aligned columns, for terminals."""
-    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
-    lines = ["  ".join(str(cell).ljust(w) for cell, w in zip(line, widths)) for line in [header, *rows]]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(line.rstrip() for line in lines)
-
-
 def summary_text(report: Report) -> str:
     """The terminal summary printed at the end of a run."""
-    return format_table(["", "dense", "compressed"], [list(row) for row in report.summary_rows()])
-
-
-def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return "\n".join(lines)
+    return text_table(["", "dense", "compressed"], report.summary_rows())
 
 
 def render_markdown(report: Report) -> str:
@@ -164,7 +151,7 @@ def render_markdown(report: Report) -> str:
         "",
         "## Summary",
         "",
-        _markdown_table(["", "dense", "compressed"], [list(row) for row in r.summary_rows()]),
+        markdown_table(["", "dense", "compressed"], [list(row) for row in r.summary_rows()]),
         "",
         "## ONNX",
         "",
@@ -174,7 +161,7 @@ def render_markdown(report: Report) -> str:
         "",
         "## Latency",
         "",
-        _markdown_table(
+        markdown_table(
             ["backend", "batch", "threads", "dense median ms", "compressed median ms", "dense p90 ms",
              "compressed p90 ms", "runs"],
             [[r.latency.backend, r.latency.batch, r.latency.threads or "default", f"{r.latency.dense_ms:.3f}",
@@ -185,14 +172,14 @@ def render_markdown(report: Report) -> str:
         "",
         "![per-layer sparsity](sparsity.png)",
         "",
-        _markdown_table(
+        markdown_table(
             ["layer", "kind", "shape", "weights", "zeros", "sparsity", "pattern", "note"],
             [[f"`{row.name}`", row.kind, "x".join(map(str, row.shape)), f"{row.weights:,}", f"{row.zeros:,}",
               f"{row.sparsity:.2%}", row.pattern, row.note] for row in r.layers]),
         "",
         "## Passes",
         "",
-        _markdown_table(["pass", "modified", "seconds"],
+        markdown_table(["pass", "modified", "seconds"],
                         [[p.name, "yes" if p.modified else "no", f"{p.seconds:.2f}"] for p in r.passes]),
         "",
     ]

@@ -5,7 +5,7 @@ Backends run an exported ONNX model behind one small interface (`run(batch) -> o
 `bench` times any such backend and renders the results as plain-text tables.
 """
 
-from runtime.bench import BenchResult, benchmark, compare, format_table, parse_batch_sizes
+from runtime.bench import BenchResult, benchmark, parse_batch_sizes, results_table
 from runtime.ort_backend import OrtBackend
 
-__all__ = ["BenchResult", "OrtBackend", "benchmark", "compare", "format_table", "parse_batch_sizes"]
+__all__ = ["BenchResult", "OrtBackend", "benchmark", "parse_batch_sizes", "results_table"]

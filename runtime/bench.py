@@ -4,7 +4,7 @@
 caches), then `runs` timed calls per batch size with `time.perf_counter_ns`. The report quotes the median
 and p90 rather than the mean because a few scheduler hiccups dominate a mean of short runs. Any object with
 `run(np.ndarray)`, `name` and `input_shape` is a backend, so onnxruntime, TensorRT and torch are timed the
-same way. `format_table` and `compare` render results for people; `BenchResult.to_dict` is what goes into
+same way. `results_table` renders results for people; `BenchResult.to_dict` is what goes into
 report.json.
 """
 
@@ -18,6 +18,7 @@ from typing import Protocol, Sequence
 import numpy as np
 
 from compressor.errors import CompressorError
+from compressor.tables import text_table
 
 
 class Backend(Protocol):
@@ -103,8 +104,8 @@ def benchmark(
         declared = tuple(backend.input_shape)[1:]
         if not declared or any(d is None for d in declared):
             raise CompressorError(
-                f"{backend.name}: model input shape {tuple(backend.input_shape)} has unknown dimensions; "
-                "give the sample shape (C, H, W) explicitly"
+                f"{backend.name}: model input shape {tuple(backend.input_shape)} has unknown dimensions besides "
+                "the batch; only models with a fixed sample shape can be benchmarked"
             )
         input_shape = declared
     sample_shape = tuple(int(d) for d in input_shape)
@@ -152,71 +153,11 @@ def _threads(value: int | None) -> str:
     return "default" if value is None else str(value)
 
 
-def _render(headers: Sequence[str], rows: Sequence[Sequence[str]], title: str | None, text_columns: int) -> str:
-    """Columns padded to their widest cell: the first `text_columns` left-aligned, numbers right-aligned."""
-    widths = [max(len(cell) for cell in column) for column in zip(headers, *rows)]
-
-    def line(cells: Sequence[str]) -> str:
-        padded = [c.ljust(w) if i < text_columns else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))]
-        return "  ".join(padded).rstrip()
-
-    lines = [title] if title else []
-    lines += [line(headers), "  ".join("-" * w for w in widths)]
-    lines += [line(row) for row in rows]
-    return "\n".join(lines)
-
-
-def format_table(results: Sequence[BenchResult], title: str | None = None) -> str:
+def results_table(results: Sequence[BenchResult], title: str | None = None) -> str:
     """One row per result: backend, batch, threads, median ms, p90 ms, throughput/s."""
     headers = ("backend", "batch", "threads", "median ms", "p90 ms", "throughput/s")
     rows = [
         (r.backend, str(r.batch), _threads(r.threads), _ms(r.median_ms), _ms(r.p90_ms), _per_s(r.throughput_per_s))
         for r in results
     ]
-    return _render(headers, rows, title, text_columns=1)
-
-
-def compare(
-    dense: Sequence[BenchResult], compressed: Sequence[BenchResult], title: str | None = None
-) -> str:
-    """Dense -> compressed median latency and throughput per (batch, threads), with the speed-up ratio.
-
-    Both lists must cover the same (batch, threads) pairs: a row with one side missing would hide a gap.
-    """
-
-    def by_key(results: Sequence[BenchResult], which: str) -> dict[tuple[int, int | None], BenchResult]:
-        keyed: dict[tuple[int, int | None], BenchResult] = {}
-        for r in results:
-            key = (r.batch, r.threads)
-            if key in keyed:
-                raise ValueError(f"{which} results have batch {r.batch}, threads {_threads(r.threads)} twice")
-            keyed[key] = r
-        return keyed
-
-    dense_by_key = by_key(dense, "dense")
-    compressed_by_key = by_key(compressed, "compressed")
-    if dense_by_key.keys() != compressed_by_key.keys():
-        raise ValueError(
-            f"dense and compressed were benchmarked at different (batch, threads): "
-            f"{sorted(dense_by_key, key=str)} vs {sorted(compressed_by_key, key=str)}"
-        )
-
-    headers = ("batch", "threads", "median ms (dense -> compressed)", "throughput/s (dense -> compressed)", "speed-up")
-    rows = []
-    for key, d in dense_by_key.items():
-        c = compressed_by_key[key]
-        rows.append(
-            (
-                str(d.batch),
-                _threads(d.threads),
-                f"{_ms(d.median_ms)} -> {_ms(c.median_ms)}",
-                f"{_per_s(d.throughput_per_s)} -> {_per_s(c.throughput_per_s)}",
-                f"{d.median_ms / c.median_ms:.2f}x",
-            )
-        )
-    backends = (
-        f"dense: {', '.join(sorted({r.backend for r in dense}))}; "
-        f"compressed: {', '.join(sorted({r.backend for r in compressed}))}"
-    )
-    heading = f"{title}\n{backends}" if title else backends
-    return _render(headers, rows, heading, text_columns=0)
+    return text_table(headers, rows, title, left_columns=1)

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from compressor.errors import CompressorError
-from compressor.loading import load_model, parse_input_shape, read_checkpoint_extra, save_checkpoint
+from compressor.loading import load_model, parse_input_shape, save_checkpoint
 from compressor.models import create_model
 
 
@@ -43,7 +43,7 @@ def test_checkpoint_round_trip(tmp_path):
     loaded = load_model(tmp_path / "m.pt")
     assert (loaded.arch, loaded.num_classes, loaded.input_shape) == ("resnet20", 7, (1, 32, 32))
     assert same_outputs(model, loaded, (1, 32, 32))
-    assert read_checkpoint_extra(tmp_path / "m.pt") == {"note": 1}
+    assert torch.load(tmp_path / "m.pt", weights_only=True)["extra"] == {"note": 1}
 
 
 def test_state_dict_needs_the_right_arch(tmp_path):

@@ -18,9 +18,9 @@ from compressor.data import DataBundle
 from compressor.errors import CompressorError
 from compressor.methods.base import Method, register_method
 from compressor.methods.masks import attach_masks, magnitude_masks
-from passes.analysis import two_four_eligibility, two_four_mask
+from passes.analysis import GROUP, KEEP, two_four_eligibility, two_four_mask
 
-TWO_FOUR_SPARSITY = 0.5
+TWO_FOUR_SPARSITY = 1 - KEEP / GROUP
 
 
 @dataclass

@@ -7,7 +7,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from compressor.errors import CompressorError
-from runtime.bench import BenchResult, benchmark, compare, format_table, parse_batch_sizes
+from runtime.bench import BenchResult, benchmark, parse_batch_sizes, results_table
 from runtime.ort_backend import OrtBackend
 
 
@@ -133,8 +133,8 @@ def test_result_to_dict_is_plain_data():
     }
 
 
-def test_format_table_shows_every_number():
-    table = format_table([_result(batch=1), _result(batch=32, threads=4, median_ms=8.0, p90_ms=9.25)], title="dense")
+def test_results_table_shows_every_number():
+    table = results_table([_result(batch=1), _result(batch=32, threads=4, median_ms=8.0, p90_ms=9.25)], title="dense")
     lines = table.splitlines()
 
     assert lines[0] == "dense"
@@ -142,25 +142,6 @@ def test_format_table_shows_every_number():
     assert lines[3].split() == ["onnxruntime-cpu", "1", "default", "2.000", "2.500", "500.0"]
     assert lines[4].split() == ["onnxruntime-cpu", "32", "4", "8.000", "9.250", "4000.0"]
     assert len({len(line) for line in lines[1:4]}) == 1
-
-
-def test_compare_shows_dense_to_compressed_and_speed_up():
-    dense = [_result(batch=1, median_ms=2.0), _result(batch=32, median_ms=16.0)]
-    compressed = [_result(batch=1, median_ms=0.5), _result(batch=32, median_ms=10.0)]
-
-    text = compare(dense, compressed)
-
-    assert "2.000 -> 0.500" in text
-    assert "500.0 -> 2000.0" in text
-    assert "4.00x" in text
-    assert "16.000 -> 10.000" in text
-    assert "1.60x" in text
-    assert "dense: onnxruntime-cpu; compressed: onnxruntime-cpu" in text
-
-
-def test_compare_refuses_mismatched_batches():
-    with pytest.raises(ValueError, match="different"):
-        compare([_result(batch=1)], [_result(batch=1), _result(batch=8)])
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,32 @@
+"""Tables for people: aligned plain text for terminals and Markdown for reports.
+
+Every table the tool prints or writes (the run summary, `compress zoo`, `compress bench`, report.md and the
+benchmark scripts) is rendered here, so they all look alike.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+
+def text_table(header: Sequence[str], rows: Sequence[Sequence[object]], title: str | None = None,
+               left_columns: int | None = None) -> str:
+    """Columns padded to their widest cell; the first `left_columns` (default: all) left-aligned, the rest
+    (numbers) right-aligned."""
+    cells = [[str(cell) for cell in row] for row in [header, *rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    left = len(header) if left_columns is None else left_columns
+
+    def line(row: list[str]) -> str:
+        return "  ".join(c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip()
+
+    lines = [title] if title else []
+    lines += [line(cells[0]), "  ".join("-" * w for w in widths), *(line(row) for row in cells[1:])]
+    return "\n".join(lines)
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A GitHub-flavoured Markdown table."""
+    lines = ["| " + " | ".join(str(c) for c in header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
