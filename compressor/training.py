@@ -214,8 +214,9 @@ def _train(
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), dtype=torch.long, device=device)
         seen = 0
+        # disable=None: tqdm draws the bar only on a terminal, so logs and CI output keep the epoch lines alone.
         with tqdm(train_loader, desc=f"{description} {epoch}/{config.epochs}", total=batches_per_epoch,
-                  disable=not progress, leave=True) as bar:
+                  disable=None if progress else True, leave=True) as bar:
             for inputs, targets in bar:
                 inputs, targets = inputs.to(device), targets.to(device)
                 optimizer.zero_grad(set_to_none=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import sys
 
 import pytest
 import torch
@@ -113,12 +114,20 @@ def test_zero_epochs_only_evaluates():
     assert_same_weights(model, before)
 
 
-def test_progress_bar_and_log_line(caplog, capsys):
+def test_progress_bar_on_a_terminal_and_log_line(caplog, capsys, monkeypatch):
     train_loader, test_loader = loaders()
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     with caplog.at_level(logging.INFO, logger="compressor.training"):
         train(mlp(), train_loader, test_loader, fast(1), progress=True, description="dense")
     assert "dense 1/1" in capsys.readouterr().err
     assert any("dense epoch 1/1" in message and "test acc" in message for message in caplog.messages)
+
+
+def test_no_progress_bar_when_stderr_is_not_a_terminal(capsys, monkeypatch):
+    train_loader, test_loader = loaders()
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
+    train(mlp(), train_loader, test_loader, fast(1), progress=True, description="dense")
+    assert "dense 1/1" not in capsys.readouterr().err
 
 
 class CountingHooks(TrainingHooks):
