@@ -19,10 +19,9 @@ from typing import Any, Sequence
 import onnx
 import torch
 import torch.nn as nn
-from torch.nn.utils import prune
 
 import compressor
-from compressor.counting import count_layer_macs, count_params, global_sparsity, layer_sparsity, prunable_layers
+from compressor.counting import count_layer_macs, count_params, layer_sparsity, prunable_layers
 from compressor.data import DataBundle, load_data
 from compressor.errors import CompressorError
 from compressor.files import StagedFolder, atomic_write_bytes, check_writable_destination
@@ -33,7 +32,7 @@ from compressor.report import (CompressedStats, DenseStats, LatencyStats, LayerS
                                write_report)
 from compressor.training import TrainConfig, TrainResult, evaluate, train
 from compressor.verify import VerificationError, verify_onnx
-from passes.analysis import two_four_eligibility
+from passes.analysis import has_unbaked_mask, two_four_eligibility
 from passes.bake_masks import BakeMasksPass
 from passes.base import Pipeline, PipelineResult, copy_model
 from passes.check_onnx_sparsity import CheckOnnxSparsityPass
@@ -206,7 +205,7 @@ def _compress_into(staging: Path, source, compression, data_spec, epochs, lr, ba
         dense_onnx = export_onnx(model, input_shape=shape).model
     with _timed(timings, "method"):
         model = compression.prepare(model, bundle)
-        masked = {name for name, layer in prunable_layers(model) if prune.is_pruned(layer)}
+        masked = {name for name, layer in prunable_layers(model) if has_unbaked_mask(layer)}
         train(model, bundle.train, bundle.test, TrainConfig(epochs=epochs, lr=lr, seed=seed), hooks=compression,
               state_path=staging / "train-state.pt", resume=resume, progress=progress,
               description=f"{compression.name} fine-tune")
@@ -217,8 +216,10 @@ def _compress_into(staging: Path, source, compression, data_spec, epochs, lr, ba
         model = compiled.model.eval()
         layers = _layer_stats(model, masked, compression.pattern)
         two_four_names = [f"{row.name}.weight" for row in layers if row.pattern == "2:4"]
-    facts = {**compression.facts(), "tool_version": compressor.__version__,
-             "sparsity": global_sparsity(layer_sparsity(model)),
+    torch_zeros = sum(row.zeros for row in layers)
+    weights = sum(row.weights for row in layers)
+    sparsity = torch_zeros / weights if weights else 0.0
+    facts = {**compression.facts(), "tool_version": compressor.__version__, "sparsity": sparsity,
              "layers": {row.name: round(row.sparsity, 6) for row in layers}}
     with _timed(timings, "export"):
         exported = export_onnx(model, staging / "model.onnx", shape, facts=facts, expect_two_four=two_four_names)
@@ -226,7 +227,6 @@ def _compress_into(staging: Path, source, compression, data_spec, epochs, lr, ba
         check = verify_onnx(model, exported.model, _real_batch(bundle))
         onnx_rows = exported.notes("CheckOnnxSparsity")["layers"]
         onnx_zeros = sum(row.zeros for row in onnx_rows)
-        torch_zeros = sum(row.zeros for row in layers)
         if onnx_zeros != torch_zeros:
             raise VerificationError(f"the ONNX holds {onnx_zeros} zero weights but the model {torch_zeros}")
         compressed_accuracy = evaluate(model, bundle.test)
@@ -235,7 +235,6 @@ def _compress_into(staging: Path, source, compression, data_spec, epochs, lr, ba
         compressed_bench = benchmark(exported.model, (bench_batch,), threads, bench_runs)[0]
     save_checkpoint(model, staging / "model.pt", extra={"compression": facts})
     macs = count_layer_macs(model, shape).values()
-    weights = sum(row.weights for row in layers)
     return Report(
         tool_version=compressor.__version__,
         model=str(source) if not isinstance(source, nn.Module) else type(source).__name__,
@@ -253,7 +252,7 @@ def _compress_into(staging: Path, source, compression, data_spec, epochs, lr, ba
             params_nonzero=count_params(model) - torch_zeros,
             macs=sum(m.macs for m in macs),
             macs_nonzero=sum(m.macs_nonzero for m in macs),
-            sparsity=torch_zeros / weights if weights else 0.0,
+            sparsity=sparsity,
             accuracy=compressed_accuracy),
         layers=layers,
         onnx=OnnxStats(path="model.onnx", opset=exported.notes("EmitOnnx")["opset"], max_abs_diff=check.max_abs_diff,
