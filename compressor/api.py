@@ -28,6 +28,7 @@ from compressor.files import StagedFolder, atomic_write_bytes, check_writable_de
 from compressor.loading import load_model, save_checkpoint
 from compressor.methods import create_method
 from compressor.models import create_model
+from compressor.options import parse_fraction
 from compressor.report import (CompressedStats, DenseStats, LatencyStats, LayerStats, OnnxStats, PassStats, Report,
                                write_report)
 from compressor.training import TrainConfig, TrainResult, evaluate, train
@@ -52,14 +53,7 @@ VERIFY_BATCH = 64
 
 def parse_target(value: str | float) -> float:
     """'85%' or '0.85' (or 0.85) → 0.85; anything outside (0, 1) is an error."""
-    text = str(value).strip()
-    try:
-        target = float(text[:-1]) / 100 if text.endswith("%") else float(text)
-    except ValueError:
-        raise CompressorError(f"--target must look like 85% or 0.85, not {value!r}") from None
-    if not 0 < target < 1:
-        raise CompressorError(f"--target must lie strictly between 0% and 100%, got {value!r}")
-    return target
+    return parse_fraction(value, "--target")
 
 
 def _check_settings(epochs: int, **positive: float | None) -> None:
@@ -206,15 +200,15 @@ def _compress_into(staging: Path, source, compression, data_spec, epochs, lr, ba
     with _timed(timings, "method"):
         model = compression.prepare(model, bundle)
         masked = {name for name, layer in prunable_layers(model) if has_unbaked_mask(layer)}
-        train(model, bundle.train, bundle.test, TrainConfig(epochs=epochs, lr=lr, seed=seed), hooks=compression,
-              state_path=staging / "train-state.pt", resume=resume, progress=progress,
-              description=f"{compression.name} fine-tune")
+        trained = train(model, bundle.train, bundle.test, TrainConfig(epochs=epochs, lr=lr, seed=seed),
+                        hooks=compression, state_path=staging / "train-state.pt", resume=resume, progress=progress,
+                        description=f"{compression.name} training")
         model = compression.finalize(model)
     with _timed(timings, "torch passes"):
         torch_passes = [BakeMasksPass()] + ([EnforceTwoFourPass()] if compression.pattern == "2:4" else [])
         compiled = Pipeline(torch_passes).run(model)
         model = compiled.model.eval()
-        layers = _layer_stats(model, masked, compression.pattern)
+        layers = _layer_stats(model, masked, compression)
         two_four_names = [f"{row.name}.weight" for row in layers if row.pattern == "2:4"]
     torch_zeros = sum(row.zeros for row in layers)
     weights = sum(row.weights for row in layers)
@@ -263,6 +257,7 @@ def _compress_into(staging: Path, source, compression, data_spec, epochs, lr, ba
                              dense_p90_ms=dense_bench.p90_ms, compressed_p90_ms=compressed_bench.p90_ms,
                              runs=compressed_bench.runs),
         passes=[PassStats(s.name, s.modified, round(s.seconds, 4)) for s in compiled.steps + exported.steps],
+        seconds_per_epoch=trained.seconds_per_epoch if epochs else None,
     )
 
 
@@ -297,19 +292,21 @@ def _real_batch(bundle: DataBundle) -> torch.Tensor:
     return torch.cat(images)[:VERIFY_BATCH]
 
 
-def _layer_stats(model: nn.Module, masked: set[str], pattern: str) -> list[LayerStats]:
+def _layer_stats(model: nn.Module, masked: set[str], method) -> list[LayerStats]:
     rows = []
     layers = dict(prunable_layers(model))
+    predicted = method.predicted_sparsity()
     for counted in layer_sparsity(model):
-        note = ""
+        layout, note = method.pattern, ""
         if counted.name not in masked:
             layout = "dense"
-            if pattern == "2:4":
+            if counted.name in method.skipped:
+                note = method.skipped[counted.name]
+            elif method.pattern == "2:4":
                 note = two_four_eligibility(layers[counted.name]).reason
             else:
                 note = "not pruned by the method"
-        else:
-            layout = pattern
         rows.append(LayerStats(name=counted.name, kind=counted.kind, shape=list(counted.shape), weights=counted.weights,
-                               zeros=counted.zeros, sparsity=counted.sparsity, pattern=layout, note=note))
+                               zeros=counted.zeros, sparsity=counted.sparsity, pattern=layout, note=note,
+                               predicted_sparsity=predicted.get(counted.name)))
     return rows

@@ -14,8 +14,8 @@ from typing import Sequence
 
 from compressor.errors import CompressorError
 
-# The verbs import the API (and with it torch) only when they run, so `compress --help` and usage errors
-# answer at once.
+# The verbs import the API (and with it torch) only when they run, so `compress zoo --help` and usage errors
+# of the other verbs answer at once; the compress parser itself reads the method registry for its flags.
 VERBS = ("train", "bench", "zoo")
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -25,6 +25,8 @@ examples:
   compress train lenet5 --epochs 10 -o lenet5.pt
   compress lenet5.pt --method magnitude --target 85% --out lenet5-85
   compress lenet5.pt --method magnitude --pattern 2:4 --out lenet5-24
+  compress lenet5.pt --method budget --target 85% --epochs 10 --out lenet5-budget
+  compress lenet5.pt --method budget --target 85% --flops-target 80% --budget-loss hinge
   compress weights.pth --arch resnet20 --method magnitude --target 0.9 --data cifar10:./cifar-10-batches-py
   compress bench lenet5-85/model.onnx --batch 1,32 --threads 2
   compress zoo
@@ -68,7 +70,8 @@ def _compress_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pattern", default="unstructured", choices=["unstructured", "2:4"],
                         help="unstructured (default) or 2:4 (TensorRT's sparse layout); e.g. --pattern 2:4")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                        help="a method hyper-parameter; e.g. --option scope=layer")
+                        help="a method hyper-parameter; e.g. --option scope=layer or --option lambda_params=5")
+    _add_method_flags(parser)
     parser.add_argument("--epochs", type=int, default=5, help="fine-tuning epochs after pruning (default 5)")
     parser.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate (default 0.01)")
     parser.add_argument("--out", default="compressed", metavar="DIR",
@@ -82,6 +85,32 @@ def _compress_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, help="onnxruntime threads for the latency comparison")
     _add_data_options(parser)
     return parser
+
+
+def _method_flag_fields():
+    """(method, field) for every Config field that a method exposes as a flag."""
+    from compressor.methods import list_methods
+    from compressor.methods.base import method_config_class
+    from compressor.options import flag_fields
+
+    return [(name, f) for name in list_methods() for f in flag_fields(method_config_class(name))]
+
+
+def _add_method_flags(parser: argparse.ArgumentParser) -> None:
+    for _, field in _method_flag_fields():
+        parser.add_argument(field.metadata["flag"], dest=f"method_flag_{field.name}", metavar="VALUE",
+                            help=field.metadata["help"])
+
+
+def _flag_options(args: argparse.Namespace) -> dict:
+    """Method options given through their own flags, parsed by the field's parser."""
+    options = {}
+    for _, field in _method_flag_fields():
+        text = getattr(args, f"method_flag_{field.name}")
+        if text is not None:
+            parse = field.metadata["parse"]
+            options[field.name] = parse(text) if parse else text
+    return options
 
 
 def _train_parser() -> argparse.ArgumentParser:
@@ -138,7 +167,8 @@ def _run_compress(args: argparse.Namespace) -> None:
         batch_size=args.batch_size, out=args.out, force=args.force, resume=args.resume, arch=args.arch,
         trust_model=args.trust_model, input_shape=parse_input_shape(args.input_shape) if args.input_shape else None,
         seed=args.seed, bench_batch=args.bench_batch, threads=args.threads,
-        method_options=typed_options(args.method, _parse_options(args.option)), progress=not args.no_progress)
+        method_options={**typed_options(args.method, _parse_options(args.option)), **_flag_options(args)},
+        progress=not args.no_progress)
     print(summary_text(report))
     print(f"\nwrote {args.out}/: model.onnx, model.pt, report.json, report.md, sparsity.png "
           f"(ONNX vs torch max |diff| {report.onnx.max_abs_diff:.2g})")

@@ -51,6 +51,7 @@ class LayerStats:
     sparsity: float
     pattern: str
     note: str = ""
+    predicted_sparsity: float | None = None
 
 
 @dataclass
@@ -109,6 +110,7 @@ class Report:
     latency: LatencyStats
     passes: list[PassStats] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+    seconds_per_epoch: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -172,10 +174,7 @@ def render_markdown(report: Report) -> str:
         "",
         "![per-layer sparsity](sparsity.png)",
         "",
-        markdown_table(
-            ["layer", "kind", "shape", "weights", "zeros", "sparsity", "pattern", "note"],
-            [[f"`{row.name}`", row.kind, "x".join(map(str, row.shape)), f"{row.weights:,}", f"{row.zeros:,}",
-              f"{row.sparsity:.2%}", row.pattern, row.note] for row in r.layers]),
+        _layer_table(r.layers),
         "",
         "## Passes",
         "",
@@ -184,6 +183,19 @@ def render_markdown(report: Report) -> str:
         "",
     ]
     return "\n".join(parts)
+
+
+def _layer_table(layers: list[LayerStats]) -> str:
+    """Per-layer rows; a predicted-sparsity column appears when the method made predictions."""
+    predicted = any(row.predicted_sparsity is not None for row in layers)
+    header = ["layer", "kind", "shape", "weights", "zeros", "sparsity", *(["predicted"] if predicted else []),
+              "pattern", "note"]
+    rows = []
+    for row in layers:
+        guess = "-" if row.predicted_sparsity is None else f"{row.predicted_sparsity:.2%}"
+        rows.append([f"`{row.name}`", row.kind, "x".join(map(str, row.shape)), f"{row.weights:,}", f"{row.zeros:,}",
+                     f"{row.sparsity:.2%}", *([guess] if predicted else []), row.pattern, row.note])
+    return markdown_table(header, rows)
 
 
 def plot_sparsity(report: Report, path: str | os.PathLike) -> Path:
@@ -198,6 +210,10 @@ def plot_sparsity(report: Report, path: str | os.PathLike) -> Path:
     colours = {"unstructured": "tab:blue", "2:4": "tab:green", "dense": "tab:gray"}
     figure, axes = plt.subplots(figsize=(max(6.0, 0.32 * len(names) + 2), 4.2))
     axes.bar(range(len(names)), values, color=[colours.get(row.pattern, "tab:blue") for row in report.layers])
+    guesses = [(i, 100 * row.predicted_sparsity) for i, row in enumerate(report.layers)
+               if row.predicted_sparsity is not None]
+    if guesses:
+        axes.scatter(*zip(*guesses), color="black", marker="_", s=200, zorder=3, label="predicted (erf)")
     axes.axhline(100 * report.compressed.sparsity, color="tab:red", linestyle="--",
                  label=f"global {report.compressed.sparsity:.1%}")
     axes.set_xticks(range(len(names)), names, rotation=75, ha="right", fontsize=7)

@@ -55,6 +55,9 @@ class TrainingHooks:
     epoch-th epoch has been trained and evaluated, before the resume state is saved.
     """
 
+    def on_train_begin(self, model: nn.Module, config: TrainConfig) -> None:
+        """Called once before the optimizer is built, with the run's settings (epochs, learning rate)."""
+
     def param_groups(self, model: nn.Module) -> list[dict] | None:
         """Optimizer parameter groups (e.g. thresholds at a smaller lr, no weight decay).
 
@@ -187,6 +190,7 @@ def _train(
     batches_per_epoch = len(train_loader)
     if batches_per_epoch == 0:
         raise CompressorError("cannot train: the training data is empty")
+    hooks.on_train_begin(model, config)
     optimizer = _make_optimizer(model, config, hooks)
     # Stepped per batch, so that a short fine-tune of one or two epochs still anneals smoothly.
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs * batches_per_epoch)

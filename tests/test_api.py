@@ -162,3 +162,38 @@ def test_training_follows_the_seed_from_the_initial_weights(tmp_path):
 def test_train_resume_without_a_state_does_not_overwrite(lenet5_checkpoint, tmp_path):
     with pytest.raises(CompressorError, match="--force"):
         train_model("lenet5", lenet5_checkpoint, epochs=1, resume=True, progress=False)
+
+
+def test_budget_run_hits_the_target_and_reports_predictions(lenet5_checkpoint, tmp_path):
+    report = compress(lenet5_checkpoint, "budget", "85%", epochs=3, out=tmp_path / "b", progress=False)
+    assert abs(report.compressed.sparsity - 0.85) <= 0.002
+    layers = {row.name: row for row in report.layers}
+    assert layers["features.conv1"].pattern == "dense" and "min_weights" in layers["features.conv1"].note
+    assert all(row.predicted_sparsity is not None for row in report.layers if row.pattern == "unstructured")
+    assert report.seconds_per_epoch > 0
+    assert "| predicted |" in (tmp_path / "b" / "report.md").read_text()
+    assert report.method_config["loss"] == "squared"
+
+
+def test_budget_resumes_across_the_freeze(lenet5_checkpoint, tmp_path, monkeypatch):
+    from compressor.methods.budget import BudgetMethod
+
+    original = BudgetMethod.after_epoch
+
+    def interrupt_after_freeze(self, model, epoch):
+        original(self, model, epoch)
+        if epoch == 3:
+            raise KeyboardInterrupt
+
+    uninterrupted = compress(lenet5_checkpoint, "budget", "85%", epochs=4, out=tmp_path / "a", progress=False,
+                             method_options={"finetune_epochs": 2})
+    with monkeypatch.context() as patch:
+        patch.setattr(BudgetMethod, "after_epoch", interrupt_after_freeze)
+        with pytest.raises(KeyboardInterrupt):
+            compress(lenet5_checkpoint, "budget", "85%", epochs=4, out=tmp_path / "b", progress=False,
+                     method_options={"finetune_epochs": 2})
+    resumed = compress(lenet5_checkpoint, "budget", "85%", epochs=4, out=tmp_path / "b", resume=True, progress=False,
+                       method_options={"finetune_epochs": 2})
+    assert resumed.compressed.sparsity == uninterrupted.compressed.sparsity
+    assert resumed.compressed.accuracy == uninterrupted.compressed.accuracy
+    assert [row.zeros for row in resumed.layers] == [row.zeros for row in uninterrupted.layers]

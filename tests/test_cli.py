@@ -1,5 +1,6 @@
 """The `compress` command: verbs work, and every bad input is one line on stderr, exit code 2, nothing written."""
 
+import json
 import pickle
 import subprocess
 import sys
@@ -50,6 +51,17 @@ def test_help_explains_options_with_examples(capsys):
                    "--trust-model", "--input-shape", "--seed", "--resume"):
         assert option in out
     assert "e.g." in out and "compress train" in out
+
+
+def test_budget_flags_reach_the_method(tmp_path, capsys):
+    checkpoint = tmp_path / "lenet5.pt"
+    assert run(["train", "lenet5", "--epochs", "1", "-o", checkpoint, "--no-progress"], capsys)[0] == 0
+    code, out, err = run([checkpoint, "--method", "budget", "--target", "80%", "--budget-loss", "hinge",
+                          "--flops-target", "60%", "--option", "lambda_flops=5", "--epochs", "2", "--out",
+                          tmp_path / "o", "--no-progress"], capsys)
+    assert code == 0, err
+    config = json.loads((tmp_path / "o" / "report.json").read_text())["method_config"]
+    assert (config["loss"], config["flops_target"], config["lambda_flops"]) == ("hinge", 0.6, 5.0)
 
 
 def test_train_then_compress_then_bench(tmp_path, capsys):
@@ -112,6 +124,10 @@ def bad_inputs(tmp_path_factory):
     ["sd.pt", "--arch", "lenet5", "--target", "50%", "--epochs", "-1"],
     ["sd.pt", "--arch", "lenet5", "--target", "50%", "--threads", "0"],
     ["train", "nonet", "-o", "x.pt"],
+    ["sd.pt", "--arch", "lenet5", "--target", "50%", "--flops-target", "70%"],
+    ["sd.pt", "--arch", "lenet5", "--method", "budget", "--target", "50%", "--flops-target", "170%"],
+    ["sd.pt", "--arch", "lenet5", "--method", "budget", "--target", "50%", "--budget-loss", "cubic"],
+    ["sd.pt", "--arch", "lenet5", "--method", "budget", "--budget-loss", "squared"],
 ])
 def test_bad_input_is_one_line_and_writes_nothing(bad_inputs, args, capsys, monkeypatch):
     monkeypatch.chdir(bad_inputs)

@@ -35,6 +35,8 @@ class Method(TrainingHooks, metaclass=ABCMeta):
         self.target = target
         self.pattern = pattern
         self.config = config if config is not None else self.Config()
+        # Prunable layers the method leaves dense, with the reason; filled by `prepare`.
+        self.skipped: dict[str, str] = {}
 
     @abstractmethod
     def prepare(self, model: nn.Module, data: DataBundle) -> nn.Module:
@@ -43,6 +45,10 @@ class Method(TrainingHooks, metaclass=ABCMeta):
     def finalize(self, model: nn.Module) -> nn.Module:
         """Fix the method's decisions after training; the default keeps the masks as they are."""
         return model
+
+    def predicted_sparsity(self) -> dict[str, float]:
+        """Per-layer sparsity the method predicted before counting (empty when it predicts nothing)."""
+        return {}
 
     def fingerprint(self) -> dict[str, Any]:
         """A resumed fine-tune must continue the same method with the same target, pattern and options."""
@@ -80,14 +86,28 @@ def create_method(name: str, target: float | None, pattern: str = "unstructured"
     return cls(target, pattern, cls.Config(**options))
 
 
+def method_config_class(name: str) -> type:
+    """The Config dataclass of a registered method."""
+    if name not in _METHODS:
+        raise CompressorError(f"unknown method {name!r}; known methods: {', '.join(list_methods())}")
+    return _METHODS[name].Config
+
+
 def typed_options(name: str, options: dict[str, str]) -> dict[str, Any]:
     """Convert KEY=VALUE strings from the command line to the types of the method's Config fields."""
     if name not in _METHODS or not options:
         return dict(options)
-    defaults = {f.name: f.default for f in dataclasses.fields(_METHODS[name].Config)}
+    fields = {f.name: f for f in dataclasses.fields(_METHODS[name].Config)}
     typed: dict[str, Any] = {}
     for key, text in options.items():
-        default = defaults.get(key)
+        field = fields.get(key)
+        if field is None:
+            typed[key] = text
+            continue
+        if field.metadata.get("parse"):
+            typed[key] = field.metadata["parse"](text)
+            continue
+        default = field.default
         try:
             if isinstance(default, bool):
                 if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
