@@ -150,7 +150,7 @@ def test_flops_target_moves_sparsity_to_mac_heavy_layers():
         method = create_method("budget", 0.85, flops_target=flops)
         method.prepare(create_model("lenet5"), no_data())
         sparsities[flops] = optimise_budget_only(method)
-    conv2, fc1 = 0, 1
+    conv2 = 0  # index among the pruned layers (conv1 stays dense)
     assert sparsities[0.8][conv2] > sparsities[None][conv2] + 0.2
     assert float((method.mac_shares * sparsities[0.8]).sum()) == pytest.approx(0.8, abs=0.02)
 
