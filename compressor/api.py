@@ -126,22 +126,25 @@ def benchmark(model: str | os.PathLike | bytes | onnx.ModelProto, batch_sizes: S
 
 
 def compress(model: str | os.PathLike | nn.Module, method: str = "magnitude", target: float | str | None = None, *,
-             pattern: str = "unstructured", data: str = "digits", epochs: int = 5, lr: float = 0.01,
+             pattern: str = "unstructured", data: str = "digits", epochs: int | None = None, lr: float | None = None,
              batch_size: int = 64, out: str | os.PathLike = "compressed", force: bool = False, resume: bool = False,
              arch: str | None = None, trust_model: bool = False, input_shape: Sequence[int] | None = None,
              seed: int = 0, bench_batch: int = 1, threads: int | None = None, bench_runs: int = 50,
              method_options: dict[str, Any] | None = None, progress: bool = True) -> Report:
     """Compress `model` with `method` and write model.onnx, model.pt, report.json/.md and sparsity.png to `out`.
 
-    Every input is validated before any work starts; the output folder appears only when the run succeeded
+    `epochs` and `lr` default to the method's own (see `Method.default_epochs`). Every input is validated
+    before any work starts; the output folder appears only when the run succeeded
     (an interrupted run keeps its state in a hidden sibling folder and continues with `resume=True`).
     """
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    _check_settings(epochs, lr=lr, batch_size=batch_size, bench_batch=bench_batch, bench_runs=bench_runs,
-                    threads=threads)
     target_value = parse_target(target) if target is not None else None
     compression = create_method(method, target_value, pattern, **(method_options or {}))
+    epochs = compression.default_epochs if epochs is None else epochs
+    lr = compression.default_lr if lr is None else lr
+    _check_settings(epochs, lr=lr, batch_size=batch_size, bench_batch=bench_batch, bench_runs=bench_runs,
+                    threads=threads)
     folder = StagedFolder(out, force=force, resume=resume)
     try:
         report = _compress_into(folder.staging, model, compression, data, epochs, lr, batch_size, arch, trust_model,

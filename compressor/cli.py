@@ -72,8 +72,11 @@ def _compress_parser() -> argparse.ArgumentParser:
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help="a method hyper-parameter; e.g. --option scope=layer or --option lambda_params=5")
     _add_method_flags(parser)
-    parser.add_argument("--epochs", type=int, default=5, help="fine-tuning epochs after pruning (default 5)")
-    parser.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate (default 0.01)")
+    parser.add_argument("--epochs", type=int,
+                        help="training epochs of the method: masked fine-tuning for magnitude (default 5), threshold "
+                             "learning then masked fine-tuning for budget (default 10)")
+    parser.add_argument("--lr", type=float,
+                        help="learning rate of the method's training (default: magnitude 0.01, budget 0.05)")
     parser.add_argument("--out", default="compressed", metavar="DIR",
                         help="output folder (default ./compressed); e.g. --out lenet5-85")
     parser.add_argument("--force", action="store_true", help="replace an existing output folder")

@@ -148,7 +148,7 @@ def render_markdown(report: Report) -> str:
     parts = [
         f"# Compression report: {r.arch or r.model}",
         "",
-        f"Method **{r.method}**, target {r.target:.2%}, pattern {r.pattern}, {r.epochs} fine-tuning epochs "
+        f"Method **{r.method}**, target {r.target:.2%}, pattern {r.pattern}, {r.epochs} training epochs "
         f"on `{r.data}`; input {'x'.join(map(str, r.input_shape))}; compressor {r.tool_version}.",
         "",
         "## Summary",

@@ -186,14 +186,14 @@ def test_budget_resumes_across_the_freeze(lenet5_checkpoint, tmp_path, monkeypat
             raise KeyboardInterrupt
 
     uninterrupted = compress(lenet5_checkpoint, "budget", "85%", epochs=4, out=tmp_path / "a", progress=False,
-                             method_options={"finetune_epochs": 2})
+                             method_options={"finetune_fraction": 0.5})
     with monkeypatch.context() as patch:
         patch.setattr(BudgetMethod, "after_epoch", interrupt_after_freeze)
         with pytest.raises(KeyboardInterrupt):
             compress(lenet5_checkpoint, "budget", "85%", epochs=4, out=tmp_path / "b", progress=False,
-                     method_options={"finetune_epochs": 2})
+                     method_options={"finetune_fraction": 0.5})
     resumed = compress(lenet5_checkpoint, "budget", "85%", epochs=4, out=tmp_path / "b", resume=True, progress=False,
-                       method_options={"finetune_epochs": 2})
+                       method_options={"finetune_fraction": 0.5})
     assert resumed.compressed.sparsity == uninterrupted.compressed.sparsity
     assert resumed.compressed.accuracy == uninterrupted.compressed.accuracy
     assert [row.zeros for row in resumed.layers] == [row.zeros for row in uninterrupted.layers]

@@ -28,6 +28,10 @@ class Method(TrainingHooks, metaclass=ABCMeta):
     name: ClassVar[str]
     Config: ClassVar[type]
     patterns: ClassVar[tuple[str, ...]] = PATTERNS
+    # Training defaults when the caller gives none: a method that only fine-tunes needs a small learning rate
+    # and few epochs; one that learns its decisions while training needs the rate its paper trained with.
+    default_epochs: ClassVar[int] = 5
+    default_lr: ClassVar[float] = 0.01
 
     def __init__(self, target: float | None, pattern: str = "unstructured", config: Any = None):
         if pattern not in self.patterns:
