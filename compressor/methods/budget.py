@@ -75,15 +75,17 @@ class _HardShrinkThreshold(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, weight: torch.Tensor, bound: torch.Tensor) -> torch.Tensor:
-        pruned = weight * (weight.abs() >= bound)
-        ctx.save_for_backward(weight, pruned, bound)
-        return pruned
+        # In place on the fresh |w| tensor: a float 0/1 mask without the slower bool compare-and-multiply.
+        kept = weight.abs().ge_(bound)
+        ctx.save_for_backward(weight, kept, bound)
+        return weight * kept
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        weight, pruned, bound = ctx.saved_tensors
-        grad_bound = (((pruned - weight) / bound) * grad).sum().reshape(bound.shape)
-        return grad, grad_bound
+        weight, kept, bound = ctx.saved_tensors
+        # (w̃ − w)/b is −w/b on pruned weights and 0 on kept ones: ∂L/∂b = −Σ_pruned w·∂L/∂w̃ / b.
+        grad_bound = -torch.dot((weight * grad).flatten(), (1 - kept).flatten()) / bound
+        return grad, grad_bound.reshape(bound.shape)
 
 
 class AdaptiveThreshold(nn.Module):
@@ -98,10 +100,14 @@ class AdaptiveThreshold(nn.Module):
         self.ratio = nn.Parameter(torch.tensor(float(ratio)), requires_grad=trainable)
         self.register_buffer("mask", torch.ones(weight_shape))
         self.register_buffer("frozen", torch.tensor(False))
+        # An exact bound set from outside (fixed-bs); NaN while the bound comes from r.
+        self.register_buffer("exact_bound", torch.tensor(float("nan")))
 
     def bound(self, weight: torch.Tensor) -> torch.Tensor:
+        if not torch.isnan(self.exact_bound):
+            return self.exact_bound
         # σ is a constant for the gradient (the paper's choice): only r learns the bound.
-        return self.ratio * weight.detach().std()
+        return self.ratio * weight_std(weight.detach())
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         if self.frozen:
@@ -111,6 +117,12 @@ class AdaptiveThreshold(nn.Module):
     def freeze(self, mask: torch.Tensor) -> None:
         self.mask.copy_(mask)
         self.frozen.fill_(True)
+
+
+def weight_std(weight: torch.Tensor) -> torch.Tensor:
+    """Standard deviation of all entries, from the norm and the mean (one fast reduction each, unlike std())."""
+    mean_square = weight.norm() ** 2 / weight.numel()
+    return (mean_square - weight.mean() ** 2).clamp_min(0).sqrt()
 
 
 def predicted_sparsity(ratio: torch.Tensor) -> torch.Tensor:
@@ -282,11 +294,11 @@ class BudgetMethod(Method):
                 magnitudes = weight.abs().flatten()
                 count = round(sparsity * magnitudes.numel())
                 ordered = torch.sort(magnitudes).values
-                # Halfway between the count-th and the next magnitude: the bound survives being stored as a
-                # float32 ratio r = b/σ and recomputed as r·σ, and still prunes exactly `count` weights.
-                above = ordered[count] if count < ordered.numel() else ordered[-1] * 2
-                bound = (ordered[count - 1] + above) / 2 if count > 0 else above / 2
-                threshold.ratio.fill_(float(bound / weight.std()))
+                # |w| >= the count-th smallest magnitude keeps all but exactly `count` weights. The bound is
+                # used as it is: stored as a float32 ratio r = b/σ and recomputed it could cross a neighbour.
+                bound = ordered[count] if count < ordered.numel() else ordered[-1] * 2
+                threshold.exact_bound.fill_(float(bound))
+                threshold.ratio.fill_(float(bound / weight_std(weight)))
 
     def _correct_and_freeze(self) -> None:
         """Scale all learned bounds by one factor until the counted sparsity equals the target, then freeze."""
