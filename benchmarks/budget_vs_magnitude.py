@@ -97,10 +97,10 @@ def _overhead_table(models: list[str], target: float, steps: int = 50) -> str:
     """
     rows = []
     for arch in models:
+        data = load_data("digits", create_model(arch).input_shape)
         for method in ("magnitude", "budget"):
             torch.manual_seed(0)
             dense, pruned = create_model(arch).train(), create_model(arch).train()
-            data = load_data("digits", dense.input_shape)
             hooks = create_method(method, target)
             hooks.prepare(pruned, data)
             hooks.on_train_begin(pruned, TrainConfig(epochs=10, lr=hooks.default_lr))

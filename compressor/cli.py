@@ -90,26 +90,29 @@ def _compress_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _method_flag_fields():
-    """(method, field) for every Config field that a method exposes as a flag."""
+def _method_flags() -> dict[str, object]:
+    """Every flag a method's Config exposes, by flag; a flag may serve several methods' same-named field."""
     from compressor.methods import list_methods
     from compressor.methods.base import method_config_class
     from compressor.options import flag_fields
 
-    return [(name, f) for name in list_methods() for f in flag_fields(method_config_class(name))]
+    return {f.metadata["flag"]: f for name in list_methods() for f in flag_fields(method_config_class(name))}
+
+
+def _flag_dest(flag: str) -> str:
+    return "method_flag_" + flag.lstrip("-").replace("-", "_")
 
 
 def _add_method_flags(parser: argparse.ArgumentParser) -> None:
-    for _, field in _method_flag_fields():
-        parser.add_argument(field.metadata["flag"], dest=f"method_flag_{field.name}", metavar="VALUE",
-                            help=field.metadata["help"])
+    for flag, field in _method_flags().items():
+        parser.add_argument(flag, dest=_flag_dest(flag), metavar="VALUE", help=field.metadata["help"])
 
 
 def _flag_options(args: argparse.Namespace) -> dict:
     """Method options given through their own flags, parsed by the field's parser."""
     options = {}
-    for _, field in _method_flag_fields():
-        text = getattr(args, f"method_flag_{field.name}")
+    for flag, field in _method_flags().items():
+        text = getattr(args, _flag_dest(flag))
         if text is not None:
             parse = field.metadata["parse"]
             options[field.name] = parse(text) if parse else text

@@ -99,7 +99,7 @@ class Report:
     input_shape: list[int]
     data: str
     method: str
-    target: float
+    target: float | None
     pattern: str
     epochs: int
     method_config: dict[str, Any]
@@ -148,7 +148,8 @@ def render_markdown(report: Report) -> str:
     parts = [
         f"# Compression report: {r.arch or r.model}",
         "",
-        f"Method **{r.method}**, target {r.target:.2%}, pattern {r.pattern}, {r.epochs} training epochs "
+        f"Method **{r.method}**, target {'none' if r.target is None else f'{r.target:.2%}'}, pattern {r.pattern}, "
+        f"{r.epochs} training epochs "
         f"on `{r.data}`; input {'x'.join(map(str, r.input_shape))}; compressor {r.tool_version}.",
         "",
         "## Summary",

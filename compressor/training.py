@@ -56,7 +56,8 @@ class TrainingHooks:
     """
 
     def on_train_begin(self, model: nn.Module, config: TrainConfig) -> None:
-        """Called once before the optimizer is built, with the run's settings (epochs, learning rate)."""
+        """Called once before the optimizer is built, with the run's settings (epochs, learning rate); a run
+        of zero epochs trains nothing and does not call it."""
 
     def param_groups(self, model: nn.Module) -> list[dict] | None:
         """Optimizer parameter groups (e.g. thresholds at a smaller lr, no weight decay).

@@ -37,6 +37,12 @@ LOSSES = ("squared", "hinge", "avg", "unconstrained", "fixed-ga", "fixed-bs")
 FIXED_LOSSES = ("fixed-ga", "fixed-bs")
 # Bisection steps for the common scale of the final correction: far below one weight's share of any model.
 CORRECTION_STEPS = 60
+# Doublings allowed while looking for a scale that prunes enough; 2^64 times any learned bound covers every
+# finite weight, so running out means the bounds themselves are unusable (zero or NaN).
+CORRECTION_DOUBLINGS = 64
+MIN_BOUND = 1e-12
+# r is kept above zero: at r = 0 no weight is pruned and the threshold would get no task-loss signal.
+MIN_RATIO = 1e-3
 
 
 def _parse_loss(text: str) -> str:
@@ -47,7 +53,7 @@ def _parse_loss(text: str) -> str:
 
 @dataclass
 class BudgetConfig:
-    """Hyper-parameters; the defaults are those of the paper's reference code."""
+    """Hyper-parameters; the defaults are the paper's reference code's, except where a comment says why not."""
 
     loss: str = field(default="squared", metadata=method_flag(
         "--budget-loss", f"budget loss of method budget: {', '.join(LOSSES)} (default squared)", _parse_loss))
@@ -63,7 +69,7 @@ class BudgetConfig:
     # 1/100 over ~390 steps per epoch; on small data (digits: 23 steps per epoch) thresholds that slow never
     # reach the budget before the correction, so the default is 1/10 (the paper's ratio: threshold_lr_scale=0.01).
     threshold_lr_scale: float = 0.1
-    # r is kept in [0, max_ratio]; erf(4/√2) ≈ 99.994% sparsity.
+    # r is kept in [MIN_RATIO, max_ratio]; erf(4/√2) ≈ 99.994% sparsity.
     max_ratio: float = 4.0
     # Share of the epochs, at the end of the run, that train with the exactly corrected masks fixed; early
     # enough that the learning rate can still repair what the correction removed.
@@ -83,8 +89,11 @@ class _HardShrinkThreshold(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         weight, kept, bound = ctx.saved_tensors
-        # (w̃ − w)/b is −w/b on pruned weights and 0 on kept ones: ∂L/∂b = −Σ_pruned w·∂L/∂w̃ / b.
-        grad_bound = -torch.dot((weight * grad).flatten(), (1 - kept).flatten()) / bound
+        if not ctx.needs_input_grad[1]:
+            return grad, None
+        # (w̃ − w)/b is −w/b on pruned weights and 0 on kept ones: ∂L/∂b = −Σ_pruned w·∂L/∂w̃ / b. With b = 0
+        # nothing is pruned and the sum is 0; the floor keeps 0/0 from turning r into NaN.
+        grad_bound = -torch.dot((weight * grad).flatten(), (1 - kept).flatten()) / bound.clamp_min(MIN_BOUND)
         return grad, grad_bound.reshape(bound.shape)
 
 
@@ -120,12 +129,11 @@ class AdaptiveThreshold(nn.Module):
 
 
 def weight_std(weight: torch.Tensor) -> torch.Tensor:
-    """Standard deviation of all entries, from the norm and the mean (one fast reduction each, unlike std())."""
-    mean_square = weight.norm() ** 2 / weight.numel()
-    return (mean_square - weight.mean() ** 2).clamp_min(0).sqrt()
+    """Population standard deviation of all entries (the σ of the Gaussian model)."""
+    return weight.std(correction=0)
 
 
-def predicted_sparsity(ratio: torch.Tensor) -> torch.Tensor:
+def erf_sparsity(ratio: torch.Tensor) -> torch.Tensor:
     """s = erf(r/√2): the fraction of a zero-mean Gaussian's mass within r standard deviations."""
     return torch.erf(ratio / math.sqrt(2))
 
@@ -154,8 +162,13 @@ class BudgetMethod(Method):
             raise CompressorError(f"method budget with loss {self.config.loss} needs --target")
         if self.config.flops_target is not None and self.config.loss not in ("squared", "hinge"):
             raise CompressorError("--flops-target works with the squared and hinge budget losses")
-        if self.config.min_weights < 1 or not 0 < self.config.init_fraction <= 1 or not 0 <= self.config.finetune_fraction <= 1:
-            raise CompressorError("method budget needs min_weights >= 1, 0 < init_fraction <= 1, 0 <= finetune_fraction <= 1")
+        if target is not None and self.config.loss == "unconstrained":
+            raise CompressorError("the unconstrained budget loss finds its own sparsity: drop --target")
+        c = self.config
+        if (c.min_weights < 1 or not 0 < c.init_fraction <= 1 or not 0 <= c.finetune_fraction <= 1
+                or c.threshold_lr_scale <= 0 or c.max_ratio <= 0 or c.lambda_params < 0 or c.lambda_flops < 0):
+            raise CompressorError("method budget needs min_weights >= 1, 0 < init_fraction <= 1, "
+                                  "0 <= finetune_fraction <= 1, threshold_lr_scale > 0, max_ratio > 0, lambdas >= 0")
         self.layers: dict[str, nn.Module] = {}
         self.param_shares = torch.zeros(0)
         self.mac_shares = torch.zeros(0)
@@ -184,6 +197,9 @@ class BudgetMethod(Method):
         # quantity the budget and the report are about (skipped layers count as dense).
         self.param_shares = torch.tensor([layer.weight.numel() / self.total_weights for _, layer in chosen])
         self.mac_shares = torch.tensor([macs[name].macs / total_macs for name, _ in chosen])
+        if self.target is not None and self.target >= float(self.param_shares.sum()):
+            raise CompressorError(f"layers with at least min_weights={self.config.min_weights} weights hold "
+                                  f"{float(self.param_shares.sum()):.1%} of the weights: {self.target:.1%} is out of reach")
         start_ratio = ratio_for_sparsity(self._initial_sparsity())
         trainable = self.config.loss not in FIXED_LOSSES
         for name, layer in chosen:
@@ -202,12 +218,7 @@ class BudgetMethod(Method):
 
     def _uniform_sparsity(self) -> float:
         """The one per-layer sparsity that makes the counted global sparsity equal the target."""
-        chosen_share = float(self.param_shares.sum())
-        uniform = self.target / chosen_share
-        if uniform >= 1:
-            raise CompressorError(f"the layers with at least min_weights weights hold {chosen_share:.1%} of the "
-                                  f"weights: a uniform allocation cannot reach {self.target:.1%}")
-        return uniform
+        return self.target / float(self.param_shares.sum())
 
     def _thresholds(self) -> list[AdaptiveThreshold]:
         return [layer.parametrizations.weight[0] for layer in self.layers.values()]
@@ -216,7 +227,8 @@ class BudgetMethod(Method):
 
     def on_train_begin(self, model: nn.Module, config: TrainConfig) -> None:
         self.lr = config.lr
-        self.freeze_epoch = config.epochs - round(self.config.finetune_fraction * config.epochs)
+        # Half up (Python's round() goes to even): 0.3 of 5 epochs is 2 fine-tuning epochs, 0.5 of 1 is 1.
+        self.freeze_epoch = config.epochs - math.floor(self.config.finetune_fraction * config.epochs + 0.5)
         if not self.frozen and self.freeze_epoch <= 0:
             # Too short to learn thresholds: correct the initial ones and spend every epoch fine-tuning.
             self._correct_and_freeze()
@@ -234,7 +246,7 @@ class BudgetMethod(Method):
         if self.frozen or self.config.loss in FIXED_LOSSES:
             return None
         ratios = torch.stack([t.ratio for t in self._thresholds()])
-        return self.budget_loss(predicted_sparsity(ratios))
+        return self.budget_loss(erf_sparsity(ratios))
 
     def budget_loss(self, sparsity: torch.Tensor) -> torch.Tensor:
         """The paper's budget term for per-layer (predicted) sparsities `sparsity`."""
@@ -259,7 +271,7 @@ class BudgetMethod(Method):
             return
         with torch.no_grad():
             for threshold in self._thresholds():
-                threshold.ratio.clamp_(0.0, self.config.max_ratio)
+                threshold.ratio.clamp_(MIN_RATIO, self.config.max_ratio)
 
     def after_epoch(self, model: nn.Module, epoch: int) -> None:
         if not self.frozen and epoch == self.freeze_epoch:
@@ -293,10 +305,13 @@ class BudgetMethod(Method):
                 weight = layer.parametrizations.weight.original
                 magnitudes = weight.abs().flatten()
                 count = round(sparsity * magnitudes.numel())
-                ordered = torch.sort(magnitudes).values
-                # |w| >= the count-th smallest magnitude keeps all but exactly `count` weights. The bound is
-                # used as it is: stored as a float32 ratio r = b/σ and recomputed it could cross a neighbour.
-                bound = ordered[count] if count < ordered.numel() else ordered[-1] * 2
+                # |w| >= the (count+1)-th smallest magnitude prunes exactly `count` weights (fewer only where
+                # magnitudes tie at the cut). The bound is used as it is: stored as a float32 ratio r = b/σ and
+                # recomputed, it could cross a neighbouring magnitude.
+                if count < magnitudes.numel():
+                    bound = torch.kthvalue(magnitudes, count + 1).values
+                else:
+                    bound = magnitudes.max() * 2
                 threshold.exact_bound.fill_(float(bound))
                 threshold.ratio.fill_(float(bound / weight_std(weight)))
 
@@ -306,7 +321,7 @@ class BudgetMethod(Method):
             weights = [layer.parametrizations.weight.original.detach() for layer in self.layers.values()]
             thresholds = self._thresholds()
             bounds = [t.bound(w) for t, w in zip(thresholds, weights)]
-            self.predicted = {name: float(predicted_sparsity(t.ratio)) for name, t in zip(self.layers, thresholds)}
+            self.predicted = {name: float(erf_sparsity(t.ratio)) for name, t in zip(self.layers, thresholds)}
             scale = self._correction_scale(weights, bounds)
             for threshold, weight, bound in zip(thresholds, weights, bounds):
                 threshold.freeze((weight.abs() >= scale * bound).to(weight.dtype))
@@ -322,8 +337,13 @@ class BudgetMethod(Method):
         if self.config.loss == "hinge" and zeros(1.0) >= wanted:
             return 1.0  # the hinge budget is a ceiling on density: sparser than asked is allowed
         low, high = 0.0, 1.0
-        while zeros(high) < wanted:
+        for _ in range(CORRECTION_DOUBLINGS):
+            if zeros(high) >= wanted:
+                break
             high *= 2
+        else:
+            raise CompressorError("the learned thresholds are unusable (zero or not a number): "
+                                  "try a smaller learning rate or threshold_lr_scale")
         for _ in range(CORRECTION_STEPS):
             middle = (low + high) / 2
             low, high = (middle, high) if zeros(middle) < wanted else (low, middle)

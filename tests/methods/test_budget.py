@@ -11,7 +11,7 @@ from compressor.counting import global_sparsity, layer_sparsity
 from compressor.data import DataBundle
 from compressor.errors import CompressorError
 from compressor.methods import create_method
-from compressor.methods.budget import (AdaptiveThreshold, _HardShrinkThreshold, predicted_sparsity, ratio_for_sparsity,
+from compressor.methods.budget import (AdaptiveThreshold, _HardShrinkThreshold, erf_sparsity, ratio_for_sparsity,
                                        weight_std)
 from compressor.models import create_model, list_models
 from compressor.training import TrainConfig
@@ -38,7 +38,7 @@ def optimise_budget_only(method, steps=2000, lr=0.05):
         method.extra_loss(None).backward()
         optimizer.step()
         method.after_step(None, 0)
-    return predicted_sparsity(torch.stack(ratios).detach())
+    return erf_sparsity(torch.stack(ratios).detach())
 
 
 def set_sparsities(method, values):
@@ -52,7 +52,7 @@ def test_erf_predicts_the_counted_sparsity_of_gaussian_weights(ratio):
     weight = torch.randn(400, 500, generator=torch.Generator().manual_seed(0)) * 0.05
     pruned = AdaptiveThreshold(ratio, weight.shape)(weight)
     counted = float((pruned == 0).float().mean())
-    assert counted == pytest.approx(float(predicted_sparsity(torch.tensor(ratio))), abs=0.005)
+    assert counted == pytest.approx(float(erf_sparsity(torch.tensor(ratio))), abs=0.005)
 
 
 def test_threshold_gradient_is_the_appendix_formula_and_straight_through_for_weights():
@@ -86,7 +86,7 @@ def test_budget_term_gradient_matches_finite_differences(loss, flops):
     method.param_shares, method.mac_shares = method.param_shares.double(), method.mac_shares.double()
 
     def value(r):
-        return method.budget_loss(predicted_sparsity(r))
+        return method.budget_loss(erf_sparsity(r))
 
     value(ratios).backward()
     step = 1e-6
@@ -195,6 +195,43 @@ def test_bad_budget_requests(call, message):
 
 def test_ratio_and_sparsity_are_inverse():
     for sparsity in (0.1, 0.51, 0.9, 0.99):
-        assert float(predicted_sparsity(torch.tensor(ratio_for_sparsity(sparsity)))) == pytest.approx(sparsity)
+        assert float(erf_sparsity(torch.tensor(ratio_for_sparsity(sparsity)))) == pytest.approx(sparsity)
     assert ratio_for_sparsity(0.6827) == pytest.approx(1.0, abs=1e-3)
-    assert math.isclose(float(predicted_sparsity(torch.tensor(0.0))), 0.0)
+    assert math.isclose(float(erf_sparsity(torch.tensor(0.0))), 0.0)
+
+
+def test_unreachable_target_and_unusable_thresholds_fail_cleanly():
+    method = create_method("budget", 0.95, min_weights=30000)  # only fc1 (92.8% of lenet5's weights) qualifies
+    with pytest.raises(CompressorError, match="out of reach"):
+        method.prepare(create_model("lenet5"), no_data())
+    model = create_model("lenet5")
+    method = create_method("budget", 0.85)
+    method.prepare(model, no_data())
+    with torch.no_grad():
+        for threshold in method._thresholds():
+            threshold.ratio.fill_(float("nan"))
+    with pytest.raises(CompressorError, match="unusable"):
+        method.finalize(model)
+
+
+def test_a_zero_threshold_gets_a_finite_gradient():
+    weight = torch.randn(32, 32, requires_grad=True)
+    bound = torch.tensor(0.0, requires_grad=True)
+    (_HardShrinkThreshold.apply(weight, bound) * torch.randn(32, 32)).sum().backward()
+    assert torch.isfinite(bound.grad) and bound.grad == 0
+
+
+@pytest.mark.parametrize("options", [{"threshold_lr_scale": -1.0}, {"max_ratio": 0.0}, {"lambda_params": -1.0}])
+def test_impossible_budget_options(options):
+    with pytest.raises(CompressorError, match="method budget needs"):
+        create_method("budget", 0.8, **options)
+
+
+def test_unconstrained_takes_no_target_and_reports_none(lenet5_checkpoint, tmp_path):
+    from compressor.api import compress
+
+    with pytest.raises(CompressorError, match="drop --target"):
+        create_method("budget", 0.8, loss="unconstrained")
+    report = compress(lenet5_checkpoint, "budget", None, epochs=1, out=tmp_path / "u", progress=False,
+                      method_options={"loss": "unconstrained"})
+    assert report.target is None and "target none" in (tmp_path / "u" / "report.md").read_text()
