@@ -84,17 +84,25 @@ def test_existing_output_is_not_touched_without_force(lenet5_checkpoint, tmp_pat
     assert not (out / "keep.txt").exists() and (out / "model.onnx").exists()
 
 
-def test_interrupted_run_resumes(lenet5_checkpoint, tmp_path, monkeypatch):
-    out = tmp_path / "o"
+def interrupted_compress(monkeypatch, method_class, epoch, *args, **kwargs):
+    """Run `compress` and stop it like Ctrl-C right after `epoch` has been trained (and its state saved)."""
+    original = method_class.after_epoch
 
-    def interrupt(self, model, epoch):
-        if epoch == 2:
+    def interrupt(self, model, finished):
+        original(self, model, finished)
+        if finished == epoch:
             raise KeyboardInterrupt
 
     with monkeypatch.context() as patch:
-        patch.setattr(MagnitudeMethod, "after_epoch", interrupt, raising=False)
+        patch.setattr(method_class, "after_epoch", interrupt)
         with pytest.raises(KeyboardInterrupt):
-            compress(lenet5_checkpoint, "magnitude", "70%", epochs=3, out=out, progress=False)
+            compress(*args, **kwargs)
+
+
+def test_interrupted_run_resumes(lenet5_checkpoint, tmp_path, monkeypatch):
+    out = tmp_path / "o"
+    interrupted_compress(monkeypatch, MagnitudeMethod, 2, lenet5_checkpoint, "magnitude", "70%", epochs=3, out=out,
+                         progress=False)
     assert not out.exists() and (tmp_path / ".o.partial" / "train-state.pt").exists()
     report = compress(lenet5_checkpoint, "magnitude", "70%", epochs=3, out=out, resume=True, progress=False)
     assert out.exists() and not (tmp_path / ".o.partial").exists()
@@ -122,14 +130,8 @@ def test_target_outside_open_interval(text):
 
 
 def test_resume_refuses_a_different_target(lenet5_checkpoint, tmp_path, monkeypatch):
-    def interrupt(self, model, epoch):
-        if epoch == 2:
-            raise KeyboardInterrupt
-
-    with monkeypatch.context() as patch:
-        patch.setattr(MagnitudeMethod, "after_epoch", interrupt, raising=False)
-        with pytest.raises(KeyboardInterrupt):
-            compress(lenet5_checkpoint, "magnitude", "90%", epochs=3, out=tmp_path / "o", progress=False)
+    interrupted_compress(monkeypatch, MagnitudeMethod, 2, lenet5_checkpoint, "magnitude", "90%", epochs=3,
+                         out=tmp_path / "o", progress=False)
     with pytest.raises(CompressorError, match="different settings"):
         compress(lenet5_checkpoint, "magnitude", "30%", epochs=3, out=tmp_path / "o", resume=True, progress=False)
     assert not (tmp_path / "o").exists()
@@ -178,20 +180,11 @@ def test_budget_run_hits_the_target_and_reports_predictions(lenet5_checkpoint, t
 def test_budget_resumes_across_the_freeze(lenet5_checkpoint, tmp_path, monkeypatch):
     from compressor.methods.budget import BudgetMethod
 
-    original = BudgetMethod.after_epoch
-
-    def interrupt_after_freeze(self, model, epoch):
-        original(self, model, epoch)
-        if epoch == 3:
-            raise KeyboardInterrupt
-
     uninterrupted = compress(lenet5_checkpoint, "budget", "85%", epochs=4, out=tmp_path / "a", progress=False,
                              method_options={"finetune_fraction": 0.5})
-    with monkeypatch.context() as patch:
-        patch.setattr(BudgetMethod, "after_epoch", interrupt_after_freeze)
-        with pytest.raises(KeyboardInterrupt):
-            compress(lenet5_checkpoint, "budget", "85%", epochs=4, out=tmp_path / "b", progress=False,
-                     method_options={"finetune_fraction": 0.5})
+    # Epoch 3 comes after the freeze at epoch 2: the resume must restore the frozen masks.
+    interrupted_compress(monkeypatch, BudgetMethod, 3, lenet5_checkpoint, "budget", "85%", epochs=4,
+                         out=tmp_path / "b", progress=False, method_options={"finetune_fraction": 0.5})
     resumed = compress(lenet5_checkpoint, "budget", "85%", epochs=4, out=tmp_path / "b", resume=True, progress=False,
                        method_options={"finetune_fraction": 0.5})
     assert resumed.compressed.sparsity == uninterrupted.compressed.sparsity
