@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 # counting module, so an eager import here would make `import passes.<anything>` circular.
 _EXPORTS = {
     "benchmark": "compressor.api",
+    "compile_model": "compressor.api",
     "compress": "compressor.api",
     "export_onnx": "compressor.api",
     "parse_target": "compressor.api",

@@ -41,6 +41,10 @@ from passes.clean_onnx import CleanOnnxPass
 from passes.emit_onnx import DEFAULT_OPSET, EmitOnnxPass
 from passes.enforce_two_four import EnforceTwoFourPass
 from passes.fold_batchnorm import FoldBatchNormPass
+from passes.fold_gates import FoldGatesPass
+from passes.remove_dead_skip_units import RemoveDeadSkipUnitsPass
+from passes.round_channels import RoundChannelsPass
+from passes.slice_channels import SliceChannelsPass, check_unchanged
 from passes.write_onnx_metadata import WriteOnnxMetadataPass
 from runtime.bench import BenchResult
 from runtime.bench import benchmark as run_benchmark
@@ -114,6 +118,20 @@ def export_onnx(model: nn.Module, path: str | os.PathLike | None = None, input_s
     result = Pipeline(passes).run(model)
     if path is not None:
         atomic_write_bytes(path, result.model.SerializeToString())
+    return result
+
+
+def compile_model(model: nn.Module, input_shape: Sequence[int] | None = None, round_to: int = 1) -> PipelineResult:
+    """Turn a gated model into a plain, physically smaller one that computes the same (in eval mode).
+
+    FoldGates → RemoveDeadSkipUnits → SliceChannels (RoundChannels when `round_to` > 1, keeping channel counts
+    at multiples of it). BatchNorm is folded later, on the way to ONNX. The result is checked against the
+    gated model on a random batch, and a model without gates passes through unchanged.
+    """
+    shape = tuple(input_shape or model.input_shape)
+    slicing = RoundChannelsPass(round_to, shape) if round_to > 1 else SliceChannelsPass(shape)
+    result = Pipeline([FoldGatesPass(), RemoveDeadSkipUnitsPass(shape), slicing]).run(model)
+    check_unchanged(model, result.model, shape, "compilation")
     return result
 
 

@@ -79,6 +79,20 @@ def copy_model(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model, memo)
 
 
+def unparametrize(module: nn.Module) -> None:
+    """Turn every parametrized tensor of `module` back into a plain parameter holding its current value.
+
+    torch's `remove_parametrizations` edits the module's generated class, which a copied model shares with
+    the model it was copied from; restoring the plain class on this one instance leaves the source intact.
+    """
+    with torch.no_grad():
+        values = {name: getattr(module, name).detach().clone() for name in module.parametrizations}
+    del module._modules["parametrizations"]
+    module.__class__ = module.__class__.__bases__[0]
+    for name, value in values.items():
+        module.register_parameter(name, nn.Parameter(value))
+
+
 @dataclass
 class PipelineStep:
     """One pass's outcome inside a pipeline run."""

@@ -1,0 +1,157 @@
+"""Channel pruning by filter L1 norm (Li et al. 2017), the structured baseline Torch-Pruning users know.
+
+Every group of coupled channels (passes.coupling: a convolution's filters with their BatchNorm, readers and,
+across residual adds, every tensor joined by the add) is scored per channel by the L1 norm of the filters that
+produce it, summed over the group's producing Conv/Linear layers. `scope="global"` ranks all channels of all
+groups together on scores divided by their group's mean (so wide and narrow layers compete fairly), and
+`scope="uniform"` removes the same fraction from every group. Channels are gated off, lowest score first,
+until the predicted MACs removed reach `--target` (and the parameters removed reach `--target-params`, when
+given); every group keeps at least one channel, and `--round-to N` keeps each group's width a multiple of N.
+The gated model is then fine-tuned and compiled by the structural passes, which remove the gated channels.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from compressor.counting import count_layer_macs, count_params
+from compressor.data import DataBundle
+from compressor.errors import CompressorError
+from compressor.gates import gate_group
+from compressor.methods.base import Method, register_method
+from compressor.options import method_flag, parse_fraction
+from passes.coupling import ChannelGroup, channel_groups, predict_counts, realizable
+
+SCOPES = ("global", "uniform")
+ROUNDINGS = (1, 8, 16, 32)
+
+
+def _parse_round_to(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value not in ROUNDINGS:
+        raise CompressorError(f"--round-to takes one of {', '.join(map(str, ROUNDINGS))}, not {text!r}")
+    return value
+
+
+@dataclass
+class ChannelConfig:
+    """Hyper-parameters of L1-norm channel pruning."""
+
+    scope: str = field(default="global", metadata=method_flag(
+        "--channel-scope", "method channel: rank channels 'global'ly or remove a 'uniform' share per layer"))
+    target_params: float | None = field(default=None, metadata=method_flag(
+        "--target-params", "structured methods: also remove this fraction of the parameters, as 50%% or 0.5",
+        lambda text: parse_fraction(text, "--target-params")))
+    round_to: int = field(default=1, metadata=method_flag(
+        "--round-to", "structured methods: keep channel counts at multiples of 8, 16 or 32", _parse_round_to))
+
+
+def filter_l1(group: ChannelGroup) -> torch.Tensor:
+    """Per root channel, the L1 norm of the filters producing it, summed over the group's Conv/Linear layers."""
+    scores = torch.zeros(group.size)
+    for member in group.members:
+        if member.produces and isinstance(member.module, (nn.Conv2d, nn.Linear)):
+            norms = member.module.weight.detach().abs().flatten(1).sum(dim=1)
+            scores.index_add_(0, torch.as_tensor(member.root_idxs), norms[torch.as_tensor(member.idxs)])
+    return scores
+
+
+def _removable(size: int, remove: int, multiple: int) -> int:
+    """How many of `size` channels to remove when asked for `remove`: keep ≥1 and a multiple of `multiple`."""
+    keep = max(1, size - remove)
+    keep = min(size, math.ceil(keep / multiple) * multiple)
+    return size - keep
+
+
+@register_method
+class ChannelMethod(Method):
+    """Gate off the lowest-L1 channels until the MACs (and parameter) target is met, then fine-tune."""
+
+    name = "channel"
+    Config = ChannelConfig
+    patterns = ("structured",)
+    structured = True
+
+    def __init__(self, target, pattern="structured", config=None):
+        if pattern == "unstructured":
+            pattern = "structured"
+        super().__init__(target, pattern, config)
+        if self.config.scope not in SCOPES:
+            raise CompressorError(f"channel scope must be one of {', '.join(SCOPES)}, not {self.config.scope!r}")
+        if target is None and self.config.target_params is None:
+            raise CompressorError("method channel needs --target (fraction of MACs to remove) or --target-params")
+        if self.config.round_to not in ROUNDINGS:
+            raise CompressorError(f"round_to must be one of {', '.join(map(str, ROUNDINGS))}, not {self.config.round_to}")
+        self.predicted: dict[str, float] = {}
+
+    @property
+    def round_to(self) -> int:
+        return self.config.round_to
+
+    def prepare(self, model: nn.Module, data: DataBundle) -> nn.Module:
+        removal = self.select(model, tuple(model.input_shape))
+        for group, channels in removal:
+            scale = torch.ones(group.size)
+            scale[list(channels)] = 0.0
+            gate_group(group, scale)
+        return model
+
+    def select(self, model: nn.Module, input_shape: tuple[int, ...]) -> list[tuple[ChannelGroup, list[int]]]:
+        """The channels to remove from each group: the fewest lowest-scored ones that meet the targets."""
+        groups = channel_groups(model, input_shape)
+        if not groups:
+            raise CompressorError("the model has no channels that can be removed without changing its output width")
+        scores = [filter_l1(group) for group in groups]
+        orders = [score.argsort().tolist() for score in scores]
+        layer_macs = count_layer_macs(model, input_shape)
+        dense_params = count_params(model)
+        dense_macs = sum(layer.macs for layer in layer_macs.values())
+
+        def plan_for(level: float) -> list[list[int]]:
+            # `level` is a fraction per group (uniform) or a normalised-score threshold (global).
+            plan = []
+            for group, score, order in zip(groups, scores, orders):
+                if self.config.scope == "uniform":
+                    wanted = int(level * group.size)
+                else:
+                    normalised = score / score.mean().clamp_min(1e-12)
+                    wanted = int((normalised < level).sum())
+                plan.append(order[:_removable(group.size, wanted, self.round_to)])
+            return realizable(groups, plan)
+
+        def meets(plan: list[list[int]]) -> bool:
+            params, macs = predict_counts(model, input_shape, groups, plan, layer_macs=layer_macs)
+            met_macs = self.target is None or 1 - macs / dense_macs >= self.target
+            met_params = self.config.target_params is None or 1 - params / dense_params >= self.config.target_params
+            return met_macs and met_params
+
+        high = 1.0 if self.config.scope == "uniform" else float(max(
+            (s / s.mean().clamp_min(1e-12)).max() for s in scores)) + 1.0
+        if not meets(plan_for(high)):
+            raise CompressorError(f"method channel cannot reach the target on this model: even with one channel "
+                                  "left per group the MACs/parameters removed fall short")
+        low = 0.0
+        for _ in range(40):  # bisection on a monotone criterion: more level removes more
+            middle = (low + high) / 2
+            if meets(plan_for(middle)):
+                high = middle
+            else:
+                low = middle
+        plan = plan_for(high)
+        params, macs = predict_counts(model, input_shape, groups, plan, layer_macs=layer_macs)
+        self.predicted = {"macs_removed": 1 - macs / dense_macs, "params_removed": 1 - params / dense_params,
+                          "channels_removed": sum(map(len, plan)), "channels": sum(g.size for g in groups)}
+        return list(zip(groups, plan))
+
+    def facts(self) -> dict[str, Any]:
+        facts = super().facts()
+        facts["predicted"] = dict(self.predicted)
+        return facts

@@ -1,0 +1,320 @@
+"""Channel coupling: which channels of which layers must be removed together, shared by methods and passes.
+
+Removing output channel c of a convolution also removes input channel c of every layer that reads it, the
+same channel of the BatchNorm in between, and, across a residual add, channel c of every tensor joined by
+that add. Torch-Pruning's dependency graph is the field's library for finding these groups (through
+concatenations, depthwise convolutions and flatten→linear too); this module builds it with one extension,
+a pruner for the option-A zero-padding shortcut (`PadShortcut`) that Torch-Pruning cannot handle on its own,
+and turns each Torch-Pruning group into a `ChannelGroup` that says:
+
+- which members *produce* the group's channels and where a channel gate goes (`gate_points`): every
+  BatchNorm, and every Conv/Linear whose output is not read only by BatchNorms of the same group;
+- which channels are provably zero everywhere they are read (`dead_channels`), i.e. zero at every gate
+  point and not copied by a shortcut from a live channel, so slicing them away cannot change the output;
+- what a model's parameters and MACs become when given channels are removed (`predict_counts`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import torch
+import torch.nn as nn
+import torch_pruning as tp
+from torch.nn.utils import parametrize
+
+from compressor.counting import count_layer_macs
+from models.units import PadShortcut
+from passes.base import copy_model, unparametrize
+
+_SLICEABLE_TYPES = (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.BatchNorm1d, PadShortcut)
+
+
+class PadShortcutPruner(tp.pruner.BasePruningFunc):
+    """Torch-Pruning pruner for `PadShortcut`: its input and output channels are pruned independently.
+
+    Removing an output channel drops what it copied; removing an input channel turns the output channel
+    that copied it into a zero channel. The two are different functions, so Torch-Pruning does not couple
+    the shortcut's input with its output (like a convolution, unlike an element-wise op).
+    """
+
+    TARGET_MODULES = (PadShortcut,)
+
+    def prune_out_channels(self, layer: PadShortcut, idxs: Sequence[int]) -> PadShortcut:
+        removed = set(idxs)
+        layer.set_sources(layer.in_channels, [s for o, s in enumerate(layer.sources) if o not in removed])
+        return layer
+
+    def prune_in_channels(self, layer: PadShortcut, idxs: Sequence[int]) -> PadShortcut:
+        removed = set(idxs)
+        kept = [i for i in range(layer.in_channels) if i not in removed]
+        renumbered = {old: new for new, old in enumerate(kept)}
+        layer.set_sources(len(kept), [renumbered.get(s, -1) for s in layer.sources])
+        return layer
+
+    def get_out_channels(self, layer: PadShortcut) -> int:
+        return layer.out_channels
+
+    def get_in_channels(self, layer: PadShortcut) -> int:
+        return layer.in_channels
+
+
+@dataclass
+class GroupMember:
+    """One layer's share of a channel group: its channel indices along the pruned dimension."""
+
+    name: str
+    module: nn.Module
+    produces: bool  # the group's channels are this layer's outputs (else its inputs)
+    idxs: list[int]
+    root_idxs: list[int]
+    gate_point: bool = False
+
+
+@dataclass
+class ChannelGroup:
+    """Channels that can only be removed together; channel r of the group is channel r of its root layer."""
+
+    root: str
+    size: int
+    members: list[GroupMember]
+    dependency_graph: tp.DependencyGraph = field(repr=False)
+    tp_group: tp.dependency.Group = field(repr=False)
+    traced: nn.Module = field(repr=False)  # the model the graph was traced on (a plain copy of a gated one)
+    prunable: bool = True  # False when traced on a copy: the analysis is then read-only
+
+    def node(self, name: str) -> tp.dependency.Node:
+        """The dependency-graph node of the layer called `name`."""
+        return self.dependency_graph.module2node[self.traced.get_submodule(name)]
+
+    @property
+    def gate_points(self) -> list[GroupMember]:
+        return [m for m in self.members if m.gate_point]
+
+    def member_channels(self, member: GroupMember, root_channels: Iterable[int]) -> list[int]:
+        """The indices in `member` that carry the group's root channels `root_channels`."""
+        wanted = set(root_channels)
+        return [i for i, r in zip(member.idxs, member.root_idxs) if r in wanted]
+
+    def prune(self, root_channels: Sequence[int]) -> None:
+        """Remove `root_channels` from every member, in place (Torch-Pruning does the surgery)."""
+        if not self.prunable:
+            raise ValueError("channels of a gated model cannot be removed: fold its gates first")
+        root_member = self.members[0]
+        handler = self.tp_group[0].dep.handler
+        self.dependency_graph.get_pruning_group(root_member.module, handler, sorted(root_channels)).prune(
+            record_history=False
+        )
+
+
+def dependency_graph(model: nn.Module, input_shape: Sequence[int]) -> tp.DependencyGraph:
+    """Torch-Pruning's dependency graph of `model` (traced once on a zero input), with our custom pruners."""
+    example = torch.zeros(1, *input_shape)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad():
+            graph = tp.DependencyGraph().build_dependency(
+                model, example, customized_pruners={PadShortcut: PadShortcutPruner()}, verbose=False
+            )
+    finally:
+        model.train(was_training)
+    return graph
+
+
+def _plain_copy(model: nn.Module) -> nn.Module:
+    # Gated or masked layers compute their weights from a parametrization, which tracing would take for
+    # extra inputs of the layer; a copy with plain weights has the same structure and traces cleanly.
+    plain = copy_model(model)
+    for module in plain.modules():
+        if parametrize.is_parametrized(module):
+            unparametrize(module)
+    return plain
+
+
+def _touches_output(graph: tp.DependencyGraph, group: tp.dependency.Group) -> bool:
+    # A layer whose output nobody reads produces the model's output: its channels are the model's interface.
+    return any(
+        not dep.target.outputs and dep.target.type != tp.ops.OPTYPE.PARAMETER
+        and not graph.is_in_channel_pruning_fn(dep.handler)
+        for dep, _ in group
+    )
+
+
+def channel_groups(model: nn.Module, input_shape: Sequence[int]) -> list[ChannelGroup]:
+    """Every group of coupled channels that could be removed without changing the model's output width.
+
+    Groups that reach the model's output (the classifier's logits) are left out, and so are groups with a
+    member Torch-Pruning handles but this compiler does not verify (LayerNorm, grouped non-depthwise convs…).
+    """
+    parametrized = any(parametrize.is_parametrized(module) for module in model.modules())
+    traced = _plain_copy(model) if parametrized else model
+    graph = dependency_graph(traced, input_shape)
+    names = {module: name for name, module in traced.named_modules()}
+    groups = []
+    for tp_group in graph.get_all_groups(root_module_types=(nn.Conv2d, nn.Linear)):
+        if _touches_output(graph, tp_group):
+            continue
+        members = []
+        supported = True
+        for item in tp_group:
+            module = item.dep.target.module
+            if not isinstance(module, nn.Module) or item.dep.target.type in _ELEMENTWISE_TYPES:
+                continue
+            if not isinstance(module, _SLICEABLE_TYPES) or _is_grouped(module):
+                supported = False
+                break
+            members.append(GroupMember(
+                name=names[module],
+                module=model.get_submodule(names[module]),
+                produces=graph.is_out_channel_pruning_fn(item.dep.handler),
+                idxs=list(item.idxs),
+                root_idxs=list(item.root_idxs),
+            ))
+        if not supported or not members:
+            continue
+        _mark_gate_points(graph, members, traced)
+        groups.append(ChannelGroup(members[0].name, len(members[0].idxs), members, graph, tp_group, traced, traced is model))
+    return groups
+
+
+_ELEMENTWISE_TYPES = {
+    tp.ops.OPTYPE.ELEMENTWISE, tp.ops.OPTYPE.CONCAT, tp.ops.OPTYPE.SPLIT, tp.ops.OPTYPE.RESHAPE,
+    tp.ops.OPTYPE.SLICE, tp.ops.OPTYPE.EXPAND, tp.ops.OPTYPE.UNBIND,
+}
+
+
+def _is_grouped(module: nn.Module) -> bool:
+    return isinstance(module, nn.Conv2d) and module.groups not in (1, module.out_channels)
+
+
+def _mark_gate_points(graph: tp.DependencyGraph, members: list[GroupMember], traced: nn.Module) -> None:
+    # A Conv/Linear read only by BatchNorms of its own group does not need a gate: those BatchNorms are gated
+    # and every later reader sees their (zeroed) output. Anything else that produces the channels does.
+    group_norms = {traced.get_submodule(m.name) for m in members if isinstance(m.module, (nn.BatchNorm1d, nn.BatchNorm2d))}
+    for member in members:
+        if not member.produces or isinstance(member.module, PadShortcut):
+            continue
+        if isinstance(member.module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            member.gate_point = True
+            continue
+        readers = graph.module2node[traced.get_submodule(member.name)].outputs
+        member.gate_point = not readers or not all(node.module in group_norms for node in readers)
+
+
+def _zero_channels(module: nn.Module, idxs: list[int]) -> torch.Tensor:
+    """For each of `idxs`, whether `module` outputs exactly zero on that channel whatever its input."""
+    index = torch.as_tensor(idxs, dtype=torch.long)
+    if isinstance(module, PadShortcut):
+        return torch.as_tensor([module.sources[i] < 0 for i in idxs], dtype=torch.bool)
+    if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        if not module.affine:
+            return torch.zeros(len(idxs), dtype=torch.bool)
+        return (module.weight.detach()[index] == 0) & (module.bias.detach()[index] == 0)
+    weight = module.weight.detach()[index].flatten(1)
+    zero = (weight == 0).all(dim=1)
+    if module.bias is not None:
+        zero &= module.bias.detach()[index] == 0
+    return zero
+
+
+def dead_channels(group: ChannelGroup) -> list[int]:
+    """Root channels of `group` that are exactly zero wherever a later layer reads them."""
+    dead = torch.ones(group.size, dtype=torch.bool)
+    for member in group.members:
+        if member.gate_point or (member.produces and isinstance(member.module, PadShortcut)):
+            zero = _zero_channels(member.module, member.idxs)
+            alive_roots = torch.as_tensor(member.root_idxs, dtype=torch.long)[~zero]
+            dead[alive_roots] = False
+    return torch.nonzero(dead).flatten().tolist()
+
+
+def realizable(groups: Sequence[ChannelGroup], plan: Sequence[Iterable[int]]) -> list[list[int]]:
+    """`plan` (root channels to remove per group) less what slicing could not remove.
+
+    A channel that an option-A shortcut copies from a channel another group keeps stays alive however it is
+    gated, so it is dropped from the plan; the check repeats because shortcuts chain stage to stage.
+    """
+    removed = [set(channels) for channels in plan]
+    copied_from: dict[nn.Module, tuple[int, GroupMember]] = {}
+    for index, group in enumerate(groups):
+        for member in group.members:
+            if isinstance(member.module, PadShortcut) and not member.produces:
+                copied_from[member.module] = (index, member)
+    changed = True
+    while changed:
+        changed = False
+        for group, channels in zip(groups, removed):
+            for member in group.members:
+                if not (isinstance(member.module, PadShortcut) and member.produces) or member.module not in copied_from:
+                    continue
+                source_index, source_member = copied_from[member.module]
+                source_root = dict(zip(source_member.idxs, source_member.root_idxs))
+                for idx, root in zip(member.idxs, member.root_idxs):
+                    source = member.module.sources[idx]
+                    if root in channels and source >= 0 and source_root.get(source) not in removed[source_index]:
+                        channels.discard(root)
+                        changed = True
+    return [sorted(channels) for channels in removed]
+
+
+def reader_importance(group: ChannelGroup) -> torch.Tensor:
+    """L1 norm of the weights that read each root channel (the layers consuming the group's channels)."""
+    importance = torch.zeros(group.size)
+    for member in group.members:
+        module = member.module
+        if member.produces or not isinstance(module, (nn.Conv2d, nn.Linear)):
+            continue
+        weight = module.weight.detach().abs().transpose(0, 1).flatten(1).sum(dim=1)
+        importance.index_add_(0, torch.as_tensor(member.root_idxs), weight[torch.as_tensor(member.idxs)])
+    return importance
+
+
+def predict_counts(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    groups: Sequence[ChannelGroup],
+    removed_channels: Sequence[Iterable[int]],
+    removed_modules: Iterable[nn.Module] = (),
+    layer_macs: dict | None = None,
+) -> tuple[int, int]:
+    """(parameters, MACs) of `model` after removing `removed_channels[i]` (root indices) of `groups[i]`.
+
+    `removed_modules` are layers that disappear entirely (a removed unit's branch). The prediction is
+    analytic: every Conv/Linear/BatchNorm keeps `alive_out × alive_in` of its weights and MACs.
+    `layer_macs` (from `count_layer_macs`) saves a forward pass when predicting many times.
+    """
+    gone = set(removed_modules)
+    lost_out: dict[nn.Module, int] = {}
+    lost_in: dict[nn.Module, int] = {}
+    for group, channels in zip(groups, removed_channels):
+        channels = set(channels)
+        for member in group.members:
+            count = len(group.member_channels(member, channels))
+            target = lost_out if member.produces else lost_in
+            target[member.module] = target.get(member.module, 0) + count
+    layer_macs = layer_macs if layer_macs is not None else count_layer_macs(model, tuple(input_shape))
+    names = {module: name for name, module in model.named_modules()}
+    params = macs = 0
+    for module in model.modules():
+        direct = list(module.parameters(recurse=False))
+        if module in gone or (not direct and not isinstance(module, (nn.Conv2d, nn.Linear))):
+            continue
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            out_total = module.weight.shape[0]
+            in_total = module.weight.shape[1] * (module.groups if isinstance(module, nn.Conv2d) else 1)
+            alive_out = out_total - lost_out.get(module, 0)
+            depthwise = isinstance(module, nn.Conv2d) and module.groups > 1
+            alive_in = 1 if depthwise else in_total - lost_in.get(module, 0)
+            per_pair = module.weight[0, 0].numel()
+            params += alive_out * alive_in * per_pair + (alive_out if module.bias is not None else 0)
+            base = layer_macs[names[module]].macs
+            pairs = out_total * (1 if depthwise else in_total)
+            macs += base // pairs * alive_out * alive_in
+        elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            params += sum(p.numel() for p in direct) // module.num_features * (
+                module.num_features - lost_out.get(module, 0))
+        else:
+            params += sum(p.numel() for p in direct)
+    return params, macs

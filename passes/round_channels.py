@@ -1,0 +1,40 @@
+"""RoundChannelsPass: slice zero channels, but keep each group's width at a hardware-friendly multiple.
+
+GPU kernels (tensor-core GEMMs, cuDNN convolutions) run fastest when channel counts are multiples of 8, 16 or
+32, so a layer sliced to 61 channels can be slower than one kept at 64. This pass removes dead channels like
+SliceChannels, except that it keeps just enough of them to round each group's remaining width up to a
+multiple of `multiple`, choosing the ones whose readers weigh them most (the next most important channels).
+Kept channels are still exactly zero, so the output is unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+from passes.coupling import ChannelGroup, reader_importance
+from passes.slice_channels import SliceChannelsPass
+
+
+class RoundChannelsPass(SliceChannelsPass):
+    """SliceChannels with every group's remaining width rounded up to a multiple of `multiple`."""
+
+    name = "RoundChannels"
+
+    def __init__(self, multiple: int, input_shape: Sequence[int] | None = None) -> None:
+        if multiple < 1:
+            raise ValueError(f"channel multiple must be at least 1, got {multiple}")
+        super().__init__(input_shape)
+        self.multiple = multiple
+
+    def choose(self, group: ChannelGroup, dead: list[int]) -> list[int]:
+        alive = group.size - len(dead)
+        width = min(group.size, max(self.multiple, math.ceil(alive / self.multiple) * self.multiple))
+        surplus = width - alive
+        if surplus <= 0:
+            return super().choose(group, dead)
+        importance = reader_importance(group)[torch.as_tensor(dead, dtype=torch.long)]
+        kept = {dead[i] for i in importance.argsort(descending=True)[:surplus].tolist()}
+        return [c for c in dead if c not in kept]
