@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 import compressor
-from compressor.counting import count_layer_macs, count_params, layer_sparsity, prunable_layers
+from compressor.counting import count_layer_macs, count_macs, count_params, layer_sparsity, prunable_layers
 from compressor.data import DataBundle, load_data
 from compressor.errors import CompressorError
 from compressor.files import StagedFolder, atomic_write_bytes, check_writable_destination
@@ -29,8 +29,8 @@ from compressor.loading import load_model, save_checkpoint
 from compressor.methods import create_method
 from compressor.models import create_model
 from compressor.options import parse_fraction
-from compressor.report import (CompressedStats, DenseStats, LatencyStats, LayerStats, OnnxStats, PassStats, Report,
-                               write_report)
+from compressor.report import (CompressedStats, DenseStats, LatencyStats, LayerShape, LayerStats, OnnxStats, PassStats,
+                               Report, StructureStats, write_report)
 from compressor.training import TrainConfig, TrainResult, evaluate, train
 from compressor.verify import VerificationError, verify_onnx
 from passes.analysis import has_unbaked_mask, two_four_eligibility
@@ -40,7 +40,7 @@ from passes.check_onnx_sparsity import CheckOnnxSparsityPass
 from passes.clean_onnx import CleanOnnxPass
 from passes.emit_onnx import DEFAULT_OPSET, EmitOnnxPass
 from passes.enforce_two_four import EnforceTwoFourPass
-from passes.fold_batchnorm import FoldBatchNormPass
+from passes.fold_batchnorm import FoldBatchNormPass, fold_batchnorm
 from passes.fold_gates import FoldGatesPass
 from passes.remove_dead_skip_units import RemoveDeadSkipUnitsPass
 from passes.round_channels import RoundChannelsPass
@@ -149,7 +149,10 @@ def compress(model: str | os.PathLike | nn.Module, method: str = "magnitude", ta
              arch: str | None = None, trust_model: bool = False, input_shape: Sequence[int] | None = None,
              seed: int = 0, bench_batch: int = 1, threads: int | None = None, bench_runs: int = 50,
              method_options: dict[str, Any] | None = None, progress: bool = True) -> Report:
-    """Compress `model` with `method` and write model.onnx, model.pt, report.json/.md and sparsity.png to `out`.
+    """Compress `model` with `method`; write model.onnx, model.pt, report.json/.md and a plot to `out`.
+
+    For structured methods (`method="channel"`) `target` is the fraction of MACs to remove, and the gated model
+    is compiled to a physically thinner one (see `compile_model`) before export.
 
     `epochs` and `lr` default to the method's own (see `Method.default_epochs`). Every input is validated
     before any work starts; the output folder appears only when the run succeeded
@@ -218,6 +221,7 @@ def _compress_into(staging: Path, source, compression, data_spec, epochs, lr, ba
         dense = DenseStats(count_params(model), sum(l.macs for l in count_layer_macs(model, shape).values()),
                            evaluate(model, bundle.test))
         dense_onnx = export_onnx(model, input_shape=shape).model
+    shapes_before = {name: list(layer.weight.shape) for name, layer in prunable_layers(model)}
     with _timed(timings, "method"):
         model = compression.prepare(model, bundle)
         masked = {name for name, layer in prunable_layers(model) if has_unbaked_mask(layer)}
@@ -225,11 +229,17 @@ def _compress_into(staging: Path, source, compression, data_spec, epochs, lr, ba
                         hooks=compression, state_path=staging / "train-state.pt", resume=resume, progress=progress,
                         description=f"{compression.name} training")
         model = compression.finalize(model)
+    structure = None
     with _timed(timings, "torch passes"):
-        torch_passes = [BakeMasksPass()] + ([EnforceTwoFourPass()] if compression.pattern == "2:4" else [])
-        compiled = Pipeline(torch_passes).run(model)
+        if getattr(compression, "structured", False):
+            compiled = compile_model(model, shape, compression.round_to)
+        else:
+            torch_passes = [BakeMasksPass()] + ([EnforceTwoFourPass()] if compression.pattern == "2:4" else [])
+            compiled = Pipeline(torch_passes).run(model)
         model = compiled.model.eval()
         layers = _layer_stats(model, masked, compression)
+        if getattr(compression, "structured", False):
+            structure = _structure_stats(model, shape, dense, shapes_before, compiled, compression)
         two_four_names = [f"{row.name}.weight" for row in layers if row.pattern == "2:4"]
     torch_zeros = sum(row.zeros for row in layers)
     weights = sum(row.weights for row in layers)
@@ -242,8 +252,11 @@ def _compress_into(staging: Path, source, compression, data_spec, epochs, lr, ba
         check = verify_onnx(model, exported.model, _real_batch(bundle))
         onnx_rows = exported.notes("CheckOnnxSparsity")["layers"]
         onnx_zeros = sum(row.zeros for row in onnx_rows)
-        if onnx_zeros != torch_zeros:
-            raise VerificationError(f"the ONNX holds {onnx_zeros} zero weights but the model {torch_zeros}")
+        # The ONNX holds BatchNorm-folded weights: a BatchNorm channel with zero scale (a channel kept at zero
+        # to round a width) zeroes its whole filter there, so the count to match is the folded model's.
+        folded_zeros = sum(row.zeros for row in layer_sparsity(fold_batchnorm(model)))
+        if onnx_zeros != folded_zeros:
+            raise VerificationError(f"the ONNX holds {onnx_zeros} zero weights but the model {folded_zeros}")
         compressed_accuracy = evaluate(model, bundle.test)
     with _timed(timings, "latency"):
         dense_bench = benchmark(dense_onnx, (bench_batch,), threads, bench_runs)[0]
@@ -279,6 +292,20 @@ def _compress_into(staging: Path, source, compression, data_spec, epochs, lr, ba
                              runs=compressed_bench.runs),
         passes=[PassStats(s.name, s.modified, round(s.seconds, 4)) for s in compiled.steps + exported.steps],
         seconds_per_epoch=trained.seconds_per_epoch if epochs else None,
+        structure=structure,
+    )
+
+
+def _structure_stats(model: nn.Module, shape: tuple[int, ...], dense: DenseStats, shapes_before: dict[str, list[int]],
+                     compiled: PipelineResult, method) -> StructureStats:
+    after = {name: list(layer.weight.shape) for name, layer in prunable_layers(model)}
+    macs = count_macs(model, shape)
+    return StructureStats(
+        macs_removed=1 - macs / dense.macs,
+        params_removed=1 - count_params(model) / dense.params,
+        removed_units=compiled.notes("RemoveDeadSkipUnits")["removed_units"],
+        layers=[LayerShape(name, before, after.get(name)) for name, before in shapes_before.items()],
+        predicted_macs_removed=method.facts().get("predicted", {}).get("macs_removed"),
     )
 
 
@@ -319,7 +346,7 @@ def _layer_stats(model: nn.Module, masked: set[str], method) -> list[LayerStats]
     predicted = method.predicted_sparsity()
     for counted in layer_sparsity(model):
         layout, note = method.pattern, ""
-        if counted.name not in masked:
+        if counted.name not in masked and method.pattern != "structured":
             layout = "dense"
             if counted.name in method.skipped:
                 note = method.skipped[counted.name]

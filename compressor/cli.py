@@ -66,7 +66,8 @@ def _compress_parser() -> argparse.ArgumentParser:
                         help="checkpoint written by `compress train`, a state_dict (with --arch), a TorchScript "
                              "archive, or a pickled nn.Module (with --trust-model); e.g. lenet5.pt")
     parser.add_argument("--method", default="magnitude", help="compression method (default magnitude); e.g. --method magnitude")
-    parser.add_argument("--target", help="sparsity to reach, as 85%% or 0.85; e.g. --target 85%%")
+    parser.add_argument("--target", help="sparsity to reach, as 85%% or 0.85 (structured methods: fraction of MACs "
+                                         "to remove); e.g. --target 85%%")
     parser.add_argument("--pattern", default="unstructured", choices=["unstructured", "2:4"],
                         help="unstructured (default) or 2:4 (TensorRT's sparse layout); e.g. --pattern 2:4")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
@@ -176,7 +177,8 @@ def _run_compress(args: argparse.Namespace) -> None:
         method_options={**typed_options(args.method, _parse_options(args.option)), **_flag_options(args)},
         progress=not args.no_progress)
     print(summary_text(report))
-    print(f"\nwrote {args.out}/: model.onnx, model.pt, report.json, report.md, sparsity.png "
+    plot = "channels.png" if report.structure is not None else "sparsity.png"
+    print(f"\nwrote {args.out}/: model.onnx, model.pt, report.json, report.md, {plot} "
           f"(ONNX vs torch max |diff| {report.onnx.max_abs_diff:.2g})")
 
 

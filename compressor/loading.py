@@ -24,9 +24,12 @@ from compressor.counting import prunable_layers
 from compressor.errors import CompressorError
 from compressor.files import atomic_torch_save
 from compressor.models import create_model, list_models
+from compressor.structure import apply_structure, describe_structure
 
 CHECKPOINT_FORMAT = "compressor.checkpoint"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
+# Version 1 had no structure record; its models always have their architecture's own shapes.
+READABLE_VERSIONS = (1, 2)
 
 
 def parse_input_shape(text: str) -> tuple[int, int, int]:
@@ -55,6 +58,7 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, extra: dict[str, 
         "arch": model.arch,
         "num_classes": model.num_classes,
         "input_shape": list(model.input_shape),
+        "structure": describe_structure(model),
         "state_dict": model.state_dict(),
         "extra": extra or {},
     }
@@ -165,12 +169,14 @@ def _is_our_checkpoint(payload: Any) -> bool:
 
 def _from_payload(payload: Any, path: Path, arch: str | None) -> nn.Module:
     if _is_our_checkpoint(payload):
-        if payload.get("version") != CHECKPOINT_VERSION:
+        if payload.get("version") not in READABLE_VERSIONS:
             raise CompressorError(f"{path} is a checkpoint of format version {payload.get('version')}, "
-                                  f"this tool reads version {CHECKPOINT_VERSION}")
+                                  f"this tool reads versions {', '.join(map(str, READABLE_VERSIONS))}")
         if arch is not None and arch != payload["arch"]:
             raise CompressorError(f"{path} is a {payload['arch']} checkpoint, not {arch}")
         model = create_model(payload["arch"], num_classes=payload["num_classes"], in_channels=payload["input_shape"][0])
+        if payload.get("structure"):
+            apply_structure(model, payload["structure"])
         _load_state(model, payload["state_dict"], path, payload["arch"])
         return model
     state_dict = _find_state_dict(payload)

@@ -55,6 +55,31 @@ class LayerStats:
 
 
 @dataclass
+class LayerShape:
+    """A Conv/Linear layer's weight shape before and after structural compression (None: removed)."""
+
+    name: str
+    before: list[int]
+    after: list[int] | None
+
+    @property
+    def kept(self) -> float:
+        """Fraction of the layer's output channels that remain."""
+        return 0.0 if self.after is None else self.after[0] / self.before[0]
+
+
+@dataclass
+class StructureStats:
+    """What structural compression removed, counted on the compiled model."""
+
+    macs_removed: float
+    params_removed: float
+    removed_units: list[str]
+    layers: list[LayerShape]
+    predicted_macs_removed: float | None = None
+
+
+@dataclass
 class OnnxStats:
     """The exported file: where it is, its opset, and its agreement with torch on real test data."""
 
@@ -111,6 +136,7 @@ class Report:
     passes: list[PassStats] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
     seconds_per_epoch: float | None = None
+    structure: StructureStats | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -123,15 +149,29 @@ class Report:
             values[key] = kind(**data[key])
         values["layers"] = [LayerStats(**row) for row in data["layers"]]
         values["passes"] = [PassStats(**row) for row in data.get("passes", [])]
+        if data.get("structure"):
+            structure = dict(data["structure"])
+            structure["layers"] = [LayerShape(**row) for row in structure["layers"]]
+            values["structure"] = StructureStats(**structure)
         return cls(**values)
 
     def summary_rows(self) -> list[tuple[str, str, str]]:
         """(quantity, dense, compressed) rows for the summary table."""
         d, c, lat = self.dense, self.compressed, self.latency
+        if self.structure is not None:
+            shape_rows = [
+                ("params", f"{d.params:,}", f"{c.params:,} (−{self.structure.params_removed:.2%})"),
+                ("MACs", f"{d.macs:,}", f"{c.macs:,} (−{self.structure.macs_removed:.2%})"),
+                ("skip-units removed", "-", str(len(self.structure.removed_units))),
+            ]
+        else:
+            shape_rows = [
+                ("params (compressed: non-zero)", f"{d.params:,}", f"{c.params_nonzero:,}"),
+                ("MACs (non-zero weights)", f"{d.macs:,}", f"{c.macs_nonzero:,}"),
+                ("sparsity", "0.00%", f"{c.sparsity:.2%}"),
+            ]
         return [
-            ("params (compressed: non-zero)", f"{d.params:,}", f"{c.params_nonzero:,}"),
-            ("MACs (non-zero weights)", f"{d.macs:,}", f"{c.macs_nonzero:,}"),
-            ("sparsity", "0.00%", f"{c.sparsity:.2%}"),
+            *shape_rows,
             ("accuracy", f"{d.accuracy:.2%}", f"{c.accuracy:.2%}"),
             (f"latency {lat.backend} b={lat.batch} (median)", f"{lat.dense_ms:.3f} ms", f"{lat.compressed_ms:.3f} ms"),
         ]
@@ -171,12 +211,14 @@ def render_markdown(report: Report) -> str:
               f"{r.latency.compressed_ms:.3f}", f"{r.latency.dense_p90_ms:.3f}", f"{r.latency.compressed_p90_ms:.3f}",
               r.latency.runs]]),
         "",
-        "## Layers",
-        "",
-        "![per-layer sparsity](sparsity.png)",
-        "",
-        _layer_table(r.layers),
-        "",
+        *(_structure_section(r.structure) if r.structure is not None else [
+            "## Layers",
+            "",
+            "![per-layer sparsity](sparsity.png)",
+            "",
+            _layer_table(r.layers),
+            "",
+        ]),
         "## Passes",
         "",
         markdown_table(["pass", "modified", "seconds"],
@@ -184,6 +226,28 @@ def render_markdown(report: Report) -> str:
         "",
     ]
     return "\n".join(parts)
+
+
+def _structure_section(structure: StructureStats) -> list[str]:
+    """Removed units and each layer's shape before → after (structured methods)."""
+    predicted = ("" if structure.predicted_macs_removed is None
+                 else f" (the method predicted {structure.predicted_macs_removed:.2%})")
+    rows = [[f"`{row.name}`", "x".join(map(str, row.before)),
+             "removed" if row.after is None else "x".join(map(str, row.after)), f"{row.kept:.0%}"]
+            for row in structure.layers]
+    return [
+        "## Structure",
+        "",
+        f"MACs removed (counted on the compiled model): {structure.macs_removed:.2%}{predicted}; "
+        f"parameters removed: {structure.params_removed:.2%}.",
+        "",
+        f"Skip-units removed: {', '.join(f'`{u}`' for u in structure.removed_units) or 'none'}.",
+        "",
+        "![output channels kept per layer](channels.png)",
+        "",
+        markdown_table(["layer", "weight before", "weight after", "output channels kept"], rows),
+        "",
+    ]
 
 
 def _layer_table(layers: list[LayerStats]) -> str:
@@ -228,9 +292,36 @@ def plot_sparsity(report: Report, path: str | os.PathLike) -> Path:
     return written
 
 
+def plot_channels(report: Report, path: str | os.PathLike) -> Path:
+    """channels.png: per Conv/Linear layer, the share of its output channels that structural compression kept."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    layers = report.structure.layers
+    figure, axes = plt.subplots(figsize=(max(6.0, 0.22 * len(layers) + 2), 4.2))
+    axes.bar(range(len(layers)), [100 * row.kept for row in layers],
+             color=["tab:gray" if row.after is None else "tab:blue" for row in layers])
+    axes.axhline(100 * (1 - report.structure.macs_removed), color="tab:red", linestyle="--",
+                 label=f"MACs kept {1 - report.structure.macs_removed:.1%}")
+    axes.set_xticks(range(len(layers)), [row.name for row in layers], rotation=75, ha="right", fontsize=6)
+    axes.set_ylim(0, 105)
+    axes.set_ylabel("output channels kept (%)")
+    axes.set_title(f"{report.arch or report.model}: {report.method} (grey: removed)")
+    axes.legend(loc="upper left")
+    figure.tight_layout()
+    written = atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=120))
+    plt.close(figure)
+    return written
+
+
 def write_report(report: Report, folder: str | os.PathLike) -> None:
-    """report.json, report.md and sparsity.png in `folder`."""
+    """report.json, report.md and a plot in `folder`: sparsity.png, or channels.png for structured methods."""
     folder = Path(folder)
     atomic_write_text(folder / "report.json", json.dumps(report.to_dict(), indent=2) + "\n")
     atomic_write_text(folder / "report.md", render_markdown(report))
-    plot_sparsity(report, folder / "sparsity.png")
+    if report.structure is not None:
+        plot_channels(report, folder / "channels.png")
+    else:
+        plot_sparsity(report, folder / "sparsity.png")

@@ -1,0 +1,293 @@
+"""Does latency follow the MACs removed? Channel pruning compiled by the compressor against Torch-Pruning.
+
+For each model and MACs-removed target, three pruned variants are built from the same seeded dense weights:
+`channel` pruning (filter L1, global) gated and compiled by `compile_model`, the same with `--round-to 8`, and
+Torch-Pruning 1.6's `MetaPruner` with L1 magnitude importance and global pruning (classifier left alone), its
+`pruning_ratio` bisected until its counted MACs removed match ours within half a point. Every variant is
+exported with `export_onnx` and timed on onnxruntime's CPU provider. Weights are random: latency does not
+depend on their values, only on the shapes that pruning leaves.
+
+resnet56 uses the parameter-free option-A shortcut (`PadShortcut`). Torch-Pruning is tried on it first and
+what happens is printed under the table; its rows then use an option-B resnet56 (each `PadShortcut` replaced
+by a 1x1 strided convolution + BatchNorm projection), whose own dense model is its baseline.
+
+The table gives, per variant, the counted MACs and parameters against its dense model and the median latency
+per batch size; the quotient (latency ratio ÷ MACs ratio) is 1 when latency falls exactly as the MACs do and
+above 1 when it falls less. To be fair on a noisy shared machine all variants of a model are timed
+interleaved in one loop (one run of each per round, same input), not one after the other, with onnxruntime's
+worker threads not spinning between runs (see `_session`). A second table
+times compiling a gated resnet110: the pass pipeline, the ONNX export and the onnxruntime check.
+
+    python benchmarks/latency_vs_macs.py --out bench-latency      # resnet56, mobilenet_v1; 25%, 50%; b=1, 32
+    python benchmarks/latency_vs_macs.py --models resnet56 --targets 50% --batches 1 --runs 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Callable
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+import torch.nn as nn
+import torch_pruning as tp
+
+from compressor.api import VERIFY_BATCH, compile_model, export_onnx
+from compressor.counting import count_macs, count_params
+from compressor.methods import create_method
+from compressor.options import parse_fraction
+from compressor.tables import text_table
+from compressor.verify import verify_onnx
+from models import PadShortcut, ResidualUnit, create_model
+from runtime.bench import parse_batch_sizes
+
+SEED = 0
+# Torch-Pruning's pruning_ratio is searched in [0, MAX_RATIO]: a ratio of 1 would empty layers.
+MAX_RATIO = 0.95
+SEARCH_STEPS = 20
+MATCH_TOLERANCE = 0.005
+COMPILE_ARCH, COMPILE_TARGET, COMPILE_REPEATS = "resnet110", 0.5, 3
+
+
+@dataclass
+class Variant:
+    """One exported model of the comparison; `dense` is the model its ratios are taken against."""
+
+    target: str
+    label: str
+    model: nn.Module
+    onnx: onnx.ModelProto
+    dense: Variant | None = None
+    macs: int = field(init=False)
+    params: int = field(init=False)
+    latency_ms: dict[int, float] = field(default_factory=dict)  # median per batch size
+
+    def __post_init__(self) -> None:
+        self.macs = count_macs(self.model, tuple(self.model.input_shape))
+        self.params = count_params(self.model)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="resnet56,mobilenet_v1")
+    parser.add_argument("--targets", default="25%,50%", help="fractions of the MACs to remove")
+    parser.add_argument("--batches", default="1,32", help="batch sizes for the latency columns")
+    parser.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads")
+    parser.add_argument("--runs", type=int, default=20, help="timed runs per variant and batch size")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--out", default="bench-latency")
+    args = parser.parse_args()
+    if args.runs < 1 or args.warmup < 0 or args.threads < 1:
+        parser.error("need --runs >= 1, --warmup >= 0 and --threads >= 1")
+    # The passes' and the exporter's info logs would drown the tables.
+    logging.basicConfig(level=logging.WARNING)
+    root = Path(args.out)
+    root.mkdir(parents=True, exist_ok=True)
+    targets = args.targets.split(",")
+    batches = parse_batch_sizes(args.batches)
+
+    rows, notes = [], []
+    for arch in args.models.split(","):
+        variants = _variants(arch, targets, notes)
+        _time_interleaved(variants, batches, args.threads, args.runs, args.warmup)
+        rows += [_row(arch, variant, batches) for variant in variants]
+    header = ["model", "target", "variant", "MACs (M)", "MACs ratio", "params ratio"]
+    for batch in batches:
+        header += [f"ms b={batch}", f"latency ratio b={batch}", f"quotient b={batch}"]
+    title = (f"latency vs MACs on onnxruntime CPU, {args.threads} threads, median of {args.runs} interleaved runs; "
+             "ratios against each variant's dense model; quotient = latency ratio ÷ MACs ratio")
+    table = text_table(header, rows, title=title, left_columns=3)
+    if notes:
+        table += "\n\n" + "\n".join(notes)
+    print(table)
+    compile_table = _compile_table()
+    print("\n" + compile_table)
+    (root / "table.txt").write_text(table + "\n\n" + compile_table + "\n")
+
+
+def _fresh(arch: str) -> nn.Module:
+    """The dense zoo model in eval mode, with the same weights every time it is built."""
+    torch.manual_seed(SEED)
+    return create_model(arch).eval()
+
+
+def _option_b(arch: str) -> nn.Module:
+    """`arch` with every option-A zero-padding shortcut replaced by a 1x1 strided conv + BatchNorm projection."""
+    model = _fresh(arch)
+    for unit in model.modules():
+        if isinstance(unit, ResidualUnit) and isinstance(unit.shortcut, PadShortcut):
+            pad = unit.shortcut
+            unit.shortcut = nn.Sequential(
+                nn.Conv2d(pad.in_channels, pad.out_channels, 1, stride=pad.stride, bias=False),
+                nn.BatchNorm2d(pad.out_channels))
+    return model.eval()
+
+
+def _variants(arch: str, targets: list[str], notes: list[str]) -> list[Variant]:
+    """Dense, ours, ours round-to 8 and Torch-Pruning at each target, for one model."""
+    dense_model = _fresh(arch)
+    shape = tuple(dense_model.input_shape)
+    dense = Variant("-", "dense", dense_model, _export(dense_model, shape))
+    has_option_a = any(isinstance(m, PadShortcut) for m in dense_model.modules())
+    variants = [dense]
+    build_for_tp, tp_dense, tp_label = partial(_fresh, arch), dense, "Torch-Pruning"
+    if has_option_a:
+        build_for_tp = partial(_option_b, arch)
+        option_b = build_for_tp()
+        tp_dense = Variant("-", "dense (option-B)", option_b, _export(option_b, shape))
+        tp_label = "Torch-Pruning (option-B)"
+        variants.append(tp_dense)
+
+    for target in targets:
+        fraction = parse_fraction(target)
+        ours = _ours(arch, fraction, 1, shape)
+        variants.append(Variant(target, "ours", ours, _export(ours, shape), dense))
+        rounded = _ours(arch, fraction, 8, shape)
+        variants.append(Variant(target, "ours round-to 8", rounded, _export(rounded, shape), dense))
+        # Torch-Pruning aims at the MACs ours really removed, so the two rows compare like with like.
+        ours_removed = 1 - count_macs(ours, shape) / dense.macs
+        if has_option_a:
+            notes.append(f"{arch} {target}: Torch-Pruning on option-A: {_try_option_a(arch, shape, ours_removed)}")
+        pruned, ratio = _match_torch_pruning(build_for_tp, shape, ours_removed)
+        notes.append(f"{arch} {target}: Torch-Pruning pruning_ratio {ratio:.4f} "
+                     f"(MACs removed {1 - count_macs(pruned, shape) / tp_dense.macs:.2%}, ours {ours_removed:.2%})")
+        variants.append(Variant(target, tp_label, pruned, _export(pruned, shape), tp_dense))
+    return variants
+
+
+def _ours(arch: str, fraction: float, round_to: int, shape: tuple[int, ...]) -> nn.Module:
+    """Channel gates by filter L1 on a fresh model, compiled into a physically thinner one."""
+    model = _fresh(arch)
+    create_method("channel", fraction, round_to=round_to).prepare(model, None)
+    return compile_model(model, shape, round_to=round_to).model.eval()
+
+
+def _export(model: nn.Module, shape: tuple[int, ...]) -> onnx.ModelProto:
+    return export_onnx(model, input_shape=shape).model
+
+
+def _torch_prune(model: nn.Module, ratio: float, shape: tuple[int, ...]) -> nn.Module:
+    """Torch-Pruning 1.6, L1 magnitude, global ranking, the final classifier Linear left whole."""
+    classifier = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+    pruner = tp.pruner.MetaPruner(model, torch.zeros((1, *shape)), importance=tp.importance.MagnitudeImportance(p=1),
+                                  global_pruning=True, pruning_ratio=ratio, ignored_layers=[classifier])
+    pruner.step()
+    if getattr(model, "input_shape", None) is None:
+        model.input_shape = shape
+    return model.eval()
+
+
+def _match_torch_pruning(build: Callable[[], nn.Module], shape: tuple[int, ...],
+                         target: float) -> tuple[nn.Module, float]:
+    """Bisect Torch-Pruning's pruning_ratio (a fresh model per try) until its MACs removed are near `target`."""
+    dense_macs = count_macs(build(), shape)
+    low, high = 0.0, MAX_RATIO
+    best: tuple[float, nn.Module, float] | None = None
+    for _ in range(SEARCH_STEPS):
+        ratio = (low + high) / 2
+        model = _torch_prune(build(), ratio, shape)
+        removed = 1 - count_macs(model, shape) / dense_macs
+        if best is None or abs(removed - target) < best[0]:
+            best = (abs(removed - target), model, ratio)
+        if abs(removed - target) <= MATCH_TOLERANCE:
+            break
+        low, high = (ratio, high) if removed < target else (low, ratio)
+    return best[1], best[2]
+
+
+def _try_option_a(arch: str, shape: tuple[int, ...], target: float) -> str:
+    """Run the same search on the option-A model and say how it ended: the first error, or the match."""
+    try:
+        pruned, ratio = _match_torch_pruning(partial(_fresh, arch), shape, target)
+        _export(pruned, shape)
+    except Exception as error:  # whatever Torch-Pruning or the pruned model raises is the measurement
+        message = " ".join(str(error).split())
+        return f"crashes on option-A ({type(error).__name__}: {message[:120]})"
+    removed = 1 - count_macs(pruned, shape) / count_macs(_fresh(arch), shape)
+    return f"runs on option-A (pruning_ratio {ratio:.4f}, MACs removed {removed:.2%})"
+
+
+def _time_interleaved(variants: list[Variant], batches: tuple[int, ...], threads: int, runs: int,
+                      warmup: int) -> None:
+    """Fill each variant's median latency per batch size; each round runs every variant once on the same input."""
+    sessions = [_session(v.onnx, threads) for v in variants]
+    shape = tuple(variants[0].model.input_shape)
+    for batch in batches:
+        x = np.random.default_rng(SEED).standard_normal((batch, *shape), dtype=np.float32)
+        feeds = [{session.get_inputs()[0].name: x} for session in sessions]
+        for _ in range(warmup):
+            for session, feed in zip(sessions, feeds):
+                session.run(None, feed)
+        elapsed: list[list[float]] = [[] for _ in sessions]
+        for r in range(runs):
+            # Rotating the order keeps any variant from always running first, or always after the same one.
+            for i in (np.arange(len(sessions)) + r) % len(sessions):
+                start = time.perf_counter()
+                sessions[i].run(None, feeds[i])
+                elapsed[i].append(time.perf_counter() - start)
+        for variant, times in zip(variants, elapsed):
+            variant.latency_ms[batch] = statistics.median(times) * 1e3
+
+
+def _session(model: onnx.ModelProto, threads: int) -> ort.InferenceSession:
+    """A CPU session set up as runtime.ort_backend.OrtBackend does, but with its worker threads not spinning.
+
+    onnxruntime's intra-op threads busy-wait after each run by default. With several sessions alive on a
+    machine with few cores, the idle sessions' spinning threads take the cores from the one being timed and
+    interleaved timings measure that contention (latencies several times higher), so spinning is off here.
+    """
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(model.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def _row(arch: str, variant: Variant, batches: tuple[int, ...]) -> list[str]:
+    dense = variant.dense or variant
+    macs_ratio = variant.macs / dense.macs
+    row = [arch, variant.target, variant.label, f"{variant.macs / 1e6:.1f}", f"{macs_ratio:.3f}",
+           f"{variant.params / dense.params:.3f}"]
+    for batch in batches:
+        ms = variant.latency_ms[batch]
+        latency_ratio = ms / dense.latency_ms[batch]
+        row += [f"{ms:.2f}", f"{latency_ratio:.3f}", f"{latency_ratio / macs_ratio:.2f}"]
+    return row
+
+
+def _compile_table() -> str:
+    """Seconds to compile a channel-gated resnet110: passes, ONNX export and onnxruntime check (median of 3)."""
+    model = _fresh(COMPILE_ARCH)
+    shape = tuple(model.input_shape)
+    create_method("channel", COMPILE_TARGET).prepare(model, None)
+    batch = torch.randn(VERIFY_BATCH, *shape)
+    stages: dict[str, list[float]] = {"compile_model": [], "export_onnx": [], "verify_onnx": [], "total": []}
+    for _ in range(COMPILE_REPEATS):
+        start = time.perf_counter()
+        compiled = compile_model(model, shape).model
+        compiled_at = time.perf_counter()
+        proto = export_onnx(compiled, input_shape=shape).model
+        exported_at = time.perf_counter()
+        verify_onnx(compiled, proto, batch)
+        verified_at = time.perf_counter()
+        for stage, seconds in zip(stages, (compiled_at - start, exported_at - compiled_at, verified_at - exported_at,
+                                           verified_at - start)):
+            stages[stage].append(seconds)
+    header = ["model", "target", "compile_model s", "export_onnx s", f"verify_onnx (batch {VERIFY_BATCH}) s",
+              "total s"]
+    row = [COMPILE_ARCH, f"{COMPILE_TARGET:.0%}", *(f"{statistics.median(s):.2f}" for s in stages.values())]
+    return text_table(header, [row], title=f"compile time of channel gates, median of {COMPILE_REPEATS} repetitions",
+                      left_columns=2)
+
+
+if __name__ == "__main__":
+    main()

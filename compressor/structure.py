@@ -1,0 +1,81 @@
+"""The shapes of a compiled model, recorded so a checkpoint can rebuild it without pickled code.
+
+A sliced zoo model has the zoo architecture's layout but thinner layers, dropped residual branches and
+removed dense units. `describe_structure` lists, per module path, whatever can differ from a freshly built
+architecture (layer widths, a padding shortcut's channel map, a missing branch, a removed unit), as
+plain data; `apply_structure` rebuilds those modules on a fresh architecture, after which the checkpoint's
+state_dict loads strictly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch.nn as nn
+
+from compressor.errors import CompressorError
+from models.units import PadShortcut, ResidualUnit
+
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+
+
+def describe_structure(model: nn.Module) -> dict[str, dict[str, Any]]:
+    """Per module path, the facts that decide its shapes (JSON-compatible)."""
+    records: dict[str, dict[str, Any]] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d):
+            records[name] = {"type": "conv2d", "in": module.in_channels, "out": module.out_channels,
+                             "groups": module.groups}
+        elif isinstance(module, _NORMS):
+            records[name] = {"type": "batchnorm", "features": module.num_features}
+        elif isinstance(module, nn.Linear):
+            records[name] = {"type": "linear", "in": module.in_features, "out": module.out_features}
+        elif isinstance(module, PadShortcut):
+            records[name] = {"type": "pad_shortcut", "in": module.in_channels, "sources": list(module.sources)}
+        elif isinstance(module, ResidualUnit) and module.branch is None:
+            records[name] = {"type": "residual_without_branch"}
+        elif isinstance(module, nn.Identity) and name:
+            records[name] = {"type": "identity"}
+    return records
+
+
+def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
+
+
+def _rebuilt(old: nn.Module, record: dict[str, Any]) -> nn.Module | None:
+    kind = record["type"]
+    if kind == "conv2d" and isinstance(old, nn.Conv2d):
+        return nn.Conv2d(record["in"], record["out"], old.kernel_size, old.stride, old.padding, old.dilation,
+                         record["groups"], old.bias is not None, old.padding_mode)
+    if kind == "batchnorm" and isinstance(old, _NORMS):
+        return type(old)(record["features"], old.eps, old.momentum, old.affine, old.track_running_stats)
+    if kind == "linear" and isinstance(old, nn.Linear):
+        return nn.Linear(record["in"], record["out"], old.bias is not None)
+    if kind == "pad_shortcut" and isinstance(old, PadShortcut):
+        old.set_sources(record["in"], record["sources"])
+        return old
+    if kind == "residual_without_branch" and isinstance(old, ResidualUnit):
+        old.branch = None
+        return old
+    if kind == "identity":
+        return nn.Identity()
+    return None
+
+
+def apply_structure(model: nn.Module, records: dict[str, dict[str, Any]]) -> nn.Module:
+    """Rebuild `model`'s modules (in place) to the recorded shapes; parents are handled before children."""
+    for name, record in records.items():
+        try:
+            old = model.get_submodule(name)
+        except AttributeError:
+            continue  # inside a unit removed earlier in this loop
+        new = _rebuilt(old, record)
+        if new is None:
+            raise CompressorError(f"the checkpoint's structure does not fit the architecture at {name} "
+                                  f"({record['type']} recorded, {type(old).__name__} built)")
+        if new is not old:
+            _replace(model, name, new)
+    return model
+
