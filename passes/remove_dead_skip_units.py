@@ -82,6 +82,8 @@ class RemoveDeadSkipUnitsPass(Pass):
             if isinstance(unit, ResidualUnit) and unit.branch is not None and _residual_is_dead(unit):
                 unit.branch = None
                 unit.gate = nn.Identity()
+                if not unit.shortcut_uses_preact:
+                    unit.preact = nn.Identity()  # only the branch read the pre-activation
                 removed.append(name)
         if any(isinstance(module, DenseUnit) for module in model.modules()):
             with torch.no_grad():
