@@ -19,7 +19,11 @@ class CleanOnnxPass(Pass):
     name = "CleanOnnx"
 
     def run(self, model: onnx.ModelProto) -> PassResult:
-        graph = gs.import_onnx(model)
+        # graphsurgeon's constant folding runs shape inference on the model it was given, which writes into
+        # that proto; a pass must leave its input as it was.
+        source = onnx.ModelProto()
+        source.CopyFrom(model)
+        graph = gs.import_onnx(source)
         nodes_before = len(graph.nodes)
         graph.fold_constants().cleanup().toposort()
         cleaned = gs.export_onnx(graph)

@@ -153,7 +153,9 @@ def channel_groups(model: nn.Module, input_shape: Sequence[int]) -> list[Channel
     graph = dependency_graph(traced, input_shape)
     names = {module: name for name, module in traced.named_modules()}
     groups = []
-    for tp_group in graph.get_all_groups(root_module_types=(nn.Conv2d, nn.Linear)):
+    # PadShortcut is a root too: once every branch of a stage is removed, the shortcut alone produces the
+    # stage's channels, and its zero-padded ones must still be found.
+    for tp_group in graph.get_all_groups(root_module_types=(nn.Conv2d, nn.Linear, PadShortcut)):
         if _touches_output(graph, tp_group):
             continue
         members = []
@@ -298,8 +300,12 @@ def predict_counts(
     names = {module: name for name, module in model.named_modules()}
     params = macs = 0
     for module in model.modules():
-        direct = list(module.parameters(recurse=False))
-        if module in gone or (not direct and not isinstance(module, (nn.Conv2d, nn.Linear))):
+        if isinstance(module, parametrize.ParametrizationList) or module in gone:
+            continue  # a gated layer's weights are counted with the layer, at their gated shape
+        direct = [p for p in module.parameters(recurse=False)]
+        if parametrize.is_parametrized(module):
+            direct += [getattr(module, name) for name in module.parametrizations]
+        if not direct and not isinstance(module, (nn.Conv2d, nn.Linear)):
             continue
         if isinstance(module, (nn.Conv2d, nn.Linear)):
             out_total = module.weight.shape[0]

@@ -125,7 +125,7 @@ class ChannelMethod(Method):
                     normalised = score / score.mean().clamp_min(1e-12)
                     wanted = int((normalised < level).sum())
                 plan.append(order[:_removable(group.size, wanted, self.round_to)])
-            return realizable(groups, plan)
+            return self._rounded(groups, orders, realizable(groups, plan))
 
         def meets(plan: list[list[int]]) -> bool:
             params, macs = predict_counts(model, input_shape, groups, plan, layer_macs=layer_macs)
@@ -136,7 +136,7 @@ class ChannelMethod(Method):
         high = 1.0 if self.config.scope == "uniform" else float(max(
             (s / s.mean().clamp_min(1e-12)).max() for s in scores)) + 1.0
         if not meets(plan_for(high)):
-            raise CompressorError(f"method channel cannot reach the target on this model: even with one channel "
+            raise CompressorError("method channel cannot reach the target on this model: even with one channel "
                                   "left per group the MACs/parameters removed fall short")
         low = 0.0
         for _ in range(40):  # bisection on a monotone criterion: more level removes more
@@ -150,6 +150,25 @@ class ChannelMethod(Method):
         self.predicted = {"macs_removed": 1 - macs / dense_macs, "params_removed": 1 - params / dense_params,
                           "channels_removed": sum(map(len, plan)), "channels": sum(g.size for g in groups)}
         return list(zip(groups, plan))
+
+    def _rounded(self, groups: list[ChannelGroup], orders: list[list[int]], plan: list[list[int]]) -> list[list[int]]:
+        """`plan` with every group's remaining width a multiple of `round_to`, after `realizable` trimmed it.
+
+        Rounding keeps the highest-scored channels the plan removed; keeping a channel can make another
+        group's shortcut copy a live channel, so rounding and `realizable` alternate until both hold.
+        """
+        while True:
+            changed = False
+            for index, (group, order) in enumerate(zip(groups, orders)):
+                removed = set(plan[index])
+                keep = _removable(group.size, len(removed), self.round_to)
+                if keep < len(removed):
+                    ranked = [channel for channel in order if channel in removed]
+                    plan[index] = sorted(ranked[:keep])
+                    changed = True
+            if not changed:
+                return plan
+            plan = realizable(groups, plan)
 
     def facts(self) -> dict[str, Any]:
         facts = super().facts()
