@@ -1,22 +1,26 @@
 """Does latency follow the MACs removed? Channel pruning compiled by the compressor against Torch-Pruning.
 
-For each model and MACs-removed target, three pruned variants are built from the same seeded dense weights:
-`channel` pruning (filter L1, global) gated and compiled by `compile_model`, the same with `--round-to 8`, and
+For each model and MACs-removed target, pruned variants are built from the same seeded dense weights:
+`channel` pruning (filter L1, global) gated and compiled by `compile_model` with channel counts left as they
+fall (`--round-to 1`), at the default multiples of 8, and at multiples of 16, and
 Torch-Pruning 1.6's `MetaPruner` with L1 magnitude importance and global pruning (classifier left alone), its
-`pruning_ratio` bisected until its counted MACs removed match ours within half a point. Every variant is
-exported with `export_onnx` and timed on onnxruntime's CPU provider. Weights are random: latency does not
-depend on their values, only on the shapes that pruning leaves.
+`pruning_ratio` bisected (a fresh model per try) until its counted MACs removed come within half a point of
+ours, or as close as its granularity allows. Every variant is exported with `export_onnx` and timed on
+onnxruntime's CPU provider. Weights are random: latency does not depend on their values, only on the shapes
+that pruning leaves.
 
-resnet56 uses the parameter-free option-A shortcut (`PadShortcut`). Torch-Pruning is tried on it first and
-what happens is printed under the table; its rows then use an option-B resnet56 (each `PadShortcut` replaced
-by a 1x1 strided convolution + BatchNorm projection), whose own dense model is its baseline.
+resnet56 uses the parameter-free option-A shortcut (`PadShortcut`). Torch-Pruning is tried on it first: the
+ratios at which it raises and the closest match it reaches are printed under the table, and it gets a row
+only where it reaches ours within a point. Torch-Pruning's main resnet56 rows use an option-B resnet56 (each
+`PadShortcut` replaced by a 1x1 strided convolution + BatchNorm projection), whose own dense model is their
+baseline.
 
 The table gives, per variant, the counted MACs and parameters against its dense model and the median latency
 per batch size; the quotient (latency ratio ÷ MACs ratio) is 1 when latency falls exactly as the MACs do and
 above 1 when it falls less. To be fair on a noisy shared machine all variants of a model are timed
 interleaved in one loop (one run of each per round, same input), not one after the other, with onnxruntime's
-worker threads not spinning between runs (see `_session`). A second table
-times compiling a gated resnet110: the pass pipeline, the ONNX export and the onnxruntime check.
+worker threads not spinning between runs (OrtBackend's `spin_wait=False`). A second table times compiling a
+gated resnet110: the pass pipeline, the ONNX export and the onnxruntime check.
 
     python benchmarks/latency_vs_macs.py --out bench-latency      # resnet56, mobilenet_v1; 25%, 50%; b=1, 32
     python benchmarks/latency_vs_macs.py --models resnet56 --targets 50% --batches 1 --runs 5
@@ -28,14 +32,14 @@ import argparse
 import logging
 import statistics
 import time
+import traceback
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Callable
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 import torch.nn as nn
 import torch_pruning as tp
@@ -48,13 +52,16 @@ from compressor.tables import text_table
 from compressor.verify import verify_onnx
 from models import PadShortcut, ResidualUnit, create_model
 from runtime.bench import parse_batch_sizes
+from runtime.ort_backend import CPU_PROVIDER, OrtBackend
 
 SEED = 0
 # Torch-Pruning's pruning_ratio is searched in [0, MAX_RATIO]: a ratio of 1 would empty layers.
 MAX_RATIO = 0.95
 SEARCH_STEPS = 20
-MATCH_TOLERANCE = 0.005
+MATCH_TOLERANCE = 0.005  # the search stops this close to ours
+MATCH_ACCEPTED = 0.01  # and a result this close gets a table row
 COMPILE_ARCH, COMPILE_TARGET, COMPILE_REPEATS = "resnet110", 0.5, 3
+ROUNDINGS = (1, 8, 16)  # the first must be 1: Torch-Pruning is matched to its MACs
 
 
 @dataclass
@@ -73,6 +80,30 @@ class Variant:
     def __post_init__(self) -> None:
         self.macs = count_macs(self.model, tuple(self.model.input_shape))
         self.params = count_params(self.model)
+
+
+@dataclass
+class Search:
+    """Outcome of the pruning_ratio search: the closest model that ran, and the lowest ratio that raised."""
+
+    model: nn.Module | None = None
+    ratio: float = 0.0
+    removed: float = 0.0
+    failure: str | None = None
+    failed_ratio: float = MAX_RATIO
+
+    def matches(self, target: float) -> bool:
+        return self.model is not None and abs(self.removed - target) <= MATCH_ACCEPTED
+
+    def describe(self, target: float) -> str:
+        parts = []
+        if self.failure is not None:
+            parts.append(f"crashes at pruning_ratio {self.failed_ratio:.4f} ({self.failure})")
+        if self.model is not None:
+            verdict = "" if self.matches(target) else f", not within {MATCH_ACCEPTED:.0%} of it: no row"
+            parts.append(f"pruning_ratio {self.ratio:.4f} runs and removes {self.removed:.2%} of the MACs "
+                         f"(ours {target:.2%}{verdict})")
+        return "; ".join(parts)
 
 
 def main() -> None:
@@ -132,7 +163,7 @@ def _option_b(arch: str) -> nn.Module:
 
 
 def _variants(arch: str, targets: list[str], notes: list[str]) -> list[Variant]:
-    """Dense, ours, ours round-to 8 and Torch-Pruning at each target, for one model."""
+    """Dense, ours at each rounding and Torch-Pruning at each target, for one model."""
     dense_model = _fresh(arch)
     shape = tuple(dense_model.input_shape)
     dense = Variant("-", "dense", dense_model, _export(dense_model, shape))
@@ -148,18 +179,22 @@ def _variants(arch: str, targets: list[str], notes: list[str]) -> list[Variant]:
 
     for target in targets:
         fraction = parse_fraction(target)
-        ours = _ours(arch, fraction, 1, shape)
-        variants.append(Variant(target, "ours", ours, _export(ours, shape), dense))
-        rounded = _ours(arch, fraction, 8, shape)
-        variants.append(Variant(target, "ours round-to 8", rounded, _export(rounded, shape), dense))
-        # Torch-Pruning aims at the MACs ours really removed, so the two rows compare like with like.
-        ours_removed = 1 - count_macs(ours, shape) / dense.macs
+        for round_to in ROUNDINGS:
+            ours = _ours(arch, fraction, round_to, shape)
+            variants.append(Variant(target, f"ours round-to {round_to}", ours, _export(ours, shape), dense))
+        # Torch-Pruning aims at the MACs ours removed without rounding, so the rows compare like with like.
+        ours_removed = 1 - count_macs(variants[-len(ROUNDINGS)].model, shape) / dense.macs
         if has_option_a:
-            notes.append(f"{arch} {target}: Torch-Pruning on option-A: {_try_option_a(arch, shape, ours_removed)}")
-        pruned, ratio = _match_torch_pruning(build_for_tp, shape, ours_removed)
-        notes.append(f"{arch} {target}: Torch-Pruning pruning_ratio {ratio:.4f} "
-                     f"(MACs removed {1 - count_macs(pruned, shape) / tp_dense.macs:.2%}, ours {ours_removed:.2%})")
-        variants.append(Variant(target, tp_label, pruned, _export(pruned, shape), tp_dense))
+            search = _match_torch_pruning(partial(_fresh, arch), shape, ours_removed)
+            notes.append(f"{arch} {target}: Torch-Pruning on option-A: {search.describe(ours_removed)}")
+            if search.matches(ours_removed):
+                variants.append(Variant(target, "Torch-Pruning (option-A)", search.model,
+                                        _export(search.model, shape), dense))
+        search = _match_torch_pruning(build_for_tp, shape, ours_removed)
+        if search.model is None:
+            raise RuntimeError(f"Torch-Pruning fails on {arch}: {search.failure}")
+        notes.append(f"{arch} {target}: {tp_label}: {search.describe(ours_removed)}")
+        variants.append(Variant(target, tp_label, search.model, _export(search.model, shape), tp_dense))
     return variants
 
 
@@ -185,40 +220,47 @@ def _torch_prune(model: nn.Module, ratio: float, shape: tuple[int, ...]) -> nn.M
     return model.eval()
 
 
-def _match_torch_pruning(build: Callable[[], nn.Module], shape: tuple[int, ...],
-                         target: float) -> tuple[nn.Module, float]:
-    """Bisect Torch-Pruning's pruning_ratio (a fresh model per try) until its MACs removed are near `target`."""
+def _match_torch_pruning(build: Callable[[], nn.Module], shape: tuple[int, ...], target: float) -> Search:
+    """Bisect Torch-Pruning's pruning_ratio (a fresh model per try) until its MACs removed are near `target`.
+
+    A try that raises (in Torch-Pruning or in the pruned model's forward) counts as a ratio too high: the
+    search goes on below it, and the lowest ratio that raised is reported with its error.
+    """
     dense_macs = count_macs(build(), shape)
     low, high = 0.0, MAX_RATIO
-    best: tuple[float, nn.Module, float] | None = None
+    search = Search()
     for _ in range(SEARCH_STEPS):
         ratio = (low + high) / 2
-        model = _torch_prune(build(), ratio, shape)
-        removed = 1 - count_macs(model, shape) / dense_macs
-        if best is None or abs(removed - target) < best[0]:
-            best = (abs(removed - target), model, ratio)
+        try:
+            model = _torch_prune(build(), ratio, shape)
+            removed = 1 - count_macs(model, shape) / dense_macs
+        except Exception as error:  # whatever Torch-Pruning or the pruned model raises is the measurement
+            if ratio < search.failed_ratio:
+                search.failed_ratio, search.failure = ratio, _describe_error(error)
+            high = ratio
+            continue
+        if search.model is None or abs(removed - target) < abs(search.removed - target):
+            search.model, search.ratio, search.removed = model, ratio, removed
         if abs(removed - target) <= MATCH_TOLERANCE:
             break
         low, high = (ratio, high) if removed < target else (low, ratio)
-    return best[1], best[2]
+    return search
 
 
-def _try_option_a(arch: str, shape: tuple[int, ...], target: float) -> str:
-    """Run the same search on the option-A model and say how it ended: the first error, or the match."""
-    try:
-        pruned, ratio = _match_torch_pruning(partial(_fresh, arch), shape, target)
-        _export(pruned, shape)
-    except Exception as error:  # whatever Torch-Pruning or the pruned model raises is the measurement
-        message = " ".join(str(error).split())
-        return f"crashes on option-A ({type(error).__name__}: {message[:120]})"
-    removed = 1 - count_macs(pruned, shape) / count_macs(_fresh(arch), shape)
-    return f"runs on option-A (pruning_ratio {ratio:.4f}, MACs removed {removed:.2%})"
+def _describe_error(error: Exception) -> str:
+    """'<who> raises <type>: <message>', where who is Torch-Pruning itself or the model it pruned."""
+    frames = traceback.extract_tb(error.__traceback__)
+    who = "Torch-Pruning" if any("torch_pruning" in frame.filename for frame in frames) else "the pruned model"
+    message = " ".join(str(error).split())
+    return f"{who} raises {type(error).__name__}: {message[:120]}"
 
 
 def _time_interleaved(variants: list[Variant], batches: tuple[int, ...], threads: int, runs: int,
                       warmup: int) -> None:
     """Fill each variant's median latency per batch size; each round runs every variant once on the same input."""
-    sessions = [_session(v.onnx, threads) for v in variants]
+    # Idle sessions must not spin while another is timed (see OrtBackend's spin_wait).
+    sessions = [OrtBackend(v.onnx, providers=[CPU_PROVIDER], threads=threads, spin_wait=False).session
+                for v in variants]
     shape = tuple(variants[0].model.input_shape)
     for batch in batches:
         x = np.random.default_rng(SEED).standard_normal((batch, *shape), dtype=np.float32)
@@ -237,21 +279,6 @@ def _time_interleaved(variants: list[Variant], batches: tuple[int, ...], threads
             variant.latency_ms[batch] = statistics.median(times) * 1e3
 
 
-def _session(model: onnx.ModelProto, threads: int) -> ort.InferenceSession:
-    """A CPU session set up as runtime.ort_backend.OrtBackend does, but with its worker threads not spinning.
-
-    onnxruntime's intra-op threads busy-wait after each run by default. With several sessions alive on a
-    machine with few cores, the idle sessions' spinning threads take the cores from the one being timed and
-    interleaved timings measure that contention (latencies several times higher), so spinning is off here.
-    """
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(model.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"])
-
-
 def _row(arch: str, variant: Variant, batches: tuple[int, ...]) -> list[str]:
     dense = variant.dense or variant
     macs_ratio = variant.macs / dense.macs
@@ -265,27 +292,38 @@ def _row(arch: str, variant: Variant, batches: tuple[int, ...]) -> list[str]:
 
 
 def _compile_table() -> str:
-    """Seconds to compile a channel-gated resnet110: passes, ONNX export and onnxruntime check (median of 3)."""
+    """Seconds to compile a channel-gated resnet110: passes, ONNX export and onnxruntime check (median of 3).
+
+    Timed with torch on one thread and on its default count: every torch op of the pipeline's many small
+    forward passes (tracing, equivalence checks) waits for all its threads, so on a shared machine whose
+    cores are busy the default can be many times slower than one thread, and both rows show how much.
+    """
     model = _fresh(COMPILE_ARCH)
     shape = tuple(model.input_shape)
     create_method("channel", COMPILE_TARGET).prepare(model, None)
     batch = torch.randn(VERIFY_BATCH, *shape)
-    stages: dict[str, list[float]] = {"compile_model": [], "export_onnx": [], "verify_onnx": [], "total": []}
-    for _ in range(COMPILE_REPEATS):
-        start = time.perf_counter()
-        compiled = compile_model(model, shape).model
-        compiled_at = time.perf_counter()
-        proto = export_onnx(compiled, input_shape=shape).model
-        exported_at = time.perf_counter()
-        verify_onnx(compiled, proto, batch)
-        verified_at = time.perf_counter()
-        for stage, seconds in zip(stages, (compiled_at - start, exported_at - compiled_at, verified_at - exported_at,
-                                           verified_at - start)):
-            stages[stage].append(seconds)
-    header = ["model", "target", "compile_model s", "export_onnx s", f"verify_onnx (batch {VERIFY_BATCH}) s",
-              "total s"]
-    row = [COMPILE_ARCH, f"{COMPILE_TARGET:.0%}", *(f"{statistics.median(s):.2f}" for s in stages.values())]
-    return text_table(header, [row], title=f"compile time of channel gates, median of {COMPILE_REPEATS} repetitions",
+    default_threads = torch.get_num_threads()
+    rows = []
+    for threads in sorted({1, default_threads}):
+        torch.set_num_threads(threads)
+        stages: dict[str, list[float]] = {"compile_model": [], "export_onnx": [], "verify_onnx": [], "total": []}
+        for _ in range(COMPILE_REPEATS):
+            start = time.perf_counter()
+            compiled = compile_model(model, shape).model
+            compiled_at = time.perf_counter()
+            proto = export_onnx(compiled, input_shape=shape).model
+            exported_at = time.perf_counter()
+            verify_onnx(compiled, proto, batch)
+            verified_at = time.perf_counter()
+            seconds = (compiled_at - start, exported_at - compiled_at, verified_at - exported_at, verified_at - start)
+            for stage, value in zip(stages, seconds):
+                stages[stage].append(value)
+        rows.append([COMPILE_ARCH, f"{COMPILE_TARGET:.0%}", str(threads),
+                     *(f"{statistics.median(values):.2f}" for values in stages.values())])
+    torch.set_num_threads(default_threads)
+    header = ["model", "target", "torch threads", "compile_model s", "export_onnx s",
+              f"verify_onnx (batch {VERIFY_BATCH}) s", "total s"]
+    return text_table(header, rows, title=f"compile time of channel gates, median of {COMPILE_REPEATS} repetitions",
                       left_columns=2)
 
 

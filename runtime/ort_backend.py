@@ -95,7 +95,11 @@ class OrtBackend:
         model: str | os.PathLike | bytes | onnx.ModelProto,
         providers: Sequence[str] | None = None,
         threads: int | None = None,
+        spin_wait: bool = True,
     ) -> None:
+        """`spin_wait=False` stops the worker threads busy-waiting between runs: onnxruntime's default is
+        fastest for one session, but with several sessions timed in turn on few cores the idle sessions'
+        spinning threads take the cores from the one being timed."""
         requested = default_providers() if providers is None else _check_providers(providers)
         if threads is not None and threads < 1:
             raise CompressorError(f"threads must be a positive integer, got {threads}")
@@ -108,6 +112,8 @@ class OrtBackend:
             # One inter-op thread: a classifier is a chain of ops, so extra inter-op threads only add
             # contention and make timings depend on the machine's core count.
             options.inter_op_num_threads = 1
+        if not spin_wait:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(source, sess_options=options, providers=requested)
         except _ORT_ERRORS as error:

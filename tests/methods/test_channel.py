@@ -74,7 +74,7 @@ def test_half_the_macs_go_and_compilation_removes_what_was_predicted(name):
 def test_the_lowest_l1_filters_are_gated_off():
     model = create_model("lenet5").eval()
     scores = {group.root: filter_l1(group) for group in channel_groups(model, model.input_shape)}
-    method = create_method("channel", 0.5)
+    method = create_method("channel", 0.5, round_to=1)
     zeros = zero_gated_channels(method.prepare(model, None))
     assert set(zeros) == set(scores)
     for layer, channels in zeros.items():
@@ -84,7 +84,7 @@ def test_the_lowest_l1_filters_are_gated_off():
 
 
 def test_every_group_keeps_a_channel_at_an_extreme_target():
-    method, dense, compiled = prune_and_compile("lenet300_100", 0.99)
+    method, dense, compiled = prune_and_compile("lenet300_100", 0.99, round_to=1)
     assert method.predicted["macs_removed"] >= 0.99
     assert compiled.features.fc1.out_features >= 1 and compiled.features.fc2.out_features >= 1
     assert removed_fractions(dense, compiled)[1] == pytest.approx(method.predicted["macs_removed"], abs=1e-12)
@@ -180,3 +180,15 @@ def test_round_to_flag_accepts_only_the_listed_multiples():
         typed_options("channel", {"round_to": "12"})
     with pytest.raises(CompressorError, match="--round-to"):
         typed_options("channel", {"round_to": "eight"})
+
+
+@pytest.mark.parametrize("name", ["resnet20", "resnet56", "mobilenet_v1"])
+def test_default_rounding_takes_blocks_of_eight_and_stays_near_the_target(name):
+    method, dense, compiled = prune_and_compile(name, 0.5)
+
+    assert method.round_to == 8
+    assert 0.5 <= method.predicted["macs_removed"] < 0.55
+    assert removed_fractions(dense, compiled)[1] == pytest.approx(method.predicted["macs_removed"], abs=1e-12)
+    for layer in compiled.modules():
+        if isinstance(layer, nn.Conv2d) and layer.in_channels > 3:
+            assert layer.out_channels % 8 == 0, layer

@@ -140,6 +140,23 @@ def test_threads_set_session_options(exported):
     assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
 
 
+@pytest.mark.parametrize("spin_wait", [True, False])
+def test_spin_wait_sets_the_session_entry(exported, spin_wait):
+    backend = OrtBackend(exported[1], threads=1, spin_wait=spin_wait)
+    options = backend.session.get_session_options()
+
+    if spin_wait:  # onnxruntime's own default: the entry is absent
+        with pytest.raises(RuntimeError):
+            options.get_session_config_entry("session.intra_op.allow_spinning")
+    else:
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    model, _ = exported
+    batch = torch.randn(3, 3, 8, 8)
+    with torch.no_grad():
+        expected = model(batch).numpy()
+    assert np.abs(backend.run(batch.numpy()) - expected).max() <= 1e-4 * np.abs(expected).max()
+
+
 def test_default_threads_leave_onnxruntime_default(exported):
     backend = OrtBackend(exported[1])
 
