@@ -46,6 +46,7 @@ import torch_pruning as tp
 
 from compressor.api import VERIFY_BATCH, compile_model, export_onnx
 from compressor.counting import count_macs, count_params
+from compressor.errors import CompressorError
 from compressor.methods import create_method
 from compressor.options import parse_fraction
 from compressor.tables import text_table
@@ -61,7 +62,7 @@ SEARCH_STEPS = 20
 MATCH_TOLERANCE = 0.005  # the search stops this close to ours
 MATCH_ACCEPTED = 0.01  # and a result this close gets a table row
 COMPILE_ARCH, COMPILE_TARGET, COMPILE_REPEATS = "resnet110", 0.5, 3
-ROUNDINGS = (1, 8, 16)  # the first must be 1: Torch-Pruning is matched to its MACs
+ROUNDINGS = (1, 8, 16)  # the first must be 1: Torch-Pruning is matched to its MACs, and it always succeeds
 
 
 @dataclass
@@ -179,11 +180,17 @@ def _variants(arch: str, targets: list[str], notes: list[str]) -> list[Variant]:
 
     for target in targets:
         fraction = parse_fraction(target)
+        unrounded = None
         for round_to in ROUNDINGS:
-            ours = _ours(arch, fraction, round_to, shape)
+            try:
+                ours = _ours(arch, fraction, round_to, shape)
+            except CompressorError as error:  # a coarse rounding can leave too little to remove
+                notes.append(f"{arch} {target}: ours round-to {round_to}: {error}")
+                continue
+            unrounded = unrounded or ours
             variants.append(Variant(target, f"ours round-to {round_to}", ours, _export(ours, shape), dense))
         # Torch-Pruning aims at the MACs ours removed without rounding, so the rows compare like with like.
-        ours_removed = 1 - count_macs(variants[-len(ROUNDINGS)].model, shape) / dense.macs
+        ours_removed = 1 - count_macs(unrounded, shape) / dense.macs
         if has_option_a:
             search = _match_torch_pruning(partial(_fresh, arch), shape, ours_removed)
             notes.append(f"{arch} {target}: Torch-Pruning on option-A: {search.describe(ours_removed)}")

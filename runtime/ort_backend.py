@@ -107,6 +107,9 @@ class OrtBackend:
 
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Errors only: onnxruntime's warnings narrate its graph optimizer (nodes it could not fuse away),
+        # nothing the user can act on, and they would bury the CLI's own output.
+        options.log_severity_level = 3
         if threads is not None:
             options.intra_op_num_threads = threads
             # One inter-op thread: a classifier is a chain of ops, so extra inter-op threads only add

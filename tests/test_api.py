@@ -190,3 +190,60 @@ def test_budget_resumes_across_the_freeze(lenet5_checkpoint, tmp_path, monkeypat
     assert resumed.compressed.sparsity == uninterrupted.compressed.sparsity
     assert resumed.compressed.accuracy == uninterrupted.compressed.accuracy
     assert [row.zeros for row in resumed.layers] == [row.zeros for row in uninterrupted.layers]
+
+
+@pytest.fixture(scope="module")
+def structured(lenet5_checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "lenet5-half"
+    return out, compress(lenet5_checkpoint, "channel", "50%", epochs=1, out=out, progress=False)
+
+
+def test_structured_run_writes_a_thinner_model(structured, lenet5_checkpoint):
+    out, report = structured
+    assert sorted(p.name for p in out.iterdir()) == ["channels.png", "model.onnx", "model.pt", "report.json",
+                                                     "report.md"]
+    assert report.pattern == "structured" and report.structure is not None
+    assert report.structure.macs_removed >= 0.5
+    assert report.structure.macs_removed == pytest.approx(1 - report.compressed.macs / report.dense.macs)
+    assert report.compressed.params < report.dense.params
+    thinner = [row for row in report.structure.layers if row.after is not None and row.after[0] < row.before[0]]
+    assert thinner, "some layer lost output channels"
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["structure"]["macs_removed"] == report.structure.macs_removed
+    assert "## Structure" in (out / "report.md").read_text()
+    # The file holds the compiled weights (float32) and little else: it shrank with the parameters.
+    size = (out / "model.onnx").stat().st_size
+    assert 4 * report.compressed.params <= size < 4 * report.compressed.params + 20_000 < 4 * report.dense.params
+
+
+def test_structured_checkpoint_reloads_with_its_new_shapes(structured):
+    out, report = structured
+    model = load_model(out / "model.pt")
+    shapes = {row.name: row.after for row in report.structure.layers if row.after is not None}
+    for name, layer in model.named_modules():
+        if name in shapes:
+            assert list(layer.weight.shape) == shapes[name]
+    x = torch.randn(3, *model.input_shape)
+    with torch.no_grad():
+        expected = model.eval()(x).numpy()
+    actual = OrtBackend(out / "model.onnx").run(x.numpy())
+    assert np.max(np.abs(actual - expected)) <= 1e-4 * np.max(np.abs(expected))
+
+
+def test_structured_run_on_a_user_model(tmp_path):
+    from shared import UserNet
+
+    torch.save(UserNet(), tmp_path / "user.pt")
+    report = compress(tmp_path / "user.pt", "channel", "40%", epochs=1, out=tmp_path / "o", trust_model=True,
+                      input_shape=(1, 8, 8), progress=False)
+    assert report.structure.macs_removed >= 0.4
+    model = load_model(tmp_path / "o" / "model.pt", trust=True, input_shape=(1, 8, 8)).eval()
+    assert model.separable[0].groups == model.separable[0].out_channels == model.separable[0].in_channels
+    assert model.left[0].in_channels == model.right[0].in_channels == model.separable[3].out_channels
+    assert model.branch[0].in_channels == model.left[0].out_channels + model.right[0].out_channels
+    assert model.head[1].in_features == model.branch[3].out_channels * 16
+    x = torch.randn(3, 1, 8, 8)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    actual = OrtBackend(tmp_path / "o" / "model.onnx").run(x.numpy())
+    assert np.max(np.abs(actual - expected)) <= 1e-4 * np.max(np.abs(expected))

@@ -128,6 +128,11 @@ def bad_inputs(tmp_path_factory):
     ["sd.pt", "--arch", "lenet5", "--method", "budget", "--target", "50%", "--flops-target", "170%"],
     ["sd.pt", "--arch", "lenet5", "--method", "budget", "--target", "50%", "--budget-loss", "cubic"],
     ["sd.pt", "--arch", "lenet5", "--method", "budget", "--budget-loss", "squared"],
+    ["sd.pt", "--arch", "lenet5", "--method", "channel"],
+    ["sd.pt", "--arch", "lenet5", "--method", "channel", "--target", "50%", "--round-to", "7"],
+    ["sd.pt", "--arch", "lenet5", "--method", "channel", "--target", "50%", "--channel-scope", "local"],
+    ["sd.pt", "--arch", "lenet5", "--method", "channel", "--target", "99.9%"],
+    ["sd.pt", "--arch", "lenet5", "--target", "50%", "--round-to", "8"],
 ])
 def test_bad_input_is_one_line_and_writes_nothing(bad_inputs, args, capsys, monkeypatch):
     monkeypatch.chdir(bad_inputs)
@@ -151,3 +156,16 @@ def test_console_script_prints_exactly_one_line(bad_inputs, args, message):
     assert_one_line_error(result.returncode, result.stderr)
     assert message in result.stderr
     assert not (bad_inputs / "pwned").exists() and not (bad_inputs / "compressed").exists()
+
+
+def test_structured_flags_reach_the_method(tmp_path, capsys):
+    checkpoint = tmp_path / "lenet5.pt"
+    assert run(["train", "lenet5", "--epochs", "1", "-o", checkpoint, "--no-progress"], capsys)[0] == 0
+    code, out, err = run([checkpoint, "--method", "channel", "--target", "40%", "--channel-scope", "uniform",
+                          "--target-params", "30%", "--round-to", "16", "--epochs", "1", "--out", tmp_path / "o",
+                          "--no-progress"], capsys)
+    assert code == 0, err
+    assert "channels.png" in out
+    saved = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert saved["method_config"] == {"scope": "uniform", "target_params": 0.3, "round_to": 16}
+    assert saved["structure"]["macs_removed"] >= 0.4 and saved["structure"]["params_removed"] >= 0.3

@@ -16,32 +16,15 @@ from compressor.gates import (ChannelGate, FeatureRangeGate, UnitGate, attach_ch
 from models import create_model
 from models.units import DenseUnit, FeaturesClassifier, pooled_classifier
 from passes.coupling import channel_groups
+from shared import randomize_batchnorm_, single_torch_thread
 
 RELATIVE_TOLERANCE = 1e-5
 
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
-    """Single-threaded torch (restored afterwards): on a shared 2-core machine OpenMP threads wait on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def randomize_batchnorm_(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-trivial running statistics and affine parameters for every BatchNorm (in place)."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                n = module.num_features
-                module.running_mean.copy_(torch.rand(n, generator=generator) - 0.5)
-                module.running_var.copy_(torch.rand(n, generator=generator) * 1.5 + 0.5)
-                if module.affine:
-                    module.weight.copy_(torch.rand(n, generator=generator) + 0.5)
-                    module.bias.copy_(torch.rand(n, generator=generator) - 0.5)
-    return model
+    with single_torch_thread():
+        yield
 
 
 def outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

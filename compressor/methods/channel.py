@@ -142,8 +142,9 @@ class ChannelMethod(Method):
         high = 1.0 if self.config.scope == "uniform" else float(max(
             (s / s.mean().clamp_min(1e-12)).max() for s in scores)) + 1.0
         if not meets(plan_for(high)):
-            raise CompressorError("method channel cannot reach the target on this model: even with one channel "
-                                  "left per group the MACs/parameters removed fall short")
+            floor = "one channel" if self.round_to == 1 else f"{self.round_to} channels (--round-to)"
+            raise CompressorError(f"method channel cannot reach the target on this model: even with {floor} left "
+                                  "per group the MACs/parameters removed fall short")
         if self.config.scope == "global" and self.round_to > 1:
             plan = self._block_greedy(groups, scores, orders, meets)
         else:

@@ -17,15 +17,13 @@ from compressor.methods import create_method
 from compressor.methods.channel import filter_l1
 from models import create_model
 from passes.coupling import channel_groups
+from shared import single_torch_thread
 
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
-    """Single-threaded torch (restored afterwards): on a shared 2-core machine OpenMP threads wait on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with single_torch_thread():
+        yield
 
 
 def prune_and_compile(name: str, target: float | None = 0.5, **options):

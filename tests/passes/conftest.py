@@ -22,26 +22,12 @@ from models import create_model
 from passes.analysis import two_four_eligibility, two_four_mask
 from passes.bake_masks import BakeMasksPass
 from passes.emit_onnx import EmitOnnxPass
+from shared import randomize_batchnorm_, single_torch_thread
 
 RELATIVE_TOLERANCE = 1e-5
 
 
 # --------------------------------------------------------------------------------------------------- helpers
-
-
-def randomize_batchnorm_(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Give every BatchNorm non-trivial running statistics and affine parameters (in place)."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                n = module.num_features
-                module.running_mean.copy_(torch.rand(n, generator=generator) - 0.5)
-                module.running_var.copy_(torch.rand(n, generator=generator) * 1.5 + 0.5)
-                if module.affine:
-                    module.weight.copy_(torch.rand(n, generator=generator) + 0.5)
-                    module.bias.copy_(torch.rand(n, generator=generator) - 0.5)
-    return model
 
 
 def random_masks(model: nn.Module, sparsity: float = 0.5, seed: int = 0, layers=None) -> dict[str, torch.Tensor]:
@@ -121,15 +107,9 @@ def batchnorm_count(model: nn.Module) -> int:
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
-    """Run torch single-threaded in these tests (restored afterwards).
-
-    The models here are small, and on a shared 2-core machine a second busy process makes torch's OpenMP threads
-    wait on each other: the zoo-wide FoldBatchNorm test took 80 s with 2 threads under such load and 12 s with 1.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    """The models here are small: torch runs single-threaded in these tests (see tests/shared.py)."""
+    with single_torch_thread():
+        yield
 
 # Each helper is also a fixture so test modules can request it by name.
 

@@ -1,0 +1,66 @@
+"""Helpers that several test folders share (importable because pytest puts tests/ on the path).
+
+Realistic BatchNorm statistics, so that a pass which mishandles them shows in the outputs, and single-threaded
+torch, because on a shared 2-core machine a second busy process makes torch's OpenMP threads wait on each other
+(the zoo-wide FoldBatchNorm test took 80 s with 2 threads under such load and 12 s with 1).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+import torch.nn as nn
+
+
+def randomize_batchnorm_(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every BatchNorm non-trivial running statistics and affine parameters (in place)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                n = module.num_features
+                module.running_mean.copy_(torch.rand(n, generator=generator) - 0.5)
+                module.running_var.copy_(torch.rand(n, generator=generator) * 1.5 + 0.5)
+                if module.affine:
+                    module.weight.copy_(torch.rand(n, generator=generator) + 0.5)
+                    module.bias.copy_(torch.rand(n, generator=generator) - 0.5)
+    return model
+
+
+@contextlib.contextmanager
+def single_torch_thread() -> Iterator[None]:
+    """Run torch on one thread inside the block, restoring the thread count afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+class UserNet(nn.Module):
+    """A model from outside the zoo, written the way users write them: a depthwise-separable block, two
+    branches joined by a concatenation, a residual add with a 1x1 projection shortcut, and flatten→linear.
+    Input 1x8x8 (the digits); it lives here so that a pickled instance can be loaded back by class name."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.separable = nn.Sequential(
+            nn.Conv2d(16, 16, 3, padding=1, groups=16, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+            nn.Conv2d(16, 32, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU())
+        self.left = nn.Sequential(nn.Conv2d(32, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        self.right = nn.Sequential(nn.Conv2d(32, 16, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        self.branch = nn.Sequential(
+            nn.Conv2d(32, 48, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(48), nn.ReLU(),
+            nn.Conv2d(48, 48, 3, padding=1, bias=False), nn.BatchNorm2d(48))
+        self.projection = nn.Sequential(nn.Conv2d(32, 48, 1, stride=2, bias=False), nn.BatchNorm2d(48))
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(48 * 4 * 4, 64), nn.ReLU(), nn.Linear(64, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.separable(self.stem(x))
+        x = torch.cat([self.left(x), self.right(x)], 1)
+        x = torch.relu(self.branch(x) + self.projection(x))
+        return self.head(x)
