@@ -163,10 +163,20 @@ def _parse_options(items: Sequence[str]) -> dict[str, str]:
     return options
 
 
+def _quiet_onnxruntime() -> None:
+    """Only onnxruntime's errors reach the terminal: its warnings narrate graph optimizations (in our sessions
+    and in the one onnx-graphsurgeon opens to fold constants), which nobody running the command can act on."""
+    import onnxruntime
+
+    onnxruntime.set_default_logger_severity(3)
+
+
 def _run_compress(args: argparse.Namespace) -> None:
     from compressor.api import compress
     from compressor.loading import parse_input_shape
     from compressor.methods.base import typed_options
+
+    _quiet_onnxruntime()
     from compressor.report import summary_text
 
     report = compress(
@@ -196,6 +206,7 @@ def _run_bench(args: argparse.Namespace) -> None:
     from compressor.api import benchmark
     from runtime.bench import parse_batch_sizes, results_table
 
+    _quiet_onnxruntime()
     if args.runs < 50:
         raise CompressorError(f"--runs must be at least 50 for a stable median and p90, got {args.runs}")
     if args.warmup < 0:

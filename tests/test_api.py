@@ -247,3 +247,17 @@ def test_structured_run_on_a_user_model(tmp_path):
         expected = model(x).numpy()
     actual = OrtBackend(tmp_path / "o" / "model.onnx").run(x.numpy())
     assert np.max(np.abs(actual - expected)) <= 1e-4 * np.max(np.abs(expected))
+
+
+def test_structured_run_resumes_to_the_same_model(lenet5_checkpoint, tmp_path, monkeypatch):
+    from compressor.methods.channel import ChannelMethod
+
+    uninterrupted = compress(lenet5_checkpoint, "channel", "50%", epochs=2, out=tmp_path / "a", progress=False)
+    interrupted_compress(monkeypatch, ChannelMethod, 1, lenet5_checkpoint, "channel", "50%", epochs=2,
+                         out=tmp_path / "b", progress=False)
+    resumed = compress(lenet5_checkpoint, "channel", "50%", epochs=2, out=tmp_path / "b", resume=True, progress=False)
+    assert resumed.structure.layers == uninterrupted.structure.layers
+    assert resumed.compressed.accuracy == uninterrupted.compressed.accuracy
+    first, second = load_model(tmp_path / "a" / "model.pt"), load_model(tmp_path / "b" / "model.pt")
+    for (name, a), (_, b) in zip(first.state_dict().items(), second.state_dict().items()):
+        assert torch.equal(a, b), name
