@@ -263,57 +263,53 @@ def _layer_table(layers: list[LayerStats]) -> str:
     return markdown_table(header, rows)
 
 
-def plot_sparsity(report: Report, path: str | os.PathLike) -> Path:
-    """sparsity.png: one bar per prunable layer, the global sparsity as a line."""
+def _bar_chart(path: str | os.PathLike, names: list[str], values: list[float], colours: list[str],
+               line: tuple[float, str], ylabel: str, title: str, marks: list[tuple[int, float]] = (),
+               marks_label: str = "") -> Path:
+    """One bar per layer (values in %), a horizontal reference line, optional point marks; written as PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [row.name for row in report.layers]
-    values = [100 * row.sparsity for row in report.layers]
-    colours = {"unstructured": "tab:blue", "2:4": "tab:green", "dense": "tab:gray"}
-    figure, axes = plt.subplots(figsize=(max(6.0, 0.32 * len(names) + 2), 4.2))
-    axes.bar(range(len(names)), values, color=[colours.get(row.pattern, "tab:blue") for row in report.layers])
-    guesses = [(i, 100 * row.predicted_sparsity) for i, row in enumerate(report.layers)
-               if row.predicted_sparsity is not None]
-    if guesses:
-        axes.scatter(*zip(*guesses), color="black", marker="_", s=200, zorder=3, label="predicted (erf)")
-    axes.axhline(100 * report.compressed.sparsity, color="tab:red", linestyle="--",
-                 label=f"global {report.compressed.sparsity:.1%}")
-    axes.set_xticks(range(len(names)), names, rotation=75, ha="right", fontsize=7)
-    axes.set_ylim(0, 100)
-    axes.set_ylabel("sparsity (%)")
-    axes.set_title(f"{report.arch or report.model}: {report.method}, {report.pattern}")
+    figure, axes = plt.subplots(figsize=(max(6.0, 0.28 * len(names) + 2), 4.2))
+    axes.bar(range(len(names)), values, color=colours)
+    if marks:
+        axes.scatter(*zip(*marks), color="black", marker="_", s=200, zorder=3, label=marks_label)
+    axes.axhline(line[0], color="tab:red", linestyle="--", label=line[1])
+    axes.set_xticks(range(len(names)), names, rotation=75, ha="right", fontsize=7 if len(names) < 40 else 5)
+    axes.set_ylim(0, 105)
+    axes.set_ylabel(ylabel)
+    axes.set_title(title)
     axes.legend(loc="upper left")
     figure.tight_layout()
     written = atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=120))
     plt.close(figure)
     return written
+
+
+def plot_sparsity(report: Report, path: str | os.PathLike) -> Path:
+    """sparsity.png: one bar per prunable layer, the global sparsity as a line, predictions as marks."""
+    colours = {"unstructured": "tab:blue", "2:4": "tab:green", "dense": "tab:gray"}
+    return _bar_chart(
+        path, [row.name for row in report.layers], [100 * row.sparsity for row in report.layers],
+        [colours.get(row.pattern, "tab:blue") for row in report.layers],
+        (100 * report.compressed.sparsity, f"global {report.compressed.sparsity:.1%}"), "sparsity (%)",
+        f"{report.arch or report.model}: {report.method}, {report.pattern}",
+        marks=[(i, 100 * row.predicted_sparsity) for i, row in enumerate(report.layers)
+               if row.predicted_sparsity is not None],
+        marks_label="predicted (erf)")
 
 
 def plot_channels(report: Report, path: str | os.PathLike) -> Path:
     """channels.png: per Conv/Linear layer, the share of its output channels that structural compression kept."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     layers = report.structure.layers
-    figure, axes = plt.subplots(figsize=(max(6.0, 0.22 * len(layers) + 2), 4.2))
-    axes.bar(range(len(layers)), [100 * row.kept for row in layers],
-             color=["tab:gray" if row.after is None else "tab:blue" for row in layers])
-    axes.axhline(100 * (1 - report.structure.macs_removed), color="tab:red", linestyle="--",
-                 label=f"MACs kept {1 - report.structure.macs_removed:.1%}")
-    axes.set_xticks(range(len(layers)), [row.name for row in layers], rotation=75, ha="right", fontsize=6)
-    axes.set_ylim(0, 105)
-    axes.set_ylabel("output channels kept (%)")
-    axes.set_title(f"{report.arch or report.model}: {report.method} (grey: removed)")
-    axes.legend(loc="upper left")
-    figure.tight_layout()
-    written = atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=120))
-    plt.close(figure)
-    return written
+    kept_macs = 1 - report.structure.macs_removed
+    return _bar_chart(
+        path, [row.name for row in layers], [100 * row.kept for row in layers],
+        ["tab:gray" if row.after is None else "tab:blue" for row in layers],
+        (100 * kept_macs, f"MACs kept {kept_macs:.1%}"), "output channels kept (%)",
+        f"{report.arch or report.model}: {report.method} (grey: removed)")
 
 
 def write_report(report: Report, folder: str | os.PathLike) -> None:
