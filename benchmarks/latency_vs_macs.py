@@ -187,7 +187,8 @@ def _variants(arch: str, targets: list[str], notes: list[str]) -> list[Variant]:
             except CompressorError as error:  # a coarse rounding can leave too little to remove
                 notes.append(f"{arch} {target}: ours round-to {round_to}: {error}")
                 continue
-            unrounded = unrounded or ours
+            if unrounded is None:
+                unrounded = ours
             variants.append(Variant(target, f"ours round-to {round_to}", ours, _export(ours, shape), dense))
         # Torch-Pruning aims at the MACs ours removed without rounding, so the rows compare like with like.
         ours_removed = 1 - count_macs(unrounded, shape) / dense.macs
@@ -307,7 +308,8 @@ def _compile_table() -> str:
     """
     model = _fresh(COMPILE_ARCH)
     shape = tuple(model.input_shape)
-    create_method("channel", COMPILE_TARGET).prepare(model, None)
+    method = create_method("channel", COMPILE_TARGET)
+    method.prepare(model, None)
     batch = torch.randn(VERIFY_BATCH, *shape)
     default_threads = torch.get_num_threads()
     rows = []
@@ -316,7 +318,7 @@ def _compile_table() -> str:
         stages: dict[str, list[float]] = {"compile_model": [], "export_onnx": [], "verify_onnx": [], "total": []}
         for _ in range(COMPILE_REPEATS):
             start = time.perf_counter()
-            compiled = compile_model(model, shape).model
+            compiled = compile_model(model, shape, method.round_to).model
             compiled_at = time.perf_counter()
             proto = export_onnx(compiled, input_shape=shape).model
             exported_at = time.perf_counter()

@@ -110,13 +110,27 @@ def _add_method_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _flag_options(args: argparse.Namespace) -> dict:
-    """Method options given through their own flags, parsed by the field's parser."""
+    """Method options given through their own flags, parsed by the field's parser.
+
+    A flag is only accepted for a method whose Config declares it: two methods may share a field name
+    (`scope`), and one method's flag must not quietly set the other's option.
+    """
+    from compressor.methods import list_methods
+    from compressor.methods.base import method_config_class
+    from compressor.options import flag_fields
+
+    own = {f.metadata["flag"]: f for f in flag_fields(method_config_class(args.method))}
     options = {}
-    for flag, field in _method_flags().items():
+    for flag in _method_flags():
         text = getattr(args, _flag_dest(flag))
-        if text is not None:
-            parse = field.metadata["parse"]
-            options[field.name] = parse(text) if parse else text
+        if text is None:
+            continue
+        if flag not in own:
+            owners = [name for name in list_methods()
+                      if any(f.metadata["flag"] == flag for f in flag_fields(method_config_class(name)))]
+            raise CompressorError(f"{flag} is an option of method {' and '.join(owners)}, not {args.method}")
+        parse = own[flag].metadata["parse"]
+        options[own[flag].name] = parse(text) if parse else text
     return options
 
 

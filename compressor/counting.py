@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 PRUNABLE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 
 def prunable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:

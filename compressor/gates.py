@@ -24,11 +24,9 @@ import torch.nn as nn
 import torch_pruning as tp
 from torch.nn.utils import parametrize
 
+from compressor.counting import NORM_TYPES
 from models.units import DenseUnit, ResidualUnit
 from passes.coupling import ChannelGroup, channel_groups
-
-_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
-
 
 def _per_channel(factor: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return factor.to(like.dtype).reshape(-1, *([1] * (like.dim() - 1)))
@@ -84,7 +82,7 @@ GATE_TYPES = (ChannelGate, UnitGate, FeatureRangeGate)
 
 
 def _gated_tensors(module: nn.Module) -> list[str]:
-    if isinstance(module, _NORMS):
+    if isinstance(module, NORM_TYPES):
         if not module.affine:
             raise ValueError(f"a BatchNorm without affine parameters cannot carry a gate: {module}")
         return ["weight", "bias"]
@@ -154,12 +152,12 @@ def dense_unit_readers(unit: DenseUnit, groups: Sequence[ChannelGroup]) -> list[
         raise ValueError("the dense unit's features reach the model output directly and cannot be gated")
     group, _ = found
     inside = set(unit.modules())
-    norms = {m.name for m in group.members if isinstance(m.module, _NORMS) and m.module not in inside}
+    norms = {m.name for m in group.members if isinstance(m.module, NORM_TYPES) and m.module not in inside}
     readers = []
     for member in group.members:
         if member.module in inside:
             continue
-        if isinstance(member.module, _NORMS):
+        if isinstance(member.module, NORM_TYPES):
             if member.idxs != list(range(member.idxs[0], member.idxs[-1] + 1)):
                 raise ValueError("a dense unit's channels must be contiguous in every reader")
             readers.append((member.module, member.idxs[0], member.idxs[-1] + 1))

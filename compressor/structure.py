@@ -13,11 +13,9 @@ from typing import Any
 
 import torch.nn as nn
 
+from compressor.counting import NORM_TYPES
 from compressor.errors import CompressorError
 from models.units import PadShortcut, ResidualUnit
-
-_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
-
 
 def describe_structure(model: nn.Module) -> dict[str, dict[str, Any]]:
     """Per module path, the facts that decide its shapes (JSON-compatible)."""
@@ -26,7 +24,7 @@ def describe_structure(model: nn.Module) -> dict[str, dict[str, Any]]:
         if isinstance(module, nn.Conv2d):
             records[name] = {"type": "conv2d", "in": module.in_channels, "out": module.out_channels,
                              "groups": module.groups}
-        elif isinstance(module, _NORMS):
+        elif isinstance(module, NORM_TYPES):
             records[name] = {"type": "batchnorm", "features": module.num_features}
         elif isinstance(module, nn.Linear):
             records[name] = {"type": "linear", "in": module.in_features, "out": module.out_features}
@@ -39,17 +37,12 @@ def describe_structure(model: nn.Module) -> dict[str, dict[str, Any]]:
     return records
 
 
-def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
-
-
 def _rebuilt(old: nn.Module, record: dict[str, Any]) -> nn.Module | None:
     kind = record["type"]
     if kind == "conv2d" and isinstance(old, nn.Conv2d):
         return nn.Conv2d(record["in"], record["out"], old.kernel_size, old.stride, old.padding, old.dilation,
                          record["groups"], old.bias is not None, old.padding_mode)
-    if kind == "batchnorm" and isinstance(old, _NORMS):
+    if kind == "batchnorm" and isinstance(old, NORM_TYPES):
         return type(old)(record["features"], old.eps, old.momentum, old.affine, old.track_running_stats)
     if kind == "linear" and isinstance(old, nn.Linear):
         return nn.Linear(record["in"], record["out"], old.bias is not None)
@@ -76,6 +69,6 @@ def apply_structure(model: nn.Module, records: dict[str, dict[str, Any]]) -> nn.
             raise CompressorError(f"the checkpoint's structure does not fit the architecture at {name} "
                                   f"({record['type']} recorded, {type(old).__name__} built)")
         if new is not old:
-            _replace(model, name, new)
+            model.set_submodule(name, new)
     return model
 

@@ -93,6 +93,28 @@ def unparametrize(module: nn.Module) -> None:
         module.register_parameter(name, nn.Parameter(value))
 
 
+FP32_TOLERANCE = 1e-5
+_PROBE_SEED = 0
+
+
+def check_same_function(before: nn.Module, after: nn.Module, input_shape: Sequence[int], what: str) -> float:
+    """Max |after − before| in eval mode on a fixed random batch; ValueError beyond 1e-5 × max |before|.
+
+    Passes that rebuild a model's structure run this on their result: a transformation the analysis got
+    wrong fails here, naming `what`, instead of producing a model that computes something else.
+    """
+    probe = torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(_PROBE_SEED))
+    with torch.no_grad():
+        expected = before.eval()(probe)
+        actual = after.eval()(probe)
+    if expected.shape != actual.shape:
+        raise ValueError(f"{what} changed the output shape from {tuple(expected.shape)} to {tuple(actual.shape)}")
+    difference = float((actual - expected).abs().max())
+    if difference > FP32_TOLERANCE * max(float(expected.abs().max()), 1e-12):
+        raise ValueError(f"{what} changed the output by {difference:.3g} (max |output| {float(expected.abs().max()):.3g})")
+    return difference
+
+
 @dataclass
 class PipelineStep:
     """One pass's outcome inside a pipeline run."""

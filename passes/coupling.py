@@ -16,6 +16,7 @@ and turns each Torch-Pruning group into a `ChannelGroup` that says:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
@@ -24,11 +25,12 @@ import torch.nn as nn
 import torch_pruning as tp
 from torch.nn.utils import parametrize
 
-from compressor.counting import count_layer_macs
+from compressor.counting import NORM_TYPES, count_layer_macs
+from compressor.errors import CompressorError
 from models.units import PadShortcut
 from passes.base import copy_model, unparametrize
 
-_SLICEABLE_TYPES = (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.BatchNorm1d, PadShortcut)
+_SLICEABLE_TYPES = (nn.Conv2d, nn.Linear, *NORM_TYPES, PadShortcut)
 
 
 class PadShortcutPruner(tp.pruner.BasePruningFunc):
@@ -118,6 +120,9 @@ def dependency_graph(model: nn.Module, input_shape: Sequence[int]) -> tp.Depende
             graph = tp.DependencyGraph().build_dependency(
                 model, example, customized_pruners={PadShortcut: PadShortcutPruner()}, verbose=False
             )
+    except Exception as error:  # the trace runs the user's forward and Torch-Pruning's index mapping on it
+        detail = " ".join(str(error).split())[:200] or type(error).__name__
+        raise CompressorError(f"Torch-Pruning cannot analyse this model's channel coupling: {detail}") from error
     finally:
         model.train(was_training)
     return graph
@@ -155,15 +160,26 @@ def channel_groups(model: nn.Module, input_shape: Sequence[int]) -> list[Channel
     groups = []
     # PadShortcut is a root too: once every branch of a stage is removed, the shortcut alone produces the
     # stage's channels, and its zero-padded ones must still be found.
-    for tp_group in graph.get_all_groups(root_module_types=(nn.Conv2d, nn.Linear, PadShortcut)):
+    try:
+        tp_groups = list(graph.get_all_groups(root_module_types=(nn.Conv2d, nn.Linear, PadShortcut)))
+    except Exception as error:  # Torch-Pruning's index mapping over ops it half supports (recurrent layers)
+        detail = " ".join(str(error).split())[:200] or type(error).__name__
+        raise CompressorError(f"Torch-Pruning cannot analyse this model's channel coupling: {detail}") from error
+    for tp_group in tp_groups:
         if _touches_output(graph, tp_group):
             continue
         members = []
         supported = True
         for item in tp_group:
-            module = item.dep.target.module
-            if not isinstance(module, nn.Module) or item.dep.target.type in _ELEMENTWISE_TYPES:
+            node = item.dep.target
+            if node.type in _ELEMENTWISE_TYPES:
+                if not _keeps_zero(node):
+                    supported = False
+                    break
                 continue
+            module = node.module
+            # A bare nn.Parameter used in the forward (F.conv2d(x, self.w), x + self.bias) is outside every
+            # layer this compiler slices; so are LayerNorm, grouped convolutions and the like.
             if not isinstance(module, _SLICEABLE_TYPES) or _is_grouped(module):
                 supported = False
                 break
@@ -188,17 +204,63 @@ _ELEMENTWISE_TYPES = {
 
 
 def _is_grouped(module: nn.Module) -> bool:
-    return isinstance(module, nn.Conv2d) and module.groups not in (1, module.out_channels)
+    """A grouped convolution other than a depthwise one (groups = in = out), which slicing does not support."""
+    return isinstance(module, nn.Conv2d) and module.groups != 1 and not is_depthwise(module)
+
+
+def is_depthwise(module: nn.Module) -> bool:
+    return isinstance(module, nn.Conv2d) and module.groups == module.in_channels == module.out_channels > 1
+
+
+# Element-wise ops (autograd names without "Backward<n>") after which a channel that is zero everywhere is still
+# zero, channel by channel. Anything else (sigmoid, softmax, adding a constant, a mean across channels) would
+# turn a gated-off channel into something its readers see, so a group passing through it is not sliced.
+_ZERO_KEEPING_OPS = {
+    "Relu", "Hardtanh", "LeakyRelu", "Elu", "Silu", "Gelu", "Tanh", "Hardswish", "Mish", "Mul", "Div",
+    "AvgPool2D", "MaxPool2DWithIndices", "AdaptiveAvgPool2D", "AdaptiveMaxPool2D", "UpsampleNearest2D",
+    "UpsampleBilinear2D", "View", "Reshape", "UnsafeView", "ReshapeAlias", "Clone", "Cat", "Split",
+    "SplitWithSizes", "Unbind", "Expand", "Add", "Sub", "Mean", "Sum", "Slice", "ConstantPadNd",
+}
+
+
+def _keeps_zero(node: tp.dependency.Node) -> bool:
+    grad_fn = node.grad_fn
+    if grad_fn is None:
+        return node.type in (tp.ops.OPTYPE.CONCAT, tp.ops.OPTYPE.SPLIT, tp.ops.OPTYPE.RESHAPE)
+    if not node.inputs:
+        # Computed from parameters alone (the transpose of a Linear's weight): it shapes an operand, and the
+        # op that combines that operand with the channels is the one checked.
+        return True
+    op = re.sub(r"Backward\d*$", "", grad_fn.name())
+    if op not in _ZERO_KEEPING_OPS:
+        return False
+    if op in ("Add", "Sub"):
+        # Every operand must come from the network's layers: x + 1, x + (a parameter), or x + (the model's
+        # input, which is no node) would lift a zero channel.
+        return len(node.inputs) >= 2 and all(
+            operand.inputs or operand.type not in _ELEMENTWISE_TYPES | {tp.ops.OPTYPE.PARAMETER}
+            for operand in node.inputs)
+    sizes = getattr(grad_fn, "_saved_self_sym_sizes", None)
+    rank = len(sizes) if sizes is not None else 4
+    if op in ("Mean", "Sum", "Slice"):
+        dims = getattr(grad_fn, "_saved_dim", ())
+        dims = dims if isinstance(dims, (tuple, list)) else (dims,)
+        return all(int(d) % rank != 1 for d in dims)  # reducing or striding across channels mixes them
+    if op == "ConstantPadNd":
+        pad = list(getattr(grad_fn, "_saved_pad", ()))
+        channel_pair = pad[2 * (rank - 2): 2 * (rank - 1)]  # F.pad lists pairs from the last dimension back
+        return not any(channel_pair)
+    return True
 
 
 def _mark_gate_points(graph: tp.DependencyGraph, members: list[GroupMember], traced: nn.Module) -> None:
     # A Conv/Linear read only by BatchNorms of its own group does not need a gate: those BatchNorms are gated
     # and every later reader sees their (zeroed) output. Anything else that produces the channels does.
-    group_norms = {traced.get_submodule(m.name) for m in members if isinstance(m.module, (nn.BatchNorm1d, nn.BatchNorm2d))}
+    group_norms = {traced.get_submodule(m.name) for m in members if isinstance(m.module, NORM_TYPES)}
     for member in members:
         if not member.produces or isinstance(member.module, PadShortcut):
             continue
-        if isinstance(member.module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        if isinstance(member.module, NORM_TYPES):
             member.gate_point = True
             continue
         readers = graph.module2node[traced.get_submodule(member.name)].outputs
@@ -210,7 +272,7 @@ def _zero_channels(module: nn.Module, idxs: list[int]) -> torch.Tensor:
     index = torch.as_tensor(idxs, dtype=torch.long)
     if isinstance(module, PadShortcut):
         return torch.as_tensor([module.sources[i] < 0 for i in idxs], dtype=torch.bool)
-    if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+    if isinstance(module, NORM_TYPES):
         if not module.affine:
             return torch.zeros(len(idxs), dtype=torch.bool)
         return (module.weight.detach()[index] == 0) & (module.bias.detach()[index] == 0)
@@ -311,14 +373,16 @@ def predict_counts(
             out_total = module.weight.shape[0]
             in_total = module.weight.shape[1] * (module.groups if isinstance(module, nn.Conv2d) else 1)
             alive_out = out_total - lost_out.get(module, 0)
-            depthwise = isinstance(module, nn.Conv2d) and module.groups > 1
-            alive_in = 1 if depthwise else in_total - lost_in.get(module, 0)
+            # A depthwise filter reads one channel; any other grouped convolution is never sliced (see
+            # _is_grouped), so each filter keeps reading its weight.shape[1] channels.
+            alive_in = module.weight.shape[1] if isinstance(module, nn.Conv2d) and module.groups > 1 else (
+                in_total - lost_in.get(module, 0))
             per_pair = module.weight[0, 0].numel()
             params += alive_out * alive_in * per_pair + (alive_out if module.bias is not None else 0)
-            base = layer_macs[names[module]].macs
-            pairs = out_total * (1 if depthwise else in_total)
-            macs += base // pairs * alive_out * alive_in
-        elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            layer = layer_macs.get(names[module])
+            if layer is not None:  # layers the forward never calls do no work
+                macs += layer.macs // (out_total * module.weight.shape[1]) * alive_out * alive_in
+        elif isinstance(module, NORM_TYPES):
             params += sum(p.numel() for p in direct) // module.num_features * (
                 module.num_features - lost_out.get(module, 0))
         else:

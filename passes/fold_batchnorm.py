@@ -16,11 +16,6 @@ from passes.analysis import has_unbaked_mask, linear_bn_pairs
 from passes.base import Pass, PassResult, copy_model
 
 
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
-
-
 class FoldBatchNormPass(Pass):
     """Merge BatchNorm into the preceding Conv/Linear; the BatchNorm becomes an Identity."""
 
@@ -46,8 +41,8 @@ class FoldBatchNormPass(Pass):
             layer = model.get_submodule(layer_name)
             bn = model.get_submodule(bn_name)
             fuse = fuse_linear_bn_eval if isinstance(layer, nn.Linear) else fuse_conv_bn_eval
-            _set_submodule(model, layer_name, fuse(layer, bn))
-            _set_submodule(model, bn_name, nn.Identity())
+            model.set_submodule(layer_name, fuse(layer, bn))
+            model.set_submodule(bn_name, nn.Identity())
         return PassResult(model, modified=bool(pairs), notes={"folded": [bn for _, bn in pairs]})
 
 

@@ -13,11 +13,12 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import parametrize
 
+from compressor.counting import NORM_TYPES
 from compressor.gates import GATE_TYPES, UnitGate, last_layer
 from models.units import DenseUnit, ResidualUnit
 from passes.base import Pass, PassResult, copy_model, unparametrize
 
-_FOLDABLE = (nn.BatchNorm1d, nn.BatchNorm2d, nn.Conv2d, nn.Linear)
+_FOLDABLE = (*NORM_TYPES, nn.Conv2d, nn.Linear)
 
 
 def _fold_parametrizations(model: nn.Module) -> int:
@@ -40,7 +41,7 @@ def _fold_residual_gate(name: str, unit: ResidualUnit) -> None:
     scale = float(unit.gate.value())
     if scale != 1.0:
         layer = last_layer(unit.branch)
-        if not isinstance(layer, _FOLDABLE) or (isinstance(layer, nn.modules.batchnorm._BatchNorm) and not layer.affine):
+        if not isinstance(layer, _FOLDABLE) or (isinstance(layer, NORM_TYPES) and not layer.affine):
             raise ValueError(f"unit gate of {name} cannot be folded into a branch ending in {type(layer).__name__}")
         with torch.no_grad():
             layer.weight.mul_(scale)

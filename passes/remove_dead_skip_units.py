@@ -18,17 +18,15 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
+from compressor.counting import NORM_TYPES
 from compressor.gates import UnitGate, dense_unit_readers, last_layer, producing_group
 from models.units import DenseUnit, ResidualUnit
 from passes.base import Pass, PassResult, copy_model
 from passes.coupling import ChannelGroup, channel_groups
 
-_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
-
-
 def _provably_zero(layer: nn.Module) -> bool:
     """Whether `layer` outputs exactly zero whatever its input."""
-    if isinstance(layer, _NORMS):
+    if isinstance(layer, NORM_TYPES):
         return layer.affine and not layer.weight.detach().any() and not layer.bias.detach().any()
     if isinstance(layer, (nn.Conv2d, nn.Linear)):
         return not layer.weight.detach().any() and (layer.bias is None or not layer.bias.detach().any())
@@ -61,8 +59,7 @@ def _remove_dense_units(model: nn.Module, input_shape: Sequence[int]) -> list[st
         group, channels = producing_group(groups, last_layer(unit.new_features))
         group.prune(channels)
     for name, _ in dead:
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, nn.Identity())
+        model.set_submodule(name, nn.Identity())
     return [name for name, _ in dead]
 
 

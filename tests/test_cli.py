@@ -133,6 +133,7 @@ def bad_inputs(tmp_path_factory):
     ["sd.pt", "--arch", "lenet5", "--method", "channel", "--target", "50%", "--channel-scope", "local"],
     ["sd.pt", "--arch", "lenet5", "--method", "channel", "--target", "99.9%"],
     ["sd.pt", "--arch", "lenet5", "--target", "50%", "--round-to", "8"],
+    ["sd.pt", "--arch", "lenet5", "--target", "50%", "--channel-scope", "layer"],
 ])
 def test_bad_input_is_one_line_and_writes_nothing(bad_inputs, args, capsys, monkeypatch):
     monkeypatch.chdir(bad_inputs)

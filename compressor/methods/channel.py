@@ -27,6 +27,7 @@ from compressor.errors import CompressorError
 from compressor.gates import gate_group
 from compressor.methods.base import Method, register_method
 from compressor.options import method_flag, parse_fraction
+from passes.base import copy_model
 from passes.coupling import ChannelGroup, channel_groups, predict_counts, realizable
 
 SCOPES = ("global", "uniform")
@@ -39,7 +40,7 @@ def _parse_round_to(text: str) -> int:
     except ValueError:
         value = 0
     if value not in ROUNDINGS:
-        raise CompressorError(f"--round-to takes one of {', '.join(map(str, ROUNDINGS))}, not {text!r}")
+        raise CompressorError(f"round_to (--round-to) takes one of {', '.join(map(str, ROUNDINGS))}, not {text!r}")
     return value
 
 
@@ -103,15 +104,29 @@ class ChannelMethod(Method):
         return self.config.round_to
 
     def prepare(self, model: nn.Module, data: DataBundle) -> nn.Module:
-        removal = self.select(model, tuple(model.input_shape))
-        for group, channels in removal:
-            scale = torch.ones(group.size)
-            scale[list(channels)] = 0.0
-            gate_group(group, scale)
+        from compressor.api import compile_model  # the API imports the methods
+
+        shape = tuple(model.input_shape)
+        for group, channels in self.select(model, shape):
+            if channels:
+                scale = torch.ones(group.size)
+                scale[list(channels)] = 0.0
+                gate_group(group, scale)
+        # Compiling a copy now costs about a second and turns a plan the passes cannot realise into an error
+        # before the fine-tune rather than after it.
+        try:
+            compile_model(copy_model(model), shape, self.round_to)
+        except CompressorError as error:
+            raise CompressorError(f"method channel's choice of channels cannot be compiled: {error}") from error
         return model
 
     def select(self, model: nn.Module, input_shape: tuple[int, ...]) -> list[tuple[ChannelGroup, list[int]]]:
-        """The channels to remove from each group: the fewest lowest-scored ones that meet the targets."""
+        """The channels to remove from each group, lowest-scored first, until the targets are met.
+
+        Global scope without rounding bisects one normalised-score threshold; with rounding it takes the
+        cheapest block of `round_to` channels at a time. Uniform scope bisects one fraction for every group,
+        so with rounding each group moves by whole blocks and the MACs removed can exceed the target.
+        """
         groups = channel_groups(model, input_shape)
         if not groups:
             raise CompressorError("the model has no channels that can be removed without changing its output width")

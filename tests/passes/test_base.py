@@ -14,7 +14,7 @@ from torch.nn.utils import prune
 
 from compressor.errors import CompressorError
 from compressor.methods.masks import attach_masks
-from passes.base import Pass, PassError, PassResult, Pipeline, PipelineResult, copy_model
+from passes.base import Pass, PassError, PassResult, Pipeline, PipelineResult, check_same_function, copy_model
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -197,3 +197,13 @@ def test_pass_error_is_one_user_facing_line():
     assert isinstance(error, CompressorError)
     assert str(error) == "pass EmitOnnx failed (after: FoldBatchNorm): first line of the cause"
     assert error.cause is cause
+
+
+def test_check_same_function_refuses_a_different_output():
+    before = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+    after = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+    assert check_same_function(before, before, (3, 2, 2), "nothing") == 0.0
+    with pytest.raises(ValueError, match="changed the output by"):
+        check_same_function(before, after, (3, 2, 2), "a bad pass")
+    with pytest.raises(ValueError, match="output shape"):
+        check_same_function(before, nn.Sequential(nn.Flatten(), nn.Linear(12, 4)), (3, 2, 2), "a bad pass")

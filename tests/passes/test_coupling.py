@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 
 from compressor.counting import count_macs, count_params
+from compressor.errors import CompressorError
 from compressor.gates import gate_group
 from models import create_model, list_models
 from models.units import PadShortcut
@@ -263,3 +264,105 @@ def test_pad_shortcut_pruner_removes_outputs_and_turns_removed_inputs_into_zeros
     expected = torch.zeros(2, 6, 2, 2)
     expected[:, [1, 3, 4]] = x[:, :, ::2, ::2]
     assert torch.equal(shortcut(x), expected)
+
+
+class _Chain(nn.Module):
+    """conv-BN → `between` → conv-BN-ReLU → mean → linear: the first group's channels pass through `between`."""
+
+    def __init__(self, between) -> None:
+        super().__init__()
+        self.first = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8))
+        self.between = between
+        self.second = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        return self.fc(self.second(self.between(self.first(x))).mean((2, 3)))
+
+
+class _PlusOne(nn.Module):
+    def forward(self, x):
+        return x + 1.0
+
+
+class _ChannelAttention(nn.Module):
+    def forward(self, x):
+        return x * torch.sigmoid(x.mean(1, keepdim=True))
+
+
+class _BareParameter(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.offset = nn.Parameter(torch.ones(1, 8, 1, 1))
+
+    def forward(self, x):
+        return x + self.offset
+
+
+@pytest.mark.parametrize("between", [nn.ReLU(), nn.Hardswish(), nn.MaxPool2d(1)], ids=["relu", "hardswish", "pool"])
+def test_ops_that_keep_zeros_leave_the_group_sliceable(between):
+    groups = channel_groups(_Chain(between).eval(), (1, 8, 8))
+    assert any(group.root == "first.0" for group in groups)
+
+
+@pytest.mark.parametrize("between", [nn.Sigmoid(), nn.Softmax(dim=1), _PlusOne(), _ChannelAttention(), _BareParameter()],
+                         ids=["sigmoid", "softmax", "plus-one", "channel-attention", "bare-parameter"])
+def test_ops_that_lift_a_zero_channel_leave_the_group_whole(between):
+    groups = channel_groups(_Chain(between).eval(), (1, 8, 8))
+    assert all(group.root != "first.0" for group in groups)
+
+
+def test_an_addition_with_the_model_input_leaves_the_group_whole():
+    class InputResidual(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(3, 3, 3, padding=1, bias=False), nn.BatchNorm2d(3))
+            self.fc = nn.Linear(3, 10)
+
+        def forward(self, x):
+            return self.fc((x + self.body(x)).mean((2, 3)))
+
+    assert channel_groups(InputResidual().eval(), (3, 8, 8)) == []
+
+
+def test_grouped_convolutions_are_predicted_and_never_sliced():
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1, groups=4),
+                          nn.ReLU(), nn.Conv2d(16, 8, 1), nn.Flatten(), nn.Linear(8 * 64, 10)).eval()
+    groups = channel_groups(model, (3, 8, 8))
+    assert predict_counts(model, (3, 8, 8), groups, [[] for _ in groups]) == (
+        count_params(model), count_macs(model, (3, 8, 8)))
+    assert all(not isinstance(member.module, nn.Conv2d) or member.module.groups == 1
+               for group in groups for member in group.members)
+
+
+def test_a_layer_the_forward_never_calls_counts_its_parameters_and_no_work():
+    class WithUnusedHead(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU())
+            self.fc = nn.Linear(8, 10)
+            self.auxiliary = nn.Linear(8, 10)
+
+        def forward(self, x):
+            return self.fc(self.body(x).mean((2, 3)))
+
+    model = WithUnusedHead().eval()
+    groups = channel_groups(model, (1, 8, 8))
+    assert predict_counts(model, (1, 8, 8), groups, [[] for _ in groups]) == (
+        count_params(model), count_macs(model, (1, 8, 8)))
+
+
+def test_a_model_torch_pruning_cannot_analyse_is_one_clear_error():
+    class ConvThenGru(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 8, 3, padding=1)
+            self.gru = nn.GRU(8, 16, batch_first=True)
+            self.fc = nn.Linear(16, 10)
+
+        def forward(self, x):
+            sequence = self.conv(x).flatten(2).transpose(1, 2)
+            return self.fc(self.gru(sequence)[0][:, -1])
+
+    with pytest.raises(CompressorError, match="Torch-Pruning cannot analyse"):
+        channel_groups(ConvThenGru().eval(), (1, 8, 8))

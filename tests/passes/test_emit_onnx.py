@@ -91,3 +91,43 @@ def test_torchscript_archive_exports_through_the_torchscript_exporter(tmp_path, 
         x = torch.randn(batch, 1, 8, 8)
         check_outputs(onnx_run(result.model, x), eager(x).detach().numpy())
     assert EmitOnnxPass((1, 8, 8)).run(result.model).modified is False
+
+
+class _PerSampleLoop(nn.Module):
+    """Loops over the batch in Python: a trace bakes the traced batch size in without any TracerWarning."""
+
+    input_shape = (1, 8, 8)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.fc(x.flatten(1))
+        return torch.stack([logits[i] for i in range(x.shape[0])])
+
+
+class _DividesByBatch(nn.Module):
+    """Computes with the batch size as a Python number, which fixes it for every exporter."""
+
+    input_shape = (1, 8, 8)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.flatten(1)) / len(x)
+
+
+def test_a_faithful_trace_takes_the_torchscript_exporter(exported):
+    assert EmitOnnxPass(exported.torch_model.input_shape).run(exported.torch_model).notes["exporter"] == "torchscript"
+
+
+@pytest.mark.parametrize("model_class", [_PerSampleLoop, _DividesByBatch])
+def test_a_forward_that_fixes_the_batch_is_refused_not_exported_wrong(model_class):
+    # The loop traces without a TracerWarning into an ONNX that is wrong at other batch sizes; the check at
+    # batch 1 and 3 catches it, and torch.export then specialises the batch, which the pass refuses.
+    model = model_class().eval()
+    with pytest.raises(ValueError, match="fixes the batch size"):
+        EmitOnnxPass(model.input_shape).run(model)
