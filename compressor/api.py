@@ -236,14 +236,14 @@ def _compress_into(staging: Path, source, compression, data_spec, epochs, lr, ba
         model = compression.finalize(model)
     structure = None
     with _timed(timings, "torch passes"):
-        if getattr(compression, "structured", False):
+        if compression.structured:
             compiled = compile_model(model, shape, compression.round_to)
         else:
             torch_passes = [BakeMasksPass()] + ([EnforceTwoFourPass()] if compression.pattern == "2:4" else [])
             compiled = Pipeline(torch_passes).run(model)
         model = compiled.model.eval()
         layers = _layer_stats(model, masked, compression)
-        if getattr(compression, "structured", False):
+        if compression.structured:
             structure = _structure_stats(model, shape, dense, shapes_before, compiled, compression)
         two_four_names = [f"{row.name}.weight" for row in layers if row.pattern == "2:4"]
     torch_zeros = sum(row.zeros for row in layers)

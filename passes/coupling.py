@@ -121,11 +121,15 @@ def dependency_graph(model: nn.Module, input_shape: Sequence[int]) -> tp.Depende
                 model, example, customized_pruners={PadShortcut: PadShortcutPruner()}, verbose=False
             )
     except Exception as error:  # the trace runs the user's forward and Torch-Pruning's index mapping on it
-        detail = " ".join(str(error).split())[:200] or type(error).__name__
-        raise CompressorError(f"Torch-Pruning cannot analyse this model's channel coupling: {detail}") from error
+        raise _analysis_error(error) from error
     finally:
         model.train(was_training)
     return graph
+
+
+def _analysis_error(error: Exception) -> CompressorError:
+    detail = " ".join(str(error).split())[:200] or type(error).__name__
+    return CompressorError(f"Torch-Pruning cannot analyse this model's channel coupling: {detail}")
 
 
 def _plain_copy(model: nn.Module) -> nn.Module:
@@ -163,8 +167,7 @@ def channel_groups(model: nn.Module, input_shape: Sequence[int]) -> list[Channel
     try:
         tp_groups = list(graph.get_all_groups(root_module_types=(nn.Conv2d, nn.Linear, PadShortcut)))
     except Exception as error:  # Torch-Pruning's index mapping over ops it half supports (recurrent layers)
-        detail = " ".join(str(error).split())[:200] or type(error).__name__
-        raise CompressorError(f"Torch-Pruning cannot analyse this model's channel coupling: {detail}") from error
+        raise _analysis_error(error) from error
     for tp_group in tp_groups:
         if _touches_output(graph, tp_group):
             continue
@@ -267,8 +270,13 @@ def _mark_gate_points(graph: tp.DependencyGraph, members: list[GroupMember], tra
         member.gate_point = not readers or not all(node.module in group_norms for node in readers)
 
 
-def _zero_channels(module: nn.Module, idxs: list[int]) -> torch.Tensor:
-    """For each of `idxs`, whether `module` outputs exactly zero on that channel whatever its input."""
+def zero_channels(module: nn.Module, idxs: Sequence[int]) -> torch.Tensor:
+    """For each of `idxs`, whether `module` outputs exactly zero on that channel whatever its input.
+
+    True only for what the weights prove: a BatchNorm with zero scale and shift, a Conv/Linear row of zero
+    weights and bias, a padding shortcut's zero channel. Other layer types prove nothing.
+    """
+    idxs = list(idxs)
     index = torch.as_tensor(idxs, dtype=torch.long)
     if isinstance(module, PadShortcut):
         return torch.as_tensor([module.sources[i] < 0 for i in idxs], dtype=torch.bool)
@@ -276,6 +284,8 @@ def _zero_channels(module: nn.Module, idxs: list[int]) -> torch.Tensor:
         if not module.affine:
             return torch.zeros(len(idxs), dtype=torch.bool)
         return (module.weight.detach()[index] == 0) & (module.bias.detach()[index] == 0)
+    if not isinstance(module, (nn.Conv2d, nn.Linear)):
+        return torch.zeros(len(idxs), dtype=torch.bool)
     weight = module.weight.detach()[index].flatten(1)
     zero = (weight == 0).all(dim=1)
     if module.bias is not None:
@@ -288,7 +298,7 @@ def dead_channels(group: ChannelGroup) -> list[int]:
     dead = torch.ones(group.size, dtype=torch.bool)
     for member in group.members:
         if member.gate_point or (member.produces and isinstance(member.module, PadShortcut)):
-            zero = _zero_channels(member.module, member.idxs)
+            zero = zero_channels(member.module, member.idxs)
             alive_roots = torch.as_tensor(member.root_idxs, dtype=torch.long)[~zero]
             dead[alive_roots] = False
     return torch.nonzero(dead).flatten().tolist()

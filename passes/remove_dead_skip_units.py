@@ -18,25 +18,17 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from compressor.counting import NORM_TYPES
 from compressor.gates import UnitGate, dense_unit_readers, last_layer, producing_group
 from models.units import DenseUnit, ResidualUnit
 from passes.base import Pass, PassResult, copy_model
-from passes.coupling import ChannelGroup, channel_groups
-
-def _provably_zero(layer: nn.Module) -> bool:
-    """Whether `layer` outputs exactly zero whatever its input."""
-    if isinstance(layer, NORM_TYPES):
-        return layer.affine and not layer.weight.detach().any() and not layer.bias.detach().any()
-    if isinstance(layer, (nn.Conv2d, nn.Linear)):
-        return not layer.weight.detach().any() and (layer.bias is None or not layer.bias.detach().any())
-    return False
-
+from passes.coupling import ChannelGroup, channel_groups, zero_channels
 
 def _residual_is_dead(unit: ResidualUnit) -> bool:
     if isinstance(unit.gate, UnitGate) and float(unit.gate.value()) == 0.0:
         return True
-    return _provably_zero(last_layer(unit.branch))
+    layer = last_layer(unit.branch)
+    channels = getattr(layer, "weight", None)
+    return channels is not None and bool(zero_channels(layer, range(channels.shape[0])).all())
 
 
 def _dense_is_dead(unit: DenseUnit, groups: Sequence[ChannelGroup]) -> bool:
@@ -44,10 +36,7 @@ def _dense_is_dead(unit: DenseUnit, groups: Sequence[ChannelGroup]) -> bool:
         readers = dense_unit_readers(unit, groups)
     except ValueError:
         return False
-    return bool(readers) and all(
-        not norm.weight.detach()[start:stop].any() and not norm.bias.detach()[start:stop].any()
-        for norm, start, stop in readers
-    )
+    return bool(readers) and all(bool(zero_channels(norm, range(start, stop)).all()) for norm, start, stop in readers)
 
 
 def _remove_dense_units(model: nn.Module, input_shape: Sequence[int]) -> list[str]:

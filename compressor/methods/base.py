@@ -32,6 +32,10 @@ class Method(TrainingHooks, metaclass=ABCMeta):
     # and few epochs; one that learns its decisions while training needs the rate its paper trained with.
     default_epochs: ClassVar[int] = 5
     default_lr: ClassVar[float] = 0.01
+    # Structured methods gate channels and units; `compress` then compiles the gated model to a thinner one,
+    # keeping channel counts at multiples of `round_to`.
+    structured: ClassVar[bool] = False
+    round_to: int = 1
 
     def __init__(self, target: float | None, pattern: str = "unstructured", config: Any = None):
         if pattern not in self.patterns:
