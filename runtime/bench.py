@@ -1,17 +1,17 @@
 """Latency benchmark for any inference backend, and plain-text tables of the results.
 
-`benchmark` times `backend.run` on seeded random input: warm-up runs first (allocator, kernel selection,
-caches), then `runs` timed calls per batch size with `time.perf_counter_ns`. The report quotes the median
-and p90 rather than the mean because a few scheduler hiccups dominate a mean of short runs. Any object with
-`run(np.ndarray)`, `name` and `input_shape` is a backend, so onnxruntime, TensorRT and torch are timed the
-same way. `results_table` renders results for people; `BenchResult.to_dict` is what goes into
-report.json.
+`benchmark` times a backend on seeded random input: warm-up runs first (allocator, kernel selection,
+caches), then `runs` timed runs per batch size. The report quotes the median and p90 rather than the mean
+because a few scheduler hiccups dominate a mean of short runs. Any object with `run(np.ndarray)`, `name` and
+`input_shape` is a backend; one that runs on a GPU also has `measure(x, warmup, runs) -> Timing`, which keeps
+the input on the device and times with CUDA events (see `runtime.timing`), and the benchmark uses it. So
+onnxruntime, TensorRT and torch are timed alike. `results_table` renders results for people;
+`BenchResult.to_dict` is what goes into JSON.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import time
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
@@ -19,10 +19,11 @@ import numpy as np
 
 from compressor.errors import CompressorError
 from compressor.tables import text_table
+from runtime.timing import Timing, time_host
 
 
 class Backend(Protocol):
-    """What the benchmark needs from a backend."""
+    """What the benchmark needs from a backend; `measure` and `precision` are optional (see module doc)."""
 
     name: str
     input_shape: tuple[int | None, ...]
@@ -32,7 +33,7 @@ class Backend(Protocol):
 
 @dataclass(frozen=True)
 class BenchResult:
-    """Measured latency of one backend at one batch size; times are per `run` call, i.e. per batch."""
+    """Measured latency of one backend at one batch size; times are per run, i.e. per batch."""
 
     backend: str
     batch: int
@@ -42,6 +43,9 @@ class BenchResult:
     mean_ms: float
     throughput_per_s: float
     runs: int
+    precision: str = "fp32"
+    timer: str = "perf_counter"
+    cuda_graph: bool = False
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -117,14 +121,8 @@ def benchmark(
         _check_input_fits(backend, shape)
         # A fresh generator per batch size: dense and compressed models see identical input at each batch.
         x = np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
-        for _ in range(warmup):
-            backend.run(x)
-        elapsed_ns = np.empty(runs, dtype=np.int64)
-        for i in range(runs):
-            start = time.perf_counter_ns()
-            backend.run(x)
-            elapsed_ns[i] = time.perf_counter_ns() - start
-        elapsed_ms = elapsed_ns / 1e6
+        timing = _measure(backend, x, warmup, runs)
+        elapsed_ms = timing.times_ms
         median_ms = float(np.percentile(elapsed_ms, 50))
         results.append(
             BenchResult(
@@ -136,9 +134,19 @@ def benchmark(
                 mean_ms=float(elapsed_ms.mean()),
                 throughput_per_s=batch / (median_ms / 1e3),
                 runs=runs,
+                precision=getattr(backend, "precision", "fp32"),
+                timer=timing.timer,
+                cuda_graph=timing.cuda_graph,
             )
         )
     return results
+
+
+def _measure(backend: Backend, x: np.ndarray, warmup: int, runs: int) -> Timing:
+    measure = getattr(backend, "measure", None)
+    if measure is not None:
+        return measure(x, warmup, runs)
+    return time_host(lambda: backend.run(x), warmup, runs)
 
 
 def _ms(value: float) -> str:

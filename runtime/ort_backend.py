@@ -1,10 +1,10 @@
-"""onnxruntime backend: run an exported ONNX classifier on CPU or CUDA.
+"""onnxruntime backend: run an exported ONNX classifier on the CPU, CUDA or TensorRT execution provider.
 
 `OrtBackend` wraps one `onnxruntime.InferenceSession` behind the small interface the benchmark and the
 torch-vs-onnxruntime verification use: `run(batch) -> logits`, the declared `input_shape`, and a `name` that
-says which execution provider really ran the model. Everything the user can get wrong (a missing or corrupt
-file, a provider this onnxruntime build lacks, an input that doesn't fit) becomes a one-line
-`CompressorError`.
+says which execution provider really ran the model. `provider_stack` spells out the providers of the
+`ort-cpu`, `ort-cuda` and `ort-trt` backends. Everything the user can get wrong (a missing or corrupt file, a
+provider this onnxruntime build lacks, an input that doesn't fit) becomes a one-line `CompressorError`.
 """
 
 from __future__ import annotations
@@ -21,11 +21,17 @@ import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 from compressor.errors import CompressorError
+from runtime.timing import Timing, time_host
 
 logger = logging.getLogger(__name__)
 
 CPU_PROVIDER = "CPUExecutionProvider"
 CUDA_PROVIDER = "CUDAExecutionProvider"
+TENSORRT_PROVIDER = "TensorrtExecutionProvider"
+GPU_PROVIDERS = (CUDA_PROVIDER, TENSORRT_PROVIDER)
+
+# A provider entry is its name, or (name, options) as onnxruntime accepts it.
+Provider = str | tuple[str, dict]
 
 # onnxruntime's Python exceptions derive from Exception directly, not from one common base.
 _ORT_ERRORS = (
@@ -61,12 +67,33 @@ def default_providers() -> list[str]:
     return [CUDA_PROVIDER, CPU_PROVIDER] if CUDA_PROVIDER in available else [CPU_PROVIDER]
 
 
-def _check_providers(providers: Sequence[str]) -> list[str]:
+def provider_stack(kind: str, fp16: bool = False, sparse: bool = False) -> list[Provider]:
+    """The execution providers of backend `kind` ("cpu", "cuda" or "tensorrt"), each with the CPU behind it.
+
+    TensorRT gets CUDA behind it too, for nodes TensorRT cannot take. `fp16` lets TensorRT pick FP16 kernels
+    (an FP16 ONNX alone would leave it free to run FP32 in TensorRT 10's weakly typed mode); `sparse` lets it
+    pick 2:4 sparse kernels for layers whose weights are 2:4.
+    """
+    if kind == "cpu":
+        return [CPU_PROVIDER]
+    if kind == "cuda":
+        return [CUDA_PROVIDER, CPU_PROVIDER]
+    if kind == "tensorrt":
+        options = {"trt_fp16_enable": fp16, "trt_sparsity_enable": sparse}
+        return [(TENSORRT_PROVIDER, options), CUDA_PROVIDER, CPU_PROVIDER]
+    raise ValueError(f"unknown onnxruntime backend kind {kind!r}")
+
+
+def _provider_name(provider: Provider) -> str:
+    return provider if isinstance(provider, str) else provider[0]
+
+
+def _check_providers(providers: Sequence[Provider]) -> list[Provider]:
     if isinstance(providers, str):
         providers = [providers]
     providers = list(providers)
     available = ort.get_available_providers()
-    missing = [p for p in providers if p not in available]
+    missing = [_provider_name(p) for p in providers if _provider_name(p) not in available]
     if not providers or missing:
         asked = ", ".join(missing) if missing else "no execution provider"
         raise CompressorError(
@@ -93,13 +120,15 @@ class OrtBackend:
     def __init__(
         self,
         model: str | os.PathLike | bytes | onnx.ModelProto,
-        providers: Sequence[str] | None = None,
+        providers: Sequence[Provider] | None = None,
         threads: int | None = None,
         spin_wait: bool = True,
+        precision: str = "fp32",
     ) -> None:
         """`spin_wait=False` stops the worker threads busy-waiting between runs: onnxruntime's default is
         fastest for one session, but with several sessions timed in turn on few cores the idle sessions'
-        spinning threads take the cores from the one being timed."""
+        spinning threads take the cores from the one being timed. `precision` names the arithmetic the caller
+        prepared the model for (the FP16 variant of an ONNX is "fp16"); results are labelled with it."""
         requested = default_providers() if providers is None else _check_providers(providers)
         if threads is not None and threads < 1:
             raise CompressorError(f"threads must be a positive integer, got {threads}")
@@ -124,7 +153,7 @@ class OrtBackend:
 
         # onnxruntime silently falls back to CPU when a provider's libraries (CUDA, cuDNN) fail to load.
         # An explicit request that wasn't honoured is an error; the default just says so and goes on.
-        dropped = [p for p in requested if p not in self.session.get_providers()]
+        dropped = [_provider_name(p) for p in requested if _provider_name(p) not in self.session.get_providers()]
         if dropped and providers is not None:
             raise CompressorError(
                 f"onnxruntime could not start {', '.join(dropped)} (its libraries failed to load); "
@@ -145,6 +174,7 @@ class OrtBackend:
             )
         self._output = self.session.get_outputs()[0]
         self._threads = threads
+        self.precision = precision
 
     @property
     def input_name(self) -> str:
@@ -186,6 +216,20 @@ class OrtBackend:
                 f"(declared {self.input_shape}): {_one_line(error)}"
             ) from None
         return np.asarray(output, dtype=np.float32)
+
+    def measure(self, x: np.ndarray, warmup: int, runs: int) -> Timing:
+        """Time runs on `x`; on a GPU provider the input and output stay in device memory (I/O binding).
+
+        onnxruntime synchronises its GPU stream before `run_with_iobinding` returns, so the host clock times
+        the GPU work; binding device buffers keeps the host↔device copies out of the measurement.
+        """
+        if self.providers[0] not in GPU_PROVIDERS:
+            return time_host(lambda: self.run(x), warmup, runs)
+        binding = self.session.io_binding()
+        device_input = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(x, dtype=self._input_dtype), "cuda", 0)
+        binding.bind_ortvalue_input(self._input.name, device_input)
+        binding.bind_output(self._output.name, "cuda")
+        return time_host(lambda: self.session.run_with_iobinding(binding), warmup, runs)
 
     def __repr__(self) -> str:
         return f"OrtBackend(name={self.name!r}, input_shape={self.input_shape}, threads={self.threads})"

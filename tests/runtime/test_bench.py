@@ -130,6 +130,9 @@ def test_result_to_dict_is_plain_data():
         "mean_ms": 2.0,
         "throughput_per_s": 2000.0,
         "runs": 50,
+        "precision": "fp32",
+        "timer": "perf_counter",
+        "cuda_graph": False,
     }
 
 
