@@ -1,7 +1,8 @@
 """The `compress` command: a thin layer over the Python API in `compressor.api`.
 
-`compress MODEL --method NAME --target T ...` compresses a model; the verbs `train`, `bench` and `zoo` train
-a dense zoo model, time an ONNX file, and list the zoo. A mistake in the input (a missing or untrusted file,
+`compress MODEL --method NAME --target T ...` compresses a model; the verbs `train`, `bench`, `deploy` and
+`zoo` train a dense zoo model, time a model on every runtime backend, write a deploy bundle for a device, and
+list the zoo. A mistake in the input (a missing or untrusted file,
 a bad option, data that doesn't fit) is one line on stderr and exit code 2, never a traceback.
 """
 
@@ -16,7 +17,7 @@ from compressor.errors import CompressorError
 
 # The verbs import the API (and with it torch) only when they run, so `compress zoo --help` and usage errors
 # of the other verbs answer at once; the compress parser itself reads the method registry for its flags.
-VERBS = ("train", "bench", "zoo")
+VERBS = ("train", "bench", "deploy", "zoo")
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
@@ -28,10 +29,12 @@ examples:
   compress lenet5.pt --method budget --target 85% --epochs 10 --out lenet5-budget
   compress lenet5.pt --method budget --target 85% --flops-target 80% --budget-loss hinge
   compress weights.pth --arch resnet20 --method magnitude --target 0.9 --data cifar10:./cifar-10-batches-py
-  compress bench lenet5-85/model.onnx --batch 1,32 --threads 2
+  compress bench lenet5-85 --baseline lenet5.pt --batch 1,32 --json bench.json --plot bench.png
+  compress deploy lenet5-24/model.onnx --target jetson-orin -o lenet5-orin
   compress zoo
 
-other verbs: train (train a dense zoo model), bench (time an ONNX file), zoo (list architectures).
+other verbs: train (train a dense zoo model), bench (time a model on every runtime backend), deploy (write a
+TensorRT deploy bundle for a device), zoo (list architectures).
 Run `compress VERB --help` for their options.
 """
 
@@ -81,10 +84,7 @@ def _compress_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default="compressed", metavar="DIR",
                         help="output folder (default ./compressed); e.g. --out lenet5-85")
     parser.add_argument("--force", action="store_true", help="replace an existing output folder")
-    parser.add_argument("--arch", help="zoo architecture of a bare state_dict; e.g. --arch resnet20")
-    parser.add_argument("--trust-model", action="store_true",
-                        help="allow loading a pickled nn.Module (unpickling runs code from the file)")
-    parser.add_argument("--input-shape", metavar="C,H,W", help="input shape of a model outside the zoo; e.g. 3,32,32")
+    _add_model_loading_options(parser)
     parser.add_argument("--bench-batch", type=int, default=1, help="batch size for the latency comparison (default 1)")
     parser.add_argument("--threads", type=int, help="onnxruntime threads for the latency comparison")
     _add_data_options(parser)
@@ -148,15 +148,61 @@ def _train_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_model_loading_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--arch", help="zoo architecture of a bare state_dict; e.g. --arch resnet20")
+    parser.add_argument("--trust-model", action="store_true",
+                        help="allow loading a pickled nn.Module (unpickling runs code from the file)")
+    parser.add_argument("--input-shape", metavar="C,H,W", help="input shape of a model outside the zoo; e.g. 3,32,32")
+
+
 def _bench_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="compress bench", description="Time an ONNX model on onnxruntime (median and p90).",
-                     epilog="example:\n  compress bench out/model.onnx --batch 1,32 --threads 2",
+    from runtime.backends import BACKENDS
+
+    parser = _Parser(prog="compress bench",
+                     description="Time a model on every runtime backend this machine has (median, p90, throughput), "
+                                 "optionally against its dense baseline; backends that cannot run are listed with the "
+                                 "reason.",
+                     epilog="examples:\n  compress bench out/model.onnx --batch 1,32 --threads 2\n"
+                            "  compress bench out --baseline resnet20.pt --backend ort-cpu,torch --json b.json "
+                            "--plot b.png\n  compress bench out --backend torch-24,torch --precision fp16",
                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("onnx", metavar="MODEL.onnx", help="the ONNX file to time")
+    parser.add_argument("model", metavar="MODEL",
+                        help="an ONNX file, a checkpoint, or a compress output folder (torch backends need model.pt)")
+    parser.add_argument("--baseline", metavar="DENSE", help="the dense model to compare with (same kinds as MODEL)")
+    parser.add_argument("--backend", metavar="LIST",
+                        help=f"comma-separated backends from {', '.join(BACKENDS)}, or all (default: every backend "
+                             "that can run here)")
     parser.add_argument("--batch", default="1", help="comma-separated batch sizes (default 1); e.g. --batch 1,32")
-    parser.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: onnxruntime's choice)")
+    parser.add_argument("--precision", default="fp16", choices=["fp32", "tf32", "fp16"],
+                        help="arithmetic of the GPU backends (default fp16); CPU backends always run fp32")
+    parser.add_argument("--threads", type=int, help="CPU threads of ort-cpu and torch on the CPU (default: the "
+                                                    "library's choice)")
     parser.add_argument("--runs", type=int, default=50, help="timed runs per batch size (default 50, at least 50)")
     parser.add_argument("--warmup", type=int, default=10, help="untimed warm-up runs (default 10)")
+    parser.add_argument("--json", metavar="PATH", help="write every measurement, versions and machine as JSON")
+    parser.add_argument("--plot", metavar="PATH", help="write a PNG chart of latency per backend")
+    parser.add_argument("--force", action="store_true", help="replace existing --json/--plot files")
+    _add_model_loading_options(parser)
+    return parser
+
+
+def _deploy_parser() -> argparse.ArgumentParser:
+    from runtime.deploy import TARGETS
+
+    parser = _Parser(prog="compress deploy",
+                     description="Write a deploy bundle for a device: the ONNX and its FP16 variant, build_engine.sh "
+                                 "(trtexec, 2:4 sparse weights when the model has them), bench.sh, verify.py, "
+                                 "manifest.json and a README. The engine is built on the device.",
+                     epilog="example:\n  compress deploy out/model.onnx --target jetson-orin -o out-orin",
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("onnx", metavar="MODEL.onnx", help="the ONNX file to deploy")
+    parser.add_argument("--target", required=True, choices=list(TARGETS), help="the device the bundle is for")
+    parser.add_argument("-o", "--out", required=True, metavar="DIR", help="bundle folder to write")
+    parser.add_argument("--precision", default="fp16", choices=["fp16", "fp32"],
+                        help="engine precision (default fp16)")
+    parser.add_argument("--batch", type=int, default=1, help="batch size the engine is built for (default 1)")
+    parser.add_argument("--dla-core", type=int, metavar="N", help="run on DLA core N, with GPU fallback (Jetson only)")
+    parser.add_argument("--force", action="store_true", help="replace an existing bundle folder")
     return parser
 
 
@@ -217,17 +263,36 @@ def _run_train(args: argparse.Namespace) -> None:
 
 
 def _run_bench(args: argparse.Namespace) -> None:
-    from compressor.api import benchmark
-    from runtime.bench import parse_batch_sizes, results_table
+    from compressor.latency import check_outputs, compare_backends, comparison_table, parse_backends, write_comparison
+    from compressor.loading import parse_input_shape
+    from runtime.bench import parse_batch_sizes
 
     _quiet_onnxruntime()
     if args.runs < 50:
         raise CompressorError(f"--runs must be at least 50 for a stable median and p90, got {args.runs}")
     if args.warmup < 0:
         raise CompressorError(f"--warmup must be 0 or more, got {args.warmup}")
-    results = benchmark(args.onnx, parse_batch_sizes(args.batch), threads=args.threads, runs=args.runs,
-                        warmup=args.warmup)
-    print(results_table(results, title=args.onnx))
+    if args.threads is not None and args.threads < 1:
+        raise CompressorError(f"--threads must be a positive integer, got {args.threads}")
+    check_outputs(args.json, args.plot, args.force)
+    comparison = compare_backends(
+        args.model, args.baseline, parse_backends(args.backend), parse_batch_sizes(args.batch),
+        precision=args.precision, threads=args.threads, runs=args.runs, warmup=args.warmup, arch=args.arch,
+        trust_model=args.trust_model, input_shape=parse_input_shape(args.input_shape) if args.input_shape else None)
+    print(comparison_table(comparison))
+    write_comparison(comparison, args.json, args.plot)
+    written = [p for p in (args.json, args.plot) if p]
+    if written:
+        print(f"\nwrote {', '.join(written)}")
+
+
+def _run_deploy(args: argparse.Namespace) -> None:
+    from runtime.deploy import build_bundle
+
+    _quiet_onnxruntime()
+    bundle = build_bundle(args.onnx, args.target, args.out, precision=args.precision, batch=args.batch,
+                          dla_core=args.dla_core, force=args.force)
+    print(bundle.summary())
 
 
 def _run_zoo(args: argparse.Namespace) -> None:
@@ -246,7 +311,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     verb = argv[0] if argv and argv[0] in VERBS else None
     parsers = {"train": (_train_parser, _run_train), "bench": (_bench_parser, _run_bench),
-               "zoo": (_zoo_parser, _run_zoo), None: (_compress_parser, _run_compress)}
+               "deploy": (_deploy_parser, _run_deploy), "zoo": (_zoo_parser, _run_zoo),
+               None: (_compress_parser, _run_compress)}
     make_parser, run = parsers[verb]
     try:
         args = make_parser().parse_args(argv[1:] if verb else argv)

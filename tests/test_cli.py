@@ -11,6 +11,7 @@ import torch
 
 from compressor.cli import main
 from compressor.models import create_model, list_models
+from runtime.trt_backend import tensorrt_unavailable
 
 
 class Evil:
@@ -77,7 +78,21 @@ def test_train_then_compress_then_bench(tmp_path, capsys):
     assert code == 0 and "90.00%" in out and "latency" in out and (out_dir / "model.onnx").exists()
 
     code, out, _ = run(["bench", out_dir / "model.onnx", "--batch", "1,4", "--threads", "1"], capsys)
-    assert code == 0 and "median" in out and out.count("onnxruntime-cpu") >= 2
+    assert code == 0 and "median" in out and out.count("ort-cpu") >= 2
+    assert "not run here" in out and "torch: " in out and "model.pt" in out
+
+    chart, document = tmp_path / "bench.png", tmp_path / "bench.json"
+    code, out, err = run(["bench", out_dir, "--baseline", checkpoint, "--backend", "ort-cpu,torch", "--batch", "1,4",
+                          "--threads", "1", "--json", document, "--plot", chart], capsys)
+    assert code == 0, err
+    saved = json.loads(document.read_text())
+    assert {(r["model"], r["backend"], r["batch"]) for r in saved["results"]} == {
+        (m, b, n) for m in ("dense", "compressed") for b in ("ort-cpu", "torch") for n in (1, 4)}
+    assert len(saved["speedups"]) == 4 and saved["unavailable"] == {}
+    assert chart.read_bytes().startswith(b"\x89PNG")
+    code, _, err = run(["bench", out_dir, "--json", document], capsys)
+    assert_one_line_error(code, err)
+    assert "--force" in err
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +107,10 @@ def bad_inputs(tmp_path_factory):
     x = np.zeros((4, 3, 32, 32), np.float32)
     np.savez(root / "wrong.npz", x_train=x, y_train=np.zeros(4, np.int64), x_test=x, y_test=np.zeros(4, np.int64))
     (root / "existing").mkdir()
+    (root / "corrupt.onnx").write_bytes(b"not a protobuf at all")
+    from compressor.api import export_onnx
+
+    export_onnx(model.eval(), root / "lenet5.onnx")
     return root
 
 
@@ -120,6 +139,27 @@ def bad_inputs(tmp_path_factory):
     ["bench", "corrupt.pt", "--batch", "0,x"],
     ["bench", "corrupt.pt", "--runs", "10"],
     ["bench", "corrupt.pt", "--warmup", "-1"],
+    ["bench", "corrupt.onnx"],
+    ["bench", "sd.pt"],
+    ["bench", "lenet5.onnx", "--backend", "warp-drive"],
+    pytest.param(["bench", "lenet5.onnx", "--backend", "trt"],
+                 marks=pytest.mark.skipif(tensorrt_unavailable() is None, reason="TensorRT can run here")),
+    ["bench", "lenet5.onnx", "--backend", "torch"],
+    ["bench", "lenet5.onnx", "--precision", "int3"],
+    ["bench", "lenet5.onnx", "--threads", "0"],
+    ["bench", "lenet5.onnx", "--json", "plain.txt"],
+    ["bench", "lenet5.onnx", "--plot", "plain.txt/chart.png"],
+    ["bench", "lenet5.onnx", "--baseline", "missing.pt"],
+    ["bench", "lenet5.onnx", "--baseline", "sd.pt", "--arch", "resnet20"],
+    ["deploy", "missing.onnx", "--target", "jetson-orin", "-o", "bundle"],
+    ["deploy", "corrupt.onnx", "--target", "jetson-orin", "-o", "bundle"],
+    ["deploy", "lenet5.onnx", "--target", "jetson-nano", "-o", "bundle"],
+    ["deploy", "lenet5.onnx", "--target", "jetson-orin"],
+    ["deploy", "lenet5.onnx", "--target", "x86-gpu", "--dla-core", "0", "-o", "bundle"],
+    ["deploy", "lenet5.onnx", "--target", "jetson-orin", "--dla-core", "2", "-o", "bundle"],
+    ["deploy", "lenet5.onnx", "--target", "jetson-orin", "--batch", "0", "-o", "bundle"],
+    ["deploy", "lenet5.onnx", "--target", "jetson-orin", "-o", "existing"],
+    ["deploy", "lenet5.onnx", "--target", "jetson-orin", "-o", "plain.txt/bundle"],
     ["sd.pt", "--arch", "lenet5", "--target", "50%", "--bench-batch", "0"],
     ["sd.pt", "--arch", "lenet5", "--target", "50%", "--epochs", "-1"],
     ["sd.pt", "--arch", "lenet5", "--target", "50%", "--threads", "0"],
@@ -138,7 +178,7 @@ def bad_inputs(tmp_path_factory):
 def test_bad_input_is_one_line_and_writes_nothing(bad_inputs, args, capsys, monkeypatch):
     monkeypatch.chdir(bad_inputs)
     before = sorted(p.name for p in bad_inputs.iterdir())
-    code, _, err = run([*args, "--no-progress"] if args[0] not in ("bench",) else args, capsys)
+    code, _, err = run([*args, "--no-progress"] if args[0] not in ("bench", "deploy") else args, capsys)
     assert_one_line_error(code, err)
     assert sorted(p.name for p in bad_inputs.iterdir()) == before
     assert list((bad_inputs / "existing").iterdir()) == []
@@ -157,6 +197,16 @@ def test_console_script_prints_exactly_one_line(bad_inputs, args, message):
     assert_one_line_error(result.returncode, result.stderr)
     assert message in result.stderr
     assert not (bad_inputs / "pwned").exists() and not (bad_inputs / "compressed").exists()
+
+
+def test_deploy_writes_a_bundle_that_verifies(bad_inputs, tmp_path, capsys):
+    bundle = tmp_path / "bundle"
+    code, out, err = run(["deploy", bad_inputs / "lenet5.onnx", "--target", "jetson-orin", "-o", bundle], capsys)
+    assert code == 0, err
+    assert "build_engine.sh" in out and "2:4 layers: 0 of 4" in out
+    check = subprocess.run([sys.executable, bundle / "verify.py", "--backend", "onnxruntime"], capture_output=True,
+                           text=True, timeout=120)
+    assert check.returncode == 0 and check.stdout.startswith("manifest:") and "PASS" in check.stdout
 
 
 def test_structured_flags_reach_the_method(tmp_path, capsys):

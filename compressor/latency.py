@@ -1,0 +1,262 @@
+"""`compress bench`: latency of a compressed model, and of its dense baseline, on every runtime backend.
+
+A model is given as an ONNX file, a checkpoint, or a `compress` output folder (its model.onnx and model.pt).
+Every backend of `runtime.backends` that can run on this machine times every model at every batch size; the
+backends that cannot run are listed with the reason. The comparison renders as a table for the terminal, a
+JSON document with the machine, versions, settings, every measurement and what each backend reported about
+its sparse layers, and a PNG chart of dense vs compressed latency per backend.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import onnx
+
+import compressor
+from compressor.errors import CompressorError
+from compressor.files import atomic_write, atomic_write_text, check_writable_destination
+from compressor.tables import text_table
+from runtime.backends import BACKENDS, Subject, backend_precision, check_backend, create_backend, unavailable
+from runtime.bench import BenchResult, benchmark
+from runtime.tolerance import check_precision
+
+logger = logging.getLogger(__name__)
+
+# Results are labelled by the role of their model; a model timed without a baseline is just "model".
+DENSE, COMPRESSED, ALONE = "dense", "compressed", "model"
+
+
+@dataclass
+class Comparison:
+    """Every measurement of one `compress bench` run, and the backends that could not run."""
+
+    results: list[tuple[str, BenchResult]]  # (model label, result)
+    unavailable: dict[str, str]
+    details: dict[str, dict[str, Any]] = field(default_factory=dict)  # backend → model label → facts
+    settings: dict[str, Any] = field(default_factory=dict)
+    models: dict[str, str] = field(default_factory=dict)  # label → where it was read from
+
+    def speedups(self) -> list[dict[str, Any]]:
+        """Dense median ÷ compressed median per backend and batch, where both were measured."""
+        by_key = {(label, r.backend, r.batch): r for label, r in self.results}
+        rows = []
+        for (label, backend, batch), result in by_key.items():
+            dense = by_key.get((DENSE, backend, batch))
+            if label == COMPRESSED and dense is not None:
+                rows.append({"backend": backend, "batch": batch, "dense_ms": dense.median_ms,
+                             "compressed_ms": result.median_ms, "speedup": dense.median_ms / result.median_ms})
+        return rows
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "versions": _versions(),
+            "machine": _machine(),
+            "settings": self.settings,
+            "models": self.models,
+            "results": [{"model": label, **result.to_dict()} for label, result in self.results],
+            "speedups": self.speedups(),
+            "unavailable": self.unavailable,
+            "details": self.details,
+        }
+
+
+def _versions() -> dict[str, str | None]:
+    import onnxruntime
+    import torch
+
+    try:
+        import tensorrt
+
+        trt_version = tensorrt.__version__
+    except ImportError:
+        trt_version = None
+    return {"compressor": compressor.__version__, "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
+            "tensorrt": trt_version}
+
+
+def _machine() -> dict[str, Any]:
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "gpu": gpu}
+
+
+def _onnx_sample_shape(model: onnx.ModelProto, source: Path) -> tuple[int, ...]:
+    inputs = [i for i in model.graph.input if i.name not in {init.name for init in model.graph.initializer}]
+    if len(inputs) != 1:
+        raise CompressorError(f"{source}: expected an ONNX model with exactly one input, got {len(inputs)}")
+    dims = inputs[0].type.tensor_type.shape.dim[1:]
+    if not all(d.HasField("dim_value") for d in dims):
+        raise CompressorError(f"{source}: the ONNX input has unknown dimensions besides the batch")
+    return tuple(d.dim_value for d in dims)
+
+
+def _read_onnx(path: Path) -> onnx.ModelProto:
+    try:
+        model = onnx.load(str(path))
+        onnx.checker.check_model(model)
+    except Exception as error:
+        first = next(iter(str(error).strip().splitlines()), type(error).__name__)
+        raise CompressorError(f"{path} is not a readable ONNX model: {first}") from None
+    return model
+
+
+def load_subject(spec: str | os.PathLike, label: str, arch: str | None = None, trust_model: bool = False,
+                 input_shape: Sequence[int] | None = None) -> Subject:
+    """A model to time from an ONNX file, a checkpoint (exported here), or a compress output folder."""
+    from compressor.api import export_onnx
+    from compressor.loading import load_model
+
+    path = Path(spec)
+    if path.is_dir():
+        onnx_path, module_path = path / "model.onnx", path / "model.pt"
+        if not onnx_path.is_file():
+            raise CompressorError(f"{path} is not a compress output folder: it has no model.onnx")
+        model = _read_onnx(onnx_path)
+        module = load_model(module_path, arch, trust_model, input_shape) if module_path.is_file() else None
+        shape = _onnx_sample_shape(model, onnx_path)
+        if module is not None and tuple(module.input_shape) != shape:
+            raise CompressorError(f"{path}: model.pt takes {tuple(module.input_shape)}, model.onnx takes {shape}")
+        return Subject(label, model, module, shape)
+    if not path.is_file():
+        raise CompressorError(f"model not found: {path}")
+    if path.suffix.lower() == ".onnx":
+        model = _read_onnx(path)
+        return Subject(label, model, None, _onnx_sample_shape(model, path))
+    module = load_model(path, arch, trust_model, input_shape)
+    shape = tuple(module.input_shape)
+    return Subject(label, export_onnx(module, input_shape=shape).model, module, shape)
+
+
+def parse_backends(text: str | None) -> tuple[str, ...] | None:
+    """'ort-cpu,trt' → ('ort-cpu', 'trt'); None or 'all' → None (every backend that can run here)."""
+    if text is None or text.strip() == "all":
+        return None
+    names = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not names:
+        raise CompressorError(f"bad --backend {text!r}: expected names such as ort-cpu,torch or 'all'")
+    for name in names:
+        check_backend(name)
+    return tuple(dict.fromkeys(names))
+
+
+def compare_backends(model: str | os.PathLike | Subject, baseline: str | os.PathLike | Subject | None = None,
+                     backends: Sequence[str] | None = None, batch_sizes: Sequence[int] = (1,),
+                     precision: str = "fp16", threads: int | None = None, runs: int = 50, warmup: int = 10,
+                     arch: str | None = None, trust_model: bool = False,
+                     input_shape: Sequence[int] | None = None) -> Comparison:
+    """Time `model` (and `baseline`, the dense model, when given) on `backends` (None: all that can run here).
+
+    Each model is a path (see `load_subject`) or a `Subject` already in memory.
+
+    A backend named explicitly that cannot run here is an error; with `backends=None` it is skipped and its
+    reason recorded. GPU backends run at `precision`; CPU backends always run FP32 (see `backend_precision`).
+    """
+    check_precision(precision)
+    sources = {ALONE: model} if baseline is None else {DENSE: baseline, COMPRESSED: model}
+    subjects = [replace(source, label=label) if isinstance(source, Subject)
+                else load_subject(source, label, arch, trust_model, input_shape) for label, source in sources.items()]
+    if len({s.input_shape for s in subjects}) > 1:
+        raise CompressorError(f"the baseline takes input {subjects[0].input_shape}, the model "
+                              f"{subjects[1].input_shape}: they are not the same network")
+    missing = {name: reason for name in (backends or BACKENDS)
+               if (reason := _first_reason(name, subjects)) is not None}
+    if backends is not None and missing:
+        name, reason = next(iter(missing.items()))
+        raise CompressorError(f"backend {name} cannot run here: {reason}")
+    comparison = Comparison(results=[], unavailable=missing, settings={
+        "batch_sizes": list(batch_sizes), "precision": precision, "threads": threads, "runs": runs, "warmup": warmup})
+    comparison.models = {label: "in memory" if isinstance(source, Subject) else str(source)
+                         for label, source in sources.items()}
+    for name in (n for n in (backends or BACKENDS) if n not in missing):
+        for subject in subjects:
+            logger.info("timing %s on %s (%s) ...", subject.label, name, backend_precision(name, precision))
+            backend = create_backend(name, subject, precision, threads, tuple(batch_sizes))
+            results = benchmark(backend, subject.input_shape, batch_sizes, warmup=warmup, runs=runs)
+            comparison.results += [(subject.label, _relabel(r, name)) for r in results]
+            describe = getattr(backend, "describe", None)
+            if describe is not None:
+                comparison.details.setdefault(name, {})[subject.label] = describe()
+    return comparison
+
+
+def _first_reason(name: str, subjects: list[Subject]) -> str | None:
+    return next((reason for s in subjects if (reason := unavailable(name, s)) is not None), None)
+
+
+def _relabel(result: BenchResult, backend: str) -> BenchResult:
+    """Results carry the backend's CLI name (ort-cuda, trt, ...) so tables, JSON and chart use one vocabulary."""
+    return replace(result, backend=backend)
+
+
+def comparison_table(comparison: Comparison) -> str:
+    """One row per model, backend and batch, with the speedup over the dense model where it was timed."""
+    speedups = {(s["backend"], s["batch"]): s["speedup"] for s in comparison.speedups()}
+    rows = []
+    for label, r in sorted(comparison.results, key=lambda item: (BACKENDS.index(item[1].backend), item[1].batch,
+                                                                  item[0] != DENSE)):
+        speedup = speedups.get((r.backend, r.batch)) if label == COMPRESSED else None
+        rows.append([r.backend, label, r.precision, str(r.batch), "-" if r.threads is None else str(r.threads),
+                     f"{r.median_ms:.3f}", f"{r.p90_ms:.3f}", f"{r.throughput_per_s:.1f}",
+                     "-" if speedup is None else f"{speedup:.2f}x", r.timer + (" + graph" if r.cuda_graph else "")])
+    header = ["backend", "model", "precision", "batch", "threads", "median ms", "p90 ms", "throughput/s", "speedup",
+              "timer"]
+    lines = [text_table(header, rows, left_columns=3)]
+    if comparison.unavailable:
+        lines += ["", "not run here:"]
+        lines += [f"  {name}: {reason}" for name, reason in comparison.unavailable.items()]
+    return "\n".join(lines)
+
+
+def plot_comparison(comparison: Comparison, path: str | os.PathLike) -> Path:
+    """PNG: per batch size, median latency of each model on each backend, bars side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    batches = sorted({r.batch for _, r in comparison.results})
+    labels = [label for label in (DENSE, COMPRESSED, ALONE) if any(lbl == label for lbl, _ in comparison.results)]
+    colours = {DENSE: "tab:gray", COMPRESSED: "tab:blue", ALONE: "tab:blue"}
+    figure, axes_row = plt.subplots(1, len(batches), figsize=(4.5 * len(batches) + 1, 4.2), squeeze=False)
+    for axes, batch in zip(axes_row[0], batches):
+        names = [b for b in BACKENDS if any(r.backend == b and r.batch == batch for _, r in comparison.results)]
+        width = 0.8 / len(labels)
+        for offset, label in enumerate(labels):
+            values = {r.backend: r.median_ms for lbl, r in comparison.results if lbl == label and r.batch == batch}
+            xs = [i + (offset - (len(labels) - 1) / 2) * width for i in range(len(names))]
+            axes.bar(xs, [values.get(n, np.nan) for n in names], width, label=label, color=colours[label])
+        axes.set_xticks(range(len(names)), names)
+        axes.set_title(f"batch {batch}")
+        axes.set_ylabel("median latency (ms)")
+        axes.legend()
+    figure.suptitle("dense vs compressed latency per backend" if len(labels) > 1 else "latency per backend")
+    figure.tight_layout()
+    written = atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=120))
+    plt.close(figure)
+    return written
+
+
+def write_comparison(comparison: Comparison, json_path: str | os.PathLike | None = None,
+                     plot_path: str | os.PathLike | None = None) -> None:
+    """Write the JSON document and/or the chart, each atomically."""
+    if json_path is not None:
+        atomic_write_text(json_path, json.dumps(comparison.to_dict(), indent=2) + "\n")
+    if plot_path is not None:
+        plot_comparison(comparison, plot_path)
+
+
+def check_outputs(json_path: str | os.PathLike | None, plot_path: str | os.PathLike | None, force: bool) -> None:
+    """Refuse existing or unwritable output files before any timing starts."""
+    for path, what in ((json_path, "JSON output"), (plot_path, "chart")):
+        if path is not None:
+            check_writable_destination(path, force, what)
