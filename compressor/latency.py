@@ -18,14 +18,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import onnx
-
 import compressor
 from compressor.errors import CompressorError
 from compressor.files import atomic_write, atomic_write_text, check_writable_destination
 from compressor.tables import text_table
 from runtime.backends import BACKENDS, Subject, backend_precision, check_backend, create_backend, unavailable
 from runtime.bench import BenchResult, benchmark
+from runtime.onnx_model import model_input, read_onnx
 from runtime.tolerance import check_precision
 
 logger = logging.getLogger(__name__)
@@ -90,26 +89,6 @@ def _machine() -> dict[str, Any]:
             "cpu_count": os.cpu_count(), "gpu": gpu}
 
 
-def _onnx_sample_shape(model: onnx.ModelProto, source: Path) -> tuple[int, ...]:
-    inputs = [i for i in model.graph.input if i.name not in {init.name for init in model.graph.initializer}]
-    if len(inputs) != 1:
-        raise CompressorError(f"{source}: expected an ONNX model with exactly one input, got {len(inputs)}")
-    dims = inputs[0].type.tensor_type.shape.dim[1:]
-    if not all(d.HasField("dim_value") for d in dims):
-        raise CompressorError(f"{source}: the ONNX input has unknown dimensions besides the batch")
-    return tuple(d.dim_value for d in dims)
-
-
-def _read_onnx(path: Path) -> onnx.ModelProto:
-    try:
-        model = onnx.load(str(path))
-        onnx.checker.check_model(model)
-    except Exception as error:
-        first = next(iter(str(error).strip().splitlines()), type(error).__name__)
-        raise CompressorError(f"{path} is not a readable ONNX model: {first}") from None
-    return model
-
-
 def load_subject(spec: str | os.PathLike, label: str, arch: str | None = None, trust_model: bool = False,
                  input_shape: Sequence[int] | None = None) -> Subject:
     """A model to time from an ONNX file, a checkpoint (exported here), or a compress output folder."""
@@ -121,17 +100,17 @@ def load_subject(spec: str | os.PathLike, label: str, arch: str | None = None, t
         onnx_path, module_path = path / "model.onnx", path / "model.pt"
         if not onnx_path.is_file():
             raise CompressorError(f"{path} is not a compress output folder: it has no model.onnx")
-        model = _read_onnx(onnx_path)
+        model = read_onnx(onnx_path)
         module = load_model(module_path, arch, trust_model, input_shape) if module_path.is_file() else None
-        shape = _onnx_sample_shape(model, onnx_path)
+        shape = model_input(model).sample_shape
         if module is not None and tuple(module.input_shape) != shape:
             raise CompressorError(f"{path}: model.pt takes {tuple(module.input_shape)}, model.onnx takes {shape}")
         return Subject(label, model, module, shape)
     if not path.is_file():
         raise CompressorError(f"model not found: {path}")
     if path.suffix.lower() == ".onnx":
-        model = _read_onnx(path)
-        return Subject(label, model, None, _onnx_sample_shape(model, path))
+        model = read_onnx(path)
+        return Subject(label, model, None, model_input(model).sample_shape)
     module = load_model(path, arch, trust_model, input_shape)
     shape = tuple(module.input_shape)
     return Subject(label, export_onnx(module, input_shape=shape).model, module, shape)

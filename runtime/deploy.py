@@ -34,6 +34,7 @@ from compressor.errors import CompressorError
 from compressor.files import StagedFolder
 from passes.check_onnx_sparsity import WEIGHT_INPUT, OnnxLayerSparsity, read_onnx_sparsity
 from passes.convert_float16 import convert_float16
+from runtime.onnx_model import model_input, output_dims, read_onnx
 from runtime.ort_backend import CPU_PROVIDER, OrtBackend
 from runtime.tolerance import RELATIVE_TOLERANCE, check_precision, compare_outputs
 
@@ -180,53 +181,25 @@ def _trt_family(version: str) -> str:
     return "TRT8" if major <= 8 else "TRT10" if major <= 10 else "TRT11"
 
 
-def _fail(message: str) -> CompressorError:
-    return CompressorError(" ".join(message.split()))
-
-
 def _load_onnx(path: str | os.PathLike) -> tuple[bytes, onnx.ModelProto]:
-    path = Path(path)
-    if not path.is_file():
-        raise CompressorError(f"ONNX model not found: {path}")
-    data = path.read_bytes()
-    try:
-        model = onnx.load_model_from_string(data)
-        onnx.checker.check_model(model)
-    except Exception as error:  # protobuf and the checker raise several unrelated types for a bad file
-        raise _fail(f"cannot read ONNX model {path}: {error}") from None
+    """The file's bytes (copied into the bundle as they are) and the model they hold."""
+    model = read_onnx(path)
     if any(init.data_location == onnx.TensorProto.EXTERNAL for init in model.graph.initializer):
         raise CompressorError(f"ONNX model {path} keeps weights in external files; save it as a single file")
-    return data, model
-
-
-def _dims(value: onnx.ValueInfoProto) -> list[int | str]:
-    return [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or "?")
-            for d in value.type.tensor_type.shape.dim]
+    return Path(path).read_bytes(), model
 
 
 def _describe_io(model: onnx.ModelProto, batch: int) -> _Io:
-    initializers = {init.name for init in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in initializers]
-    if len(inputs) != 1 or inputs[0].type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
-        found = ", ".join(f"{i.name} ({onnx.TensorProto.DataType.Name(i.type.tensor_type.elem_type).lower()})"
-                          for i in inputs)
-        raise CompressorError(f"expected an ONNX model with exactly one float32 input, got {len(inputs)}: {found}")
-    value = inputs[0]
-    if not value.type.tensor_type.HasField("shape") or not value.type.tensor_type.shape.dim:
-        raise CompressorError(f"ONNX input {value.name!r} has no declared shape; the bundle needs its dimensions")
-    dims = _dims(value)
-    dynamic = [i for i, d in enumerate(dims[1:], start=1) if isinstance(d, str)]
-    if dynamic:
-        raise CompressorError(
-            f"ONNX input {value.name!r} has shape {dims} with dynamic dimension(s) {dynamic}; only the batch "
-            "(dimension 0) may be dynamic, the sample needs fixed sizes for the rest")
-    dynamic_batch = isinstance(dims[0], str)
-    if not dynamic_batch and dims[0] != batch:
-        raise CompressorError(f"ONNX input {value.name!r} fixes the batch at {dims[0]}; build with batch={dims[0]}")
-    if not model.graph.output:
-        raise CompressorError("the ONNX model has no output")
-    output = model.graph.output[0]
-    return _Io(value.name, dims, (batch, *dims[1:]), output.name, _dims(output), dynamic_batch)
+    spec = model_input(model)
+    if spec.elem_type != onnx.TensorProto.FLOAT:
+        raise CompressorError(f"ONNX input {spec.name!r} is not float32: the bundle's sample and the deployed model "
+                              "take float32 input")
+    if spec.fixed_batch is not None and spec.fixed_batch != batch:
+        raise CompressorError(f"ONNX input {spec.name!r} fixes the batch at {spec.fixed_batch}; "
+                              f"build with batch={spec.fixed_batch}")
+    output_shape = list(output_dims(model))
+    output_name = model.graph.output[0].name
+    return _Io(spec.name, list(spec.dims), (batch, *spec.sample_shape), output_name, output_shape, spec.dynamic_batch)
 
 
 def _check_request(target: Target, precision: str, batch: int, dla_core: int | None, seed: int) -> None:

@@ -31,13 +31,13 @@ from typing import Any, Collection, Iterable, Iterator, Sequence
 import numpy as np
 import onnx
 import torch
-from google.protobuf.message import DecodeError
 
 from compressor.errors import CompressorError
 from compressor.files import atomic_write_bytes
 from compressor.tables import text_table
 from passes.check_onnx_sparsity import WEIGHT_INPUT, read_onnx_sparsity
 from passes.convert_float16 import convert_float16, is_float16
+from runtime.onnx_model import model_input, read_onnx
 from runtime.ort_backend import CPU_PROVIDER, OrtBackend
 from runtime.timing import Timing, time_cuda
 from runtime.tolerance import Agreement, check_precision, compare_outputs
@@ -183,12 +183,6 @@ def _check_batch_sizes(batch_sizes: Sequence[int]) -> tuple[int, ...]:
     return tuple(int(b) for b in sizes)
 
 
-def _dim_text(dim: onnx.TensorShapeProto.Dimension) -> str:
-    if dim.HasField("dim_value"):
-        return str(dim.dim_value)
-    return dim.dim_param or "?"
-
-
 def optimization_profile(model: onnx.ModelProto, batch_sizes: Sequence[int]) -> InputProfile:
     """min batch = the smallest of `batch_sizes`, opt = max = the largest; the sample shape comes from the ONNX.
 
@@ -196,52 +190,17 @@ def optimization_profile(model: onnx.ModelProto, batch_sizes: Sequence[int]) -> 
     kernels for the shapes of the profile, and a classifier's sample shape never changes.
     """
     sizes = _check_batch_sizes(batch_sizes)
-    initializers = {init.name for init in model.graph.initializer}
-    inputs = [value for value in model.graph.input if value.name not in initializers]
-    if len(inputs) != 1:
-        names = ", ".join(value.name for value in inputs)
-        raise CompressorError(f"expected an ONNX model with exactly one input, got {len(inputs)} ({names})")
-    value = inputs[0]
-    tensor = value.type.tensor_type
-    if not value.type.HasField("tensor_type") or tensor.elem_type not in (onnx.TensorProto.FLOAT,
-                                                                         onnx.TensorProto.FLOAT16):
-        kind = onnx.TensorProto.DataType.Name(tensor.elem_type) if value.type.HasField("tensor_type") else "non-tensor"
-        raise CompressorError(f"ONNX input {value.name!r} has type {kind}; only float inputs are supported")
-    dims = list(tensor.shape.dim)
-    if not tensor.HasField("shape") or len(dims) < 2:
-        raise CompressorError(f"ONNX input {value.name!r} declares no (batch, ...) shape; TensorRT needs one")
-    shown = "(" + ", ".join(_dim_text(d) for d in dims) + ")"
-    if not all(d.HasField("dim_value") and d.dim_value > 0 for d in dims[1:]):
-        raise CompressorError(
-            f"ONNX input {value.name!r} has shape {shown}: only the batch dimension may be dynamic for TensorRT"
-        )
-    sample = tuple(int(d.dim_value) for d in dims[1:])
-    if dims[0].HasField("dim_value") and dims[0].dim_value > 0:
-        fixed = int(dims[0].dim_value)
-        if any(b != fixed for b in sizes):
+    spec = model_input(model)
+    if spec.fixed_batch is not None:
+        if any(b != spec.fixed_batch for b in sizes):
             raise CompressorError(
-                f"ONNX input {value.name!r} has shape {shown} with a fixed batch of {fixed}; "
+                f"ONNX input {spec.name!r} has shape {spec.shown()} with a fixed batch of {spec.fixed_batch}; "
                 f"cannot build for batch sizes {', '.join(map(str, sizes))}"
             )
-        shape = (fixed, *sample)
-        return InputProfile(value.name, shape, shape, shape, dynamic_batch=False)
-    return InputProfile(value.name, (min(sizes), *sample), (max(sizes), *sample), (max(sizes), *sample),
-                        dynamic_batch=True)
-
-
-def _load_onnx(model: str | os.PathLike | bytes | onnx.ModelProto) -> onnx.ModelProto:
-    if isinstance(model, onnx.ModelProto):
-        return model
-    try:
-        if isinstance(model, (bytes, bytearray, memoryview)):
-            return onnx.load_model_from_string(bytes(model))
-        path = Path(model)
-        if not path.is_file():
-            raise CompressorError(f"ONNX model not found: {path}")
-        # onnx.load pulls in weights kept in side files, so the bytes handed to TensorRT are self-contained.
-        return onnx.load(path)
-    except (DecodeError, OSError) as error:
-        raise CompressorError(f"cannot read the ONNX model: {_one_line(error)}") from None
+        shape = (spec.fixed_batch, *spec.sample_shape)
+        return InputProfile(spec.name, shape, shape, shape, dynamic_batch=False)
+    low, high = (min(sizes), *spec.sample_shape), (max(sizes), *spec.sample_shape)
+    return InputProfile(spec.name, low, high, high, dynamic_batch=True)
 
 
 def two_four_weights(model: onnx.ModelProto) -> list[str]:
@@ -283,7 +242,7 @@ def build_engine(
     sizes = _check_batch_sizes(batch_sizes)
     if isinstance(workspace_mb, bool) or not isinstance(workspace_mb, int) or workspace_mb < 1:
         raise CompressorError(f"workspace_mb must be a positive integer, got {workspace_mb!r}")
-    model = _load_onnx(onnx_model)
+    model = read_onnx(onnx_model)
     profile = optimization_profile(model, sizes)
     if precision != "fp16" and is_float16(model):
         raise CompressorError(f"the ONNX model is already FP16; it cannot be built as {precision}, only as fp16")
@@ -633,7 +592,7 @@ def sparsity_report(
     ONNX nodes are matched to TensorRT layers by name (fused layers read "a + b"); `layers` from
     `TensorRTBackend.inspect` add the engine's own record of which nodes each layer holds and which kernel runs.
     """
-    model = _load_onnx(onnx_model)
+    model = read_onnx(onnx_model)
     initializers = {init.name for init in model.graph.initializer}
     node_of_weight = {}
     for node in model.graph.node:
@@ -675,7 +634,7 @@ def compare_with_onnxruntime(
 ) -> Agreement:
     """Run `x` through the engine and through the FP32 ONNX on onnxruntime's CPU provider, and measure the gap
     against the tolerance of the engine's precision."""
-    model = _load_onnx(onnx_model)
+    model = read_onnx(onnx_model)
     if is_float16(model):
         raise CompressorError("the reference must be the FP32 ONNX model, not its FP16 conversion")
     reference = OrtBackend(model, providers=[CPU_PROVIDER]).run(x)

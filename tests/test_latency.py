@@ -49,7 +49,7 @@ def test_subjects_load_from_onnx_checkpoint_and_folder(models):
 @pytest.mark.parametrize("spec, message", [
     ("missing.pt", "model not found"),
     ("empty", "has no model.onnx"),
-    ("broken.onnx", "not a readable ONNX model"),
+    ("broken.onnx", "cannot read ONNX model"),
 ])
 def test_bad_subjects_are_one_line_errors(models, spec, message):
     (models / "empty").mkdir(exist_ok=True)
