@@ -265,6 +265,7 @@ def _run_train(args: argparse.Namespace) -> None:
 def _run_bench(args: argparse.Namespace) -> None:
     from compressor.latency import check_outputs, compare_backends, comparison_table, parse_backends, write_comparison
     from compressor.loading import parse_input_shape
+    from compressor.verify import VerificationError
     from runtime.bench import parse_batch_sizes
 
     _quiet_onnxruntime()
@@ -284,6 +285,9 @@ def _run_bench(args: argparse.Namespace) -> None:
     written = [p for p in (args.json, args.plot) if p]
     if written:
         print(f"\nwrote {', '.join(written)}")
+    wrong = comparison.disagreements()
+    if wrong:
+        raise VerificationError(f"{len(wrong)} backend run(s) disagree with onnxruntime FP32; first: {wrong[0]}")
 
 
 def _run_deploy(args: argparse.Namespace) -> None:

@@ -25,7 +25,8 @@ from compressor.tables import text_table
 from runtime.backends import BACKENDS, Subject, backend_precision, check_backend, create_backend, unavailable
 from runtime.bench import BenchResult, benchmark
 from runtime.onnx_model import model_input, read_onnx
-from runtime.tolerance import check_precision
+from runtime.ort_backend import CPU_PROVIDER, OrtBackend
+from runtime.tolerance import Agreement, check_precision, compare_outputs
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,8 @@ class Comparison:
     results: list[tuple[str, BenchResult]]  # (model label, result)
     unavailable: dict[str, str]
     details: dict[str, dict[str, Any]] = field(default_factory=dict)  # backend → model label → facts
+    # (model label, backend) → its output against onnxruntime's FP32 CPU output on the same input
+    agreement: dict[tuple[str, str], Agreement] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
     models: dict[str, str] = field(default_factory=dict)  # label → where it was read from
 
@@ -54,6 +57,11 @@ class Comparison:
                              "compressed_ms": result.median_ms, "speedup": dense.median_ms / result.median_ms})
         return rows
 
+    def disagreements(self) -> list[str]:
+        """One line per (model, backend) whose output was outside its precision's tolerance."""
+        return [f"{backend} on the {'' if label == ALONE else label + ' '}model: {a.describe()}"
+                for (label, backend), a in self.agreement.items() if not a.ok]
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "versions": _versions(),
@@ -61,6 +69,8 @@ class Comparison:
             "settings": self.settings,
             "models": self.models,
             "results": [{"model": label, **result.to_dict()} for label, result in self.results],
+            "agreement": [{"model": label, "backend": backend, "precision": a.precision, "max_abs_diff": a.max_abs_diff,
+                           "tolerance": a.tolerance, "ok": a.ok} for (label, backend), a in self.agreement.items()],
             "speedups": self.speedups(),
             "unavailable": self.unavailable,
             "details": self.details,
@@ -139,6 +149,9 @@ def compare_backends(model: str | os.PathLike | Subject, baseline: str | os.Path
 
     A backend named explicitly that cannot run here is an error; with `backends=None` it is skipped and its
     reason recorded. GPU backends run at `precision`; CPU backends always run FP32 (see `backend_precision`).
+    Before timing, each backend's output on a seeded batch is compared with onnxruntime's FP32 output on the CPU
+    within the tolerance of the backend's precision (`Comparison.agreement`): a fast backend that computes
+    something else is reported, not timed silently.
     """
     check_precision(precision)
     sources = {ALONE: model} if baseline is None else {DENSE: baseline, COMPRESSED: model}
@@ -156,10 +169,15 @@ def compare_backends(model: str | os.PathLike | Subject, baseline: str | os.Path
         "batch_sizes": list(batch_sizes), "precision": precision, "threads": threads, "runs": runs, "warmup": warmup})
     comparison.models = {label: "in memory" if isinstance(source, Subject) else str(source)
                          for label, source in sources.items()}
+    sample = {s.label: np.random.default_rng(0).standard_normal((min(batch_sizes), *s.input_shape), dtype=np.float32)
+              for s in subjects}
+    reference = {s.label: OrtBackend(s.onnx, providers=[CPU_PROVIDER]).run(sample[s.label]) for s in subjects}
     for name in (n for n in (backends or BACKENDS) if n not in missing):
         for subject in subjects:
             logger.info("timing %s on %s (%s) ...", subject.label, name, backend_precision(name, precision))
             backend = create_backend(name, subject, precision, threads, tuple(batch_sizes))
+            comparison.agreement[(subject.label, name)] = compare_outputs(
+                backend.run(sample[subject.label]), reference[subject.label], backend.precision)
             results = benchmark(backend, subject.input_shape, batch_sizes, warmup=warmup, runs=runs)
             comparison.results += [(subject.label, _relabel(r, name)) for r in results]
             describe = getattr(backend, "describe", None)
@@ -184,11 +202,13 @@ def comparison_table(comparison: Comparison) -> str:
     for label, r in sorted(comparison.results, key=lambda item: (BACKENDS.index(item[1].backend), item[1].batch,
                                                                   item[0] != DENSE)):
         speedup = speedups.get((r.backend, r.batch)) if label == COMPRESSED else None
+        agreement = comparison.agreement.get((label, r.backend))
+        agrees = "-" if agreement is None else f"{agreement.max_abs_diff:.1e} {'ok' if agreement.ok else 'FAIL'}"
         rows.append([r.backend, label, r.precision, str(r.batch), "-" if r.threads is None else str(r.threads),
                      f"{r.median_ms:.3f}", f"{r.p90_ms:.3f}", f"{r.throughput_per_s:.1f}",
-                     "-" if speedup is None else f"{speedup:.2f}x", r.timer + (" + graph" if r.cuda_graph else "")])
+                     "-" if speedup is None else f"{speedup:.2f}x", agrees, r.timer + (" + graph" if r.cuda_graph else "")])
     header = ["backend", "model", "precision", "batch", "threads", "median ms", "p90 ms", "throughput/s", "speedup",
-              "timer"]
+              "vs ort fp32", "timer"]
     lines = [text_table(header, rows, left_columns=3)]
     if comparison.unavailable:
         lines += ["", "not run here:"]

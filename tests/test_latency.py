@@ -13,7 +13,7 @@ from compressor.latency import (ALONE, COMPRESSED, DENSE, check_outputs, compare
                                 load_subject, parse_backends, write_comparison)
 from compressor.loading import save_checkpoint
 from compressor.models import create_model
-from runtime.backends import BACKENDS
+from runtime.backends import BACKENDS, Subject
 
 FAST = {"runs": 5, "warmup": 1, "threads": 1}
 
@@ -68,7 +68,20 @@ def test_comparison_times_both_models_on_every_backend_that_runs(models):
     speedups = comparison.speedups()
     assert len(speedups) == len(measured) // 2 and all(s["speedup"] > 0 for s in speedups)
     table = comparison_table(comparison)
-    assert "speedup" in table and "not run here:" in table and "x " in table
+    assert "speedup" in table and "not run here:" in table and "x " in table and " ok " in table
+    assert set(comparison.agreement) == {(label, b) for label, b, _ in measured}
+    assert comparison.disagreements() == []
+
+
+def test_a_backend_computing_something_else_is_reported(models):
+    honest = load_subject(models / "out", "x")
+    other = create_model("lenet300_100").eval()  # fresh random weights: not the model the ONNX holds
+    mismatched = Subject("x", honest.onnx, other, honest.input_shape)
+    comparison = compare_backends(mismatched, backends=("ort-cpu", "torch"), **FAST)
+
+    assert comparison.agreement[(ALONE, "ort-cpu")].ok and not comparison.agreement[(ALONE, "torch")].ok
+    assert len(comparison.disagreements()) == 1 and "torch on the model: max |diff|" in comparison.disagreements()[0]
+    assert "FAIL" in comparison_table(comparison)
 
 
 def test_a_model_alone_has_no_speedups(models):
@@ -94,7 +107,9 @@ def test_json_and_chart_are_written(models, tmp_path):
     write_comparison(comparison, document, chart)
 
     saved = json.loads(document.read_text())
-    assert set(saved) == {"versions", "machine", "settings", "models", "results", "speedups", "unavailable", "details"}
+    assert set(saved) == {"versions", "machine", "settings", "models", "results", "agreement", "speedups",
+                          "unavailable", "details"}
+    assert all(entry["ok"] for entry in saved["agreement"]) and len(saved["agreement"]) == 2
     assert saved["versions"]["torch"] == torch.__version__ and saved["settings"]["batch_sizes"] == [1]
     assert saved["models"] == {DENSE: str(models / "dense.pt"), COMPRESSED: str(models / "out")}
     assert {r["timer"] for r in saved["results"]} == {"perf_counter"}
