@@ -29,13 +29,13 @@ finally:
 
 
 def is_float16(model: onnx.ModelProto) -> bool:
-    """True when the model's initializers are FP16 and none is FP32: it has been converted already."""
-    types = {init.data_type for init in model.graph.initializer}
-    return onnx.TensorProto.FLOAT16 in types and onnx.TensorProto.FLOAT not in types
+    """True when some initializer is FP16: the model has been converted already (the converter keeps a few FP32
+    initializers, such as the inputs of ops it leaves in FP32, so FP32 ones alone prove nothing)."""
+    return any(init.data_type == onnx.TensorProto.FLOAT16 for init in model.graph.initializer)
 
 
 class ConvertFloat16Pass(Pass):
-    """FP32 → FP16 weights and activations, FP32 inputs and outputs; an FP16 model is left as it is."""
+    """FP32 → FP16 weights and activations, FP32 inputs and outputs; a model with FP16 weights is left as it is."""
 
     name = "ConvertFloat16"
 
