@@ -16,7 +16,8 @@ from typing import Sequence
 from compressor.errors import CompressorError
 
 # The verbs import the API (and with it torch) only when they run, so `compress zoo --help` and usage errors
-# of the other verbs answer at once; the compress parser itself reads the method registry for its flags.
+# of `train` answer at once; the compress parser reads the method registry for its flags, and the bench and
+# deploy parsers read the runtime's backend and target names.
 VERBS = ("train", "bench", "deploy", "zoo")
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130

@@ -8,3 +8,9 @@ is a bug and keeps its traceback.
 
 class CompressorError(Exception):
     """A problem with the user's input, reported as one line without a traceback."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first non-empty line of an exception's message (its type's name when it has none), for one-line
+    errors built from a library's multi-line ones."""
+    return next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import platform
 from dataclasses import dataclass, field, replace
@@ -69,12 +70,18 @@ class Comparison:
             "settings": self.settings,
             "models": self.models,
             "results": [{"model": label, **result.to_dict()} for label, result in self.results],
-            "agreement": [{"model": label, "backend": backend, "precision": a.precision, "max_abs_diff": a.max_abs_diff,
-                           "tolerance": a.tolerance, "ok": a.ok} for (label, backend), a in self.agreement.items()],
+            "agreement": [{"model": label, "backend": backend, "precision": a.precision,
+                           "max_abs_diff": _finite_or_none(a.max_abs_diff), "tolerance": a.tolerance, "ok": a.ok}
+                          for (label, backend), a in self.agreement.items()],
             "speedups": self.speedups(),
             "unavailable": self.unavailable,
             "details": self.details,
         }
+
+
+def _finite_or_none(value: float) -> float | None:
+    """JSON has no infinity or NaN; an output that overflowed is recorded as null (and `ok` false)."""
+    return value if math.isfinite(value) else None
 
 
 def _versions() -> dict[str, str | None]:
@@ -85,7 +92,7 @@ def _versions() -> dict[str, str | None]:
         import tensorrt
 
         trt_version = tensorrt.__version__
-    except ImportError:
+    except (ImportError, OSError):  # not installed, or its CUDA libraries fail to load
         trt_version = None
     return {"compressor": compressor.__version__, "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
             "tensorrt": trt_version}
@@ -154,6 +161,12 @@ def compare_backends(model: str | os.PathLike | Subject, baseline: str | os.Path
     something else is reported, not timed silently.
     """
     check_precision(precision)
+    if backends is not None and not backends:
+        raise CompressorError("no backend to time: name at least one, or pass None for every backend that runs here")
+    if not batch_sizes or any(not isinstance(b, int) or b < 1 for b in batch_sizes):
+        raise CompressorError(f"batch sizes must be positive integers, got {tuple(batch_sizes)}")
+    if runs < 1 or warmup < 0:
+        raise CompressorError(f"need runs >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
     sources = {ALONE: model} if baseline is None else {DENSE: baseline, COMPRESSED: model}
     subjects = [replace(source, label=label) if isinstance(source, Subject)
                 else load_subject(source, label, arch, trust_model, input_shape) for label, source in sources.items()]
@@ -249,13 +262,15 @@ def write_comparison(comparison: Comparison, json_path: str | os.PathLike | None
                      plot_path: str | os.PathLike | None = None) -> None:
     """Write the JSON document and/or the chart, each atomically."""
     if json_path is not None:
-        atomic_write_text(json_path, json.dumps(comparison.to_dict(), indent=2) + "\n")
+        atomic_write_text(json_path, json.dumps(comparison.to_dict(), indent=2, allow_nan=False) + "\n")
     if plot_path is not None:
         plot_comparison(comparison, plot_path)
 
 
 def check_outputs(json_path: str | os.PathLike | None, plot_path: str | os.PathLike | None, force: bool) -> None:
-    """Refuse existing or unwritable output files before any timing starts."""
+    """Refuse existing or unwritable output files, or one file for both, before any timing starts."""
+    if json_path is not None and plot_path is not None and Path(json_path).resolve() == Path(plot_path).resolve():
+        raise CompressorError(f"--json and --plot name the same file {json_path}; give each its own")
     for path, what in ((json_path, "JSON output"), (plot_path, "chart")):
         if path is not None:
             check_writable_destination(path, force, what)

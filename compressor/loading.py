@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from compressor.counting import prunable_layers
-from compressor.errors import CompressorError
+from compressor.errors import CompressorError, first_line
 from compressor.files import atomic_torch_save
 from compressor.models import create_model, list_models
 from compressor.structure import apply_structure, describe_structure
@@ -89,11 +89,6 @@ def load_model(path: str | os.PathLike, arch: str | None = None, trust: bool = F
     return model.eval()
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
-
-
 def _is_torchscript(path: Path) -> bool:
     if not zipfile.is_zipfile(path):
         return False
@@ -133,7 +128,7 @@ def _load_torchscript(path: Path) -> nn.Module:
     try:
         return torch.jit.load(str(path), map_location="cpu")
     except Exception as error:  # torch.jit raises several unrelated types for a damaged archive
-        raise CompressorError(f"{path} is a damaged TorchScript archive ({_first_line(error)})") from None
+        raise CompressorError(f"{path} is a damaged TorchScript archive ({first_line(error)})") from None
 
 
 def _load_weights_only(path: Path) -> Any:
@@ -146,7 +141,7 @@ def _load_weights_only(path: Path) -> Any:
     except pickle.UnpicklingError:
         raise
     except Exception as error:  # a corrupt file surfaces as whatever the zip/pickle readers hit first
-        raise CompressorError(f"{path} is not a readable PyTorch file ({_first_line(error)})") from None
+        raise CompressorError(f"{path} is not a readable PyTorch file ({first_line(error)})") from None
 
 
 def _load_trusted_pickle(path: Path, trust: bool) -> nn.Module:
@@ -157,7 +152,7 @@ def _load_trusted_pickle(path: Path, trust: bool) -> nn.Module:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:  # arbitrary code ran inside; report whatever it raised, in one line
-        raise CompressorError(f"{path}: unpickling failed ({_first_line(error)})") from None
+        raise CompressorError(f"{path}: unpickling failed ({first_line(error)})") from None
     if not isinstance(obj, nn.Module):
         raise CompressorError(f"{path} holds a {type(obj).__name__}, not a torch.nn.Module")
     return obj

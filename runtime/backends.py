@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import onnx
 import onnxruntime as ort
+import torch
 import torch.nn as nn
 
 from compressor.errors import CompressorError
@@ -50,12 +51,6 @@ def check_backend(name: str) -> str:
     if name not in BACKENDS:
         raise CompressorError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
     return name
-
-
-def _cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def _ort_provider_missing(provider: str, install: str) -> str | None:
@@ -95,12 +90,15 @@ def _missing_library(name: str) -> str | None:
 
 def backend_precision(name: str, requested: str) -> str:
     """The precision backend `name` runs at: CPU backends compute in FP32 whatever is requested (FP16 is not
-    faster there), `torch-24` in FP16 (the sparse tensor cores' format), GPU backends as requested."""
+    faster there), `torch-24` in FP16 (the sparse tensor cores' format), `ort-trt` asked for FP32 in TF32
+    (onnxruntime's TensorRT provider has no switch for TensorRT's default TF32), GPU backends as requested."""
     check_precision(requested)
-    if name == "ort-cpu" or (name == "torch" and not _cuda_available()):
+    if name == "ort-cpu" or (name == "torch" and not torch.cuda.is_available()):
         return "fp32"
     if name == "torch-24":
         return "fp16"
+    if name == "ort-trt" and requested == "fp32":
+        return "tf32"
     return requested
 
 
@@ -116,7 +114,7 @@ def create_backend(name: str, subject: Subject, precision: str = "fp16", threads
     if name.startswith("ort-"):
         kind = {"ort-cpu": "cpu", "ort-cuda": "cuda", "ort-trt": "tensorrt"}[name]
         model = subject.onnx_fp16 if fp16 else subject.onnx
-        providers = provider_stack(kind, fp16=fp16, sparse=subject.has_two_four)
+        providers = provider_stack(kind, precision=precision, sparse=subject.has_two_four)
         return OrtBackend(model, providers=providers, threads=threads if kind == "cpu" else None,
                           precision=precision)
     if name == "trt":
@@ -126,7 +124,7 @@ def create_backend(name: str, subject: Subject, precision: str = "fp16", threads
     from runtime.torch_backend import SemiStructuredBackend, TorchBackend
 
     if name == "torch":
-        device = "cuda" if _cuda_available() else "cpu"
+        device = "cuda" if torch.cuda.is_available() else "cpu"
         return TorchBackend(subject.module, input_shape=subject.input_shape, device=device, precision=precision,
                             threads=threads if device == "cpu" else None)
     return SemiStructuredBackend(subject.module, input_shape=subject.input_shape, batch_sizes=batch_sizes)

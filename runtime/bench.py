@@ -3,9 +3,10 @@
 `benchmark` times a backend on seeded random input: warm-up runs first (allocator, kernel selection,
 caches), then `runs` timed runs per batch size. The report quotes the median and p90 rather than the mean
 because a few scheduler hiccups dominate a mean of short runs. Any object with `run(np.ndarray)`, `name` and
-`input_shape` is a backend; one that runs on a GPU also has `measure(x, warmup, runs) -> Timing`, which keeps
-the input on the device and times with CUDA events (see `runtime.timing`), and the benchmark uses it. So
-onnxruntime, TensorRT and torch are timed alike. `results_table` renders results for people;
+`input_shape` is a backend; one that can do better than the host clock around `run` also has
+`measure(x, warmup, runs) -> Timing`, and the benchmark uses it: GPU backends keep the input on the device,
+and TensorRT and torch time with CUDA events (see `runtime.timing`). So onnxruntime, TensorRT and torch are
+timed alike. `results_table` renders results for people;
 `BenchResult.to_dict` is what goes into JSON.
 """
 
@@ -94,7 +95,7 @@ def benchmark(
     runs: int = 50,
     seed: int = 0,
 ) -> list[BenchResult]:
-    """Time `backend.run` at each batch size; one `BenchResult` per batch size, in the order given.
+    """Time `backend` at each batch size (its `measure`, else `run`); one `BenchResult` per batch size, in order.
 
     `input_shape` is the shape of one sample (C, H, W) without the batch dimension; None takes it from the
     backend's declared input shape. `threads` labels the results; a backend with a `threads` attribute is

@@ -14,13 +14,9 @@ from pathlib import Path
 
 import onnx
 
-from compressor.errors import CompressorError
+from compressor.errors import CompressorError, first_line
 
 _FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
-
-
-def _first_line(error: BaseException) -> str:
-    return next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
 
 
 def read_onnx(source: str | os.PathLike | bytes | onnx.ModelProto) -> onnx.ModelProto:
@@ -42,7 +38,7 @@ def read_onnx(source: str | os.PathLike | bytes | onnx.ModelProto) -> onnx.Model
     except CompressorError:
         raise
     except Exception as error:  # protobuf, the loader and the checker raise several unrelated types
-        raise CompressorError(f"cannot read {where}: {_first_line(error)}") from None
+        raise CompressorError(f"cannot read {where}: {first_line(error)}") from None
     return model
 
 

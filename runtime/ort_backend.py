@@ -67,20 +67,22 @@ def default_providers() -> list[str]:
     return [CUDA_PROVIDER, CPU_PROVIDER] if CUDA_PROVIDER in available else [CPU_PROVIDER]
 
 
-def provider_stack(kind: str, fp16: bool = False, sparse: bool = False) -> list[Provider]:
+def provider_stack(kind: str, precision: str = "fp32", sparse: bool = False) -> list[Provider]:
     """The execution providers of backend `kind` ("cpu", "cuda" or "tensorrt"), each with the CPU behind it.
 
-    TensorRT gets CUDA behind it too, for nodes TensorRT cannot take. `fp16` lets TensorRT pick FP16 kernels
-    (an FP16 ONNX alone would leave it free to run FP32 in TensorRT 10's weakly typed mode); `sparse` lets it
-    pick 2:4 sparse kernels for layers whose weights are 2:4.
+    TensorRT gets CUDA behind it too, for nodes TensorRT cannot take. The CUDA provider rounds FP32 matrix
+    products to TF32 by default; that is switched off unless `precision` is "tf32", so an fp32 run is FP32.
+    For "fp16" TensorRT may pick FP16 kernels (an FP16 ONNX alone would leave it free to run FP32 in TensorRT
+    10's weakly typed mode); `sparse` lets it pick 2:4 sparse kernels for layers whose weights are 2:4.
     """
+    cuda = (CUDA_PROVIDER, {"use_tf32": precision == "tf32"})
     if kind == "cpu":
         return [CPU_PROVIDER]
     if kind == "cuda":
-        return [CUDA_PROVIDER, CPU_PROVIDER]
+        return [cuda, CPU_PROVIDER]
     if kind == "tensorrt":
-        options = {"trt_fp16_enable": fp16, "trt_sparsity_enable": sparse}
-        return [(TENSORRT_PROVIDER, options), CUDA_PROVIDER, CPU_PROVIDER]
+        options = {"trt_fp16_enable": precision == "fp16", "trt_sparsity_enable": sparse}
+        return [(TENSORRT_PROVIDER, options), cuda, CPU_PROVIDER]
     raise ValueError(f"unknown onnxruntime backend kind {kind!r}")
 
 
@@ -229,7 +231,8 @@ class OrtBackend:
         device_input = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(x, dtype=self._input_dtype), "cuda", 0)
         binding.bind_ortvalue_input(self._input.name, device_input)
         binding.bind_output(self._output.name, "cuda")
-        return time_host(lambda: self.session.run_with_iobinding(binding), warmup, runs)
+        # At least one untimed run: the TensorRT provider builds an engine for each new input shape on first use.
+        return time_host(lambda: self.session.run_with_iobinding(binding), max(warmup, 1), runs)
 
     def __repr__(self) -> str:
         return f"OrtBackend(name={self.name!r}, input_shape={self.input_shape}, threads={self.threads})"

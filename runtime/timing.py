@@ -16,6 +16,8 @@ from typing import Callable
 
 import numpy as np
 
+from compressor.errors import first_line
+
 logger = logging.getLogger(__name__)
 
 
@@ -64,12 +66,13 @@ def time_cuda(step: Callable[[], object], warmup: int, runs: int, graph: bool = 
                 # thread_local: a library's own CUDA calls on other threads must not invalidate the capture.
                 with torch.cuda.graph(cuda_graph, stream=stream, capture_error_mode="thread_local"):
                     step()
+                for _ in range(max(warmup, 1)):
+                    cuda_graph.replay()
+                stream.synchronize()
+                # Only a graph that replayed cleanly is timed; otherwise the eager launches are.
                 replay, captured = cuda_graph.replay, True
-                for _ in range(warmup):
-                    replay()
             except RuntimeError as error:
-                reason = next(iter(str(error).splitlines()), type(error).__name__)
-                logger.info("CUDA graph capture failed (%s); timing eager launches instead", reason)
+                logger.info("CUDA graph capture failed (%s); timing eager launches instead", first_line(error))
                 torch.cuda.synchronize()
         starts = [torch.cuda.Event(enable_timing=True) for _ in range(runs)]
         ends = [torch.cuda.Event(enable_timing=True) for _ in range(runs)]

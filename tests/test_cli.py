@@ -149,6 +149,7 @@ def bad_inputs(tmp_path_factory):
     ["bench", "lenet5.onnx", "--threads", "0"],
     ["bench", "lenet5.onnx", "--json", "plain.txt"],
     ["bench", "lenet5.onnx", "--plot", "plain.txt/chart.png"],
+    ["bench", "lenet5.onnx", "--json", "same.out", "--plot", "same.out"],
     ["bench", "lenet5.onnx", "--baseline", "missing.pt"],
     ["bench", "lenet5.onnx", "--baseline", "sd.pt", "--arch", "resnet20"],
     ["deploy", "missing.onnx", "--target", "jetson-orin", "-o", "bundle"],

@@ -9,11 +9,12 @@ import torch
 
 from compressor.api import export_onnx
 from compressor.errors import CompressorError
-from compressor.latency import (ALONE, COMPRESSED, DENSE, check_outputs, compare_backends, comparison_table,
+from compressor.latency import (ALONE, COMPRESSED, DENSE, Comparison, check_outputs, compare_backends, comparison_table,
                                 load_subject, parse_backends, write_comparison)
 from compressor.loading import save_checkpoint
 from compressor.models import create_model
 from runtime.backends import BACKENDS, Subject
+from runtime.tolerance import Agreement
 
 FAST = {"runs": 5, "warmup": 1, "threads": 1}
 
@@ -117,6 +118,32 @@ def test_json_and_chart_are_written(models, tmp_path):
     with pytest.raises(CompressorError, match="already exists"):
         check_outputs(document, None, force=False)
     check_outputs(document, chart, force=True)
+
+
+def test_one_file_for_json_and_chart_is_refused(tmp_path):
+    with pytest.raises(CompressorError, match="same file"):
+        check_outputs(tmp_path / "out", tmp_path / "." / "out", force=True)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"backends": ()}, "no backend"),
+    ({"batch_sizes": ()}, "batch sizes"),
+    ({"batch_sizes": (0,)}, "batch sizes"),
+    ({"runs": 0}, "runs >= 1"),
+    ({"warmup": -1}, "warmup >= 0"),
+])
+def test_impossible_settings_are_refused_before_loading(kwargs, message):
+    with pytest.raises(CompressorError, match=message):
+        compare_backends("never-read.onnx", **kwargs)
+
+
+def test_an_overflowing_output_is_recorded_as_null_in_json(tmp_path):
+    comparison = Comparison(results=[], unavailable={})
+    comparison.agreement[(ALONE, "trt")] = Agreement("fp16", float("inf"), 0.1)
+    write_comparison(comparison, tmp_path / "b.json")
+    saved = json.loads((tmp_path / "b.json").read_text())
+    assert saved["agreement"] == [{"model": ALONE, "backend": "trt", "precision": "fp16", "max_abs_diff": None,
+                                   "tolerance": 0.1, "ok": False}]
 
 
 def test_backend_lists_parse():

@@ -61,6 +61,7 @@ def test_precision_follows_the_device():
     assert backend_precision("ort-cpu", "fp16") == "fp32"
     assert backend_precision("torch-24", "fp32") == "fp16"
     assert backend_precision("trt", "tf32") == "tf32" and backend_precision("ort-cuda", "fp16") == "fp16"
+    assert backend_precision("ort-cuda", "fp32") == "fp32" and backend_precision("ort-trt", "fp32") == "tf32"
     expected = "fp16" if torch.cuda.is_available() else "fp32"
     assert backend_precision("torch", "fp16") == expected
     with pytest.raises(CompressorError, match="unknown precision"):
@@ -85,12 +86,14 @@ def test_subject_knows_its_two_four_layers_and_fp16_variant():
     assert is_float16(sparse.onnx_fp16) and not is_float16(sparse.onnx)
 
 
-def test_tensorrt_provider_enables_sparsity_and_fp16_on_request():
+def test_provider_stacks_follow_the_precision():
     assert provider_stack("cpu") == [CPU_PROVIDER]
-    assert provider_stack("cuda") == [CUDA_PROVIDER, CPU_PROVIDER]
-    (name, options), *rest = provider_stack("tensorrt", fp16=True, sparse=True)
+    assert provider_stack("cuda") == [(CUDA_PROVIDER, {"use_tf32": False}), CPU_PROVIDER]
+    assert provider_stack("cuda", precision="tf32")[0] == (CUDA_PROVIDER, {"use_tf32": True})
+    (name, options), *rest = provider_stack("tensorrt", precision="fp16", sparse=True)
     assert name == TENSORRT_PROVIDER and options == {"trt_fp16_enable": True, "trt_sparsity_enable": True}
-    assert rest == [CUDA_PROVIDER, CPU_PROVIDER]
+    assert rest == [(CUDA_PROVIDER, {"use_tf32": False}), CPU_PROVIDER]
+    assert provider_stack("tensorrt")[0][1] == {"trt_fp16_enable": False, "trt_sparsity_enable": False}
     with pytest.raises(ValueError):
         provider_stack("rocm")
 
