@@ -2,7 +2,8 @@
 
 A trained model goes in; a sparse or thinner ONNX model that provably computes what the compressed network
 computes comes out, with a report of what changed and measured latency. `compress`, `export_onnx`,
-`benchmark`, `train_model` and `load_model` are the entry points; the `compress` command wraps them.
+`benchmark`, `train_model` and `load_model` are the entry points, with `compare_backends` (latency on every
+runtime backend) and `build_bundle` (a deploy bundle for a device); the `compress` command wraps them.
 """
 
 import importlib
@@ -13,6 +14,8 @@ __version__ = "0.1.0"
 # counting module, so an eager import here would make `import passes.<anything>` circular.
 _EXPORTS = {
     "benchmark": "compressor.api",
+    "build_bundle": "runtime.deploy",
+    "compare_backends": "compressor.latency",
     "compile_model": "compressor.api",
     "compress": "compressor.api",
     "export_onnx": "compressor.api",
