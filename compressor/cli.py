@@ -188,7 +188,7 @@ def _bench_parser() -> argparse.ArgumentParser:
 
 
 def _deploy_parser() -> argparse.ArgumentParser:
-    from runtime.deploy import TARGETS
+    from runtime.deploy import BUNDLE_PRECISIONS, TARGETS
 
     parser = _Parser(prog="compress deploy",
                      description="Write a deploy bundle for a device: the ONNX and its FP16 variant, build_engine.sh "
@@ -199,7 +199,7 @@ def _deploy_parser() -> argparse.ArgumentParser:
     parser.add_argument("onnx", metavar="MODEL.onnx", help="the ONNX file to deploy")
     parser.add_argument("--target", required=True, choices=list(TARGETS), help="the device the bundle is for")
     parser.add_argument("-o", "--out", required=True, metavar="DIR", help="bundle folder to write")
-    parser.add_argument("--precision", default="fp16", choices=["fp16", "fp32"],
+    parser.add_argument("--precision", default="fp16", choices=list(BUNDLE_PRECISIONS),
                         help="engine precision (default fp16)")
     parser.add_argument("--batch", type=int, default=1, help="batch size the engine is built for (default 1)")
     parser.add_argument("--dla-core", type=int, metavar="N", help="run on DLA core N, with GPU fallback (Jetson only)")

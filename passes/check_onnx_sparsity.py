@@ -22,7 +22,11 @@ WEIGHT_INPUT = {"Conv": 1, "Gemm": 1, "MatMul": 1}
 
 @dataclass
 class OnnxLayerSparsity:
-    """Counted zeros of one ONNX weight initializer and its 2:4 status."""
+    """Counted zeros of one ONNX weight initializer and its 2:4 status, as read by one Conv/Gemm/MatMul node.
+
+    `node` is that node's name, or its first output's name when the node has none. A weight read by several
+    nodes gives one row per node.
+    """
 
     name: str
     op_type: str
@@ -31,6 +35,7 @@ class OnnxLayerSparsity:
     zeros: int
     two_four_eligible: bool
     two_four: bool
+    node: str = ""
 
     @property
     def sparsity(self) -> float:
@@ -57,6 +62,7 @@ def read_onnx_sparsity(model: onnx.ModelProto) -> list[OnnxLayerSparsity]:
                 zeros=int(weight.size - np.count_nonzero(weight)),
                 two_four_eligible=groups is not None,
                 two_four=groups is not None and is_two_four(groups),
+                node=node.name or (node.output[0] if node.output else ""),
             )
         )
     return rows

@@ -1,6 +1,6 @@
 """Deploy bundles: one folder with everything needed to build, check and time a compressed model on the device.
 
-`build_bundle` turns a verified ONNX model into a folder to copy onto a Jetson (or an x86 machine with an NVIDIA
+`build_bundle` turns a verified FP32 ONNX model into a folder to copy onto a Jetson (or an x86 machine with an NVIDIA
 GPU). The TensorRT engine itself is not in it: an engine only loads with the TensorRT version and the GPU it was
 built with, so the bundle carries the ONNX models and a `build_engine.sh` that runs trtexec on the device with
 the flags that TensorRT version needs. Beside them: `verify.py` (checks the files against the manifest, then the
@@ -8,7 +8,8 @@ engine's or onnxruntime's output against an expected output stored in `sample.np
 with CUDA graphs and no host copies), a README with the steps, and `manifest.json` with the hashes and facts.
 
 `TARGETS` records what each deployment target has: the JetPack and TensorRT it is expected to run, its GPU
-architecture, whether that GPU has the sparse tensor cores that make 2:4 layers faster, and its DLA cores. A
+architecture, whether that GPU has the sparse tensor cores that make 2:4 layers faster (in FP16 bundles: those
+cores do not compute in IEEE FP32, so an fp32 bundle runs its 2:4 layers dense), and its DLA cores. A
 bundle is deterministic (the same inputs give byte-identical files), and like every output folder of the tool
 it appears complete or not at all.
 """
@@ -32,26 +33,39 @@ import onnx
 import compressor
 from compressor.errors import CompressorError
 from compressor.files import StagedFolder
-from passes.check_onnx_sparsity import WEIGHT_INPUT, OnnxLayerSparsity, read_onnx_sparsity
-from passes.convert_float16 import convert_float16
+from passes.check_onnx_sparsity import OnnxLayerSparsity, read_onnx_sparsity
+from passes.convert_float16 import convert_float16, is_float16
 from runtime.onnx_model import model_input, output_dims, read_onnx
 from runtime.ort_backend import CPU_PROVIDER, OrtBackend
 from runtime.tolerance import RELATIVE_TOLERANCE, check_precision, compare_outputs
 
 BUNDLE_FORMAT = "compressor-deploy-bundle/1"
 TEMPLATES = Path(__file__).with_name("bundle")
-PRECISIONS = ("fp16", "fp32")
+BUNDLE_PRECISIONS = ("fp16", "fp32")
 MODEL = "model.onnx"
 MODEL_FP16 = "model_fp16.onnx"
 ENGINE = "model.engine"
 # Written on the device next to the engine; verify.py does not count them as strangers in the bundle.
-DEVICE_OUTPUTS = (ENGINE, "build.log", "engine_info.txt", "bench.log")
+LAYER_INFO = "layer_info.json"
+DEVICE_OUTPUTS = (ENGINE, LAYER_INFO, "build.log", "engine_info.txt", "bench.log")
 # trtexec's flags depend on the TensorRT generation found on the device (see flags_for); build_engine.sh picks
 # one of these sets from the version trtexec reports.
 TRT_FAMILIES = {"TRT8": "TensorRT 8.5-8.x", "TRT10": "TensorRT 9.x-10.x", "TRT11": "TensorRT 11 and newer"}
 BENCH_SETTINGS = {"warmUp": 500, "duration": 10, "iterations": 200, "avgRuns": 100}
 # The environment variables of bench.sh that override them.
 BENCH_ENVIRONMENT = {"warmUp": "WARMUP_MS", "duration": "DURATION_S", "iterations": "ITERATIONS", "avgRuns": "AVG_RUNS"}
+# build_engine.sh and bench.sh look for trtexec the same way. It prints nothing when there is none: build_engine.sh
+# still prints a --dry-run command then, and each script says in its own words what is missing.
+FIND_TRTEXEC = """\
+find_trtexec() {
+    if [[ -n "${TRTEXEC:-}" ]]; then
+        echo "$TRTEXEC"
+    elif command -v trtexec >/dev/null 2>&1; then
+        command -v trtexec
+    elif [[ -x /usr/src/tensorrt/bin/trtexec ]]; then
+        echo /usr/src/tensorrt/bin/trtexec
+    fi
+}"""
 
 
 @dataclass(frozen=True)
@@ -168,7 +182,10 @@ def flags_for(family: str, precision: str, dla: bool, sparse: bool, shapes: str 
         onnx_file = MODEL_FP16
         if family == "TRT10":
             precision_flags = ["--stronglyTyped"]
-    args = [f"--onnx={onnx_file}", f"--saveEngine={ENGINE}"]
+    # Detailed profiling verbosity keeps each layer's kernel in the engine and in layer_info.json, where a
+    # sparse kernel shows by name: the answer to which layers actually ran sparse.
+    args = [f"--onnx={onnx_file}", f"--saveEngine={ENGINE}", "--profilingVerbosity=detailed",
+            f"--exportLayerInfo={LAYER_INFO}"]
     if shapes:
         args.append(shapes)
     if sparse:
@@ -204,8 +221,8 @@ def _describe_io(model: onnx.ModelProto, batch: int) -> _Io:
 
 def _check_request(target: Target, precision: str, batch: int, dla_core: int | None, seed: int) -> None:
     check_precision(precision)
-    if precision not in PRECISIONS:
-        raise CompressorError(f"deploy bundles are {' or '.join(PRECISIONS)}, not {precision}")
+    if precision not in BUNDLE_PRECISIONS:
+        raise CompressorError(f"deploy bundles are {' or '.join(BUNDLE_PRECISIONS)}, not {precision}")
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise CompressorError(f"batch must be a positive integer, got {batch!r}")
     if isinstance(seed, bool) or not isinstance(seed, int):
@@ -222,18 +239,8 @@ def _check_request(target: Target, precision: str, batch: int, dla_core: int | N
         raise CompressorError("DLA runs FP16 or INT8 layers only; a DLA bundle must be fp16")
 
 
-def _weight_nodes(model: onnx.ModelProto) -> dict[str, list[str]]:
-    """Names of the Conv/Gemm/MatMul nodes that read each weight initializer."""
-    nodes: dict[str, list[str]] = {}
-    for node in model.graph.node:
-        index = WEIGHT_INPUT.get(node.op_type)
-        if index is not None and len(node.input) > index:
-            nodes.setdefault(node.input[index], []).append(node.name)
-    return nodes
-
-
-def _layer(row: OnnxLayerSparsity, nodes: dict[str, list[str]]) -> dict[str, Any]:
-    layer = {"weight": row.name, "nodes": nodes.get(row.name, []), "op_type": row.op_type,
+def _layer(row: OnnxLayerSparsity) -> dict[str, Any]:
+    layer = {"weight": row.name, "node": row.node, "op_type": row.op_type,
              "shape": list(row.shape), "sparsity": round(row.sparsity, 6)}
     if not row.two_four:
         layer["reason"] = ("not 2:4 (some group of 4 input channels holds more than 2 non-zeros)"
@@ -258,15 +265,18 @@ def _bash_array(name: str, args: list[str]) -> str:
     return f"{name}=(" + " ".join(shlex.quote(a) for a in args) + ")"
 
 
-def _sparsity_note(target: Target, two_four: list[dict], sparse: bool) -> str:
+def _sparsity_note(target: Target, precision: str, two_four: list[dict]) -> str:
     if not two_four:
         return "No layer of this model is 2:4 sparse: a dense build."
     layers = f"{len(two_four)} layer{'s are' if len(two_four) > 1 else ' is'} 2:4 sparse"
-    if sparse:
-        return (f"{layers}: building with --sparsity=enable. TensorRT picks a sparse kernel for a layer only where "
-                "it beats the dense one (large channel counts), so expect fewer sparse layers than eligible ones.")
-    return (f"{layers}, but the {target.gpu_architecture} GPU of {target.name} has no sparse tensor cores: those "
-            "layers run as dense layers and the build has no --sparsity flag.")
+    if not target.sparse_tensor_cores:
+        return (f"{layers}, but the {target.gpu_architecture} GPU of {target.name} has no sparse tensor cores: those "
+                "layers run as dense layers and the build has no --sparsity flag.")
+    if precision == "fp32":
+        return (f"{layers}, but sparse tensor cores do not compute in IEEE FP32: in this fp32 bundle those layers "
+                "run dense in FP32 and the build has no --sparsity flag; an fp16 bundle uses them.")
+    return (f"{layers}: building with --sparsity=enable. TensorRT picks a sparse kernel for a layer only where "
+            "it beats the dense one (large channel counts), so expect fewer sparse layers than eligible ones.")
 
 
 def _build_script(target: Target, precision: str, dla_core: int | None, flag_sets: dict[str, list[str]],
@@ -283,7 +293,7 @@ def _build_script(target: Target, precision: str, dla_core: int | None, flag_set
         f"SPARSITY_NOTE={shlex.quote(note)}",
         *(_bash_array(name, args) for name, args in flag_sets.items()),
     ]
-    return (TEMPLATES / "build_engine.sh.in").read_text(encoding="utf-8").replace("@CONFIG@", "\n".join(config))
+    return _render("build_engine.sh.in", "\n".join(config))
 
 
 def _bench_script(shapes: str | None) -> str:
@@ -293,21 +303,32 @@ def _bench_script(shapes: str | None) -> str:
         _bash_array("SHAPES", [shapes] if shapes else []),
         *(f"DEFAULT_{name}={BENCH_SETTINGS[key]}" for key, name in BENCH_ENVIRONMENT.items()),
     ])
-    return (TEMPLATES / "bench.sh.in").read_text(encoding="utf-8").replace("@CONFIG@", config)
+    return _render("bench.sh.in", config)
+
+
+def _render(template: str, config: str) -> str:
+    text = (TEMPLATES / template).read_text(encoding="utf-8")
+    return text.replace("@CONFIG@", config).replace("@FIND_TRTEXEC@", FIND_TRTEXEC)
 
 
 def build_bundle(onnx_path: str | os.PathLike, target: str, out: str | os.PathLike, precision: str = "fp16",
                  batch: int = 1, dla_core: int | None = None, force: bool = False, seed: int = 0) -> Bundle:
-    """Write the deploy bundle of the ONNX model at `onnx_path` for `target` into the folder `out`.
+    """Write the deploy bundle of the FP32 ONNX model at `onnx_path` for `target` into the folder `out`.
 
-    `precision` is what the engine computes in ("fp16" or "fp32"); `batch` the batch size the engine is built
-    for (the ONNX model's own when it fixes one); `dla_core` the DLA core to build for by default (fp16 on a
-    Jetson only; the device can override it); `seed` makes the sample input. Bad input raises a one-line
-    `CompressorError` before anything is written, and a failure later leaves no folder behind.
+    The model is the bundle's FP32 reference, so a model with FP16 weights is refused: an fp16 bundle makes its
+    own FP16 variant. `precision` is what the engine computes in ("fp16" or "fp32"; 2:4 layers run sparse only
+    in fp16); `batch` the batch size the engine is built for (the ONNX model's own when it fixes one);
+    `dla_core` the DLA core to build for by default (fp16 on a Jetson only; the device can override it); `seed`
+    makes the sample input. Bad input raises a one-line `CompressorError` before anything is written, and a
+    failure later leaves no folder behind.
     """
     spec = check_target(target)
     _check_request(spec, precision, batch, dla_core, seed)
     model_bytes, model = _load_onnx(onnx_path)
+    if is_float16(model):
+        # The bundle's expected output and its fp32 engine come from this model: it must be the FP32 one.
+        raise CompressorError(f"ONNX model {onnx_path} holds FP16 weights: give the FP32 model; the bundle makes its "
+                              "own FP16 variant")
     io_ = _describe_io(model, batch)
     staged = StagedFolder(out, force=force)
     try:
@@ -341,11 +362,11 @@ def _write_bundle(folder: Path, target: Target, precision: str, batch: int, dla_
     files["sample.npz"] = _npz_bytes({"input": x, "expected": expected})
 
     rows = read_onnx_sparsity(model)
-    nodes = _weight_nodes(model)
-    two_four = [_layer(row, nodes) for row in rows if row.two_four]
-    dense = [_layer(row, nodes) for row in rows if not row.two_four]
-    sparse = bool(two_four) and target.sparse_tensor_cores
-    note = _sparsity_note(target, two_four, sparse)
+    two_four = [_layer(row) for row in rows if row.two_four]
+    dense = [_layer(row) for row in rows if not row.two_four]
+    # Sparse tensor cores run FP16 (and INT8, TF32), never IEEE FP32, and an fp32 bundle builds with --noTF32.
+    sparse = bool(two_four) and target.sparse_tensor_cores and precision == "fp16"
+    note = _sparsity_note(target, precision, two_four)
     shapes = f"--shapes={io_.input_name}:{'x'.join(map(str, io_.input_shape))}" if io_.dynamic_batch else None
 
     flag_sets: dict[str, list[str]] = {}
@@ -456,7 +477,9 @@ def _readme(facts: dict[str, Any]) -> str:
         "",
         *(f"- `{name}`: {what}" for name, what in files),
         "",
-        "The device writes `model.engine`, `build.log`, `engine_info.txt` and `bench.log` next to them.",
+        "The device writes " + ", ".join(f"`{name}`" for name in DEVICE_OUTPUTS[:-1])
+        + f" and `{DEVICE_OUTPUTS[-1]}` next to them (`{LAYER_INFO}`: each engine layer's kernel; sparse kernels "
+        "have `sparse` in their names).",
         "",
         "## On the device",
         "",

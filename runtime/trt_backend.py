@@ -1,13 +1,15 @@
 """TensorRT backend: build a verified ONNX into an engine, run and time it, and show where 2:4 sparsity ran.
 
 `build_engine` turns an exported classifier into a serialized TensorRT engine for one precision (fp32, tf32 or
-fp16) and a range of batch sizes, enabling TensorRT's sparse kernels when the ONNX carries 2:4 weights. It
-keeps what the builder said about sparsity: which layers were eligible for sparse math and which ones it
-actually ran sparse (TensorRT picks a sparse kernel only where it beats the dense one). `TensorRTBackend`
-runs an engine behind the same interface as the onnxruntime backend (`run`, `name`, `input_shape`), times it
-with CUDA events (`measure`), saves and loads engine files, and lists the engine's layers with the kernel
-each one uses. `compare_with_onnxruntime` checks an engine against the FP32 ONNX on onnxruntime's CPU
-provider, within the tolerance of the engine's precision.
+fp16) and a range of batch sizes, enabling TensorRT's sparse kernels when the ONNX carries 2:4 weights and the
+precision has sparse kernels (fp16 and tf32; sparse tensor cores do not compute in IEEE FP32). It keeps what
+the builder said about sparsity: which layers were eligible for sparse math and which ones it actually ran
+sparse (TensorRT picks a sparse kernel only where it beats the dense one). `TensorRTBackend` runs an engine
+behind the same interface as the onnxruntime backend (`run`, `name`, `input_shape`), times it with CUDA events
+(`measure`), saves and loads engine files, and lists the engine's layers with the kernel each one uses;
+`sparsity_report` joins the ONNX's 2:4 layers with the builder's and the engine's record of them.
+`compare_with_onnxruntime` checks an engine against the FP32 ONNX on onnxruntime's CPU provider, within the
+tolerance of the engine's precision.
 
 TensorRT is an optional dependency that needs an NVIDIA GPU: it is imported only when an engine is built or
 loaded, and `tensorrt_unavailable()` says in one line why it cannot be used here. TensorRT 10 and 11 are
@@ -35,7 +37,7 @@ import torch
 from compressor.errors import CompressorError
 from compressor.files import atomic_write_bytes
 from compressor.tables import text_table
-from passes.check_onnx_sparsity import WEIGHT_INPUT, read_onnx_sparsity
+from passes.check_onnx_sparsity import read_onnx_sparsity
 from passes.convert_float16 import convert_float16, is_float16
 from runtime.onnx_model import model_input, read_onnx
 from runtime.ort_backend import CPU_PROVIDER, OrtBackend
@@ -57,6 +59,8 @@ _SPARSE_TACTIC = re.compile(r"sparse|sptensor", re.IGNORECASE)
 # With detailed profiling verbosity a layer's "Metadata" lists the ONNX nodes fused into it, separated by \x1e.
 _ONNX_LAYER = re.compile(r"\[ONNX Layer: ([^\]]*)\]")
 _HALF_FORMAT = re.compile(r"fp16|half", re.IGNORECASE)
+# The precisions with sparse tensor-core kernels: those cores multiply FP16, BF16, TF32 and INT8, never IEEE FP32.
+SPARSE_PRECISIONS = ("fp16", "tf32")
 
 
 def _one_line(text: object) -> str:
@@ -208,12 +212,21 @@ def two_four_weights(model: onnx.ModelProto) -> list[str]:
     return [row.name for row in read_onnx_sparsity(model) if row.two_four]
 
 
+def use_sparse_weights(two_four_layers: Sequence[str], precision: str, sparse: bool | None = None) -> bool:
+    """Whether a build enables TensorRT's sparse weights: `sparse` when given, else exactly when the ONNX has 2:4
+    layers and `precision` has sparse kernels (fp16, tf32)."""
+    if sparse is not None:
+        return bool(sparse)
+    return bool(two_four_layers) and precision in SPARSE_PRECISIONS
+
+
 @dataclass(frozen=True)
 class BuiltEngine:
     """A serialized engine and what the build knew and said about it.
 
-    `two_four_layers` are the ONNX weights that are 2:4; `eligible_layers` and `sparse_layers` are TensorRT
-    layer names (fused layers read "a + b") that the builder reported eligible for sparse math and ran sparse.
+    `sparse_weights` says whether the build enabled sparse kernels; `two_four_layers` are the ONNX weights that
+    are 2:4; `eligible_layers` and `sparse_layers` are TensorRT layer names (fused layers read "a + b") that the
+    builder reported eligible for sparse math and ran sparse.
     """
 
     serialized: bytes = field(repr=False)
@@ -235,8 +248,10 @@ def build_engine(
 ) -> BuiltEngine:
     """Build a TensorRT engine for `precision` that runs every batch size from min to max of `batch_sizes`.
 
-    `sparse=None` enables TensorRT's sparse kernels exactly when the ONNX has 2:4 weights; True or False
-    forces it. `workspace_mb` caps the scratch memory a kernel may use while the builder times it.
+    `sparse=None` enables TensorRT's sparse kernels when the ONNX has 2:4 weights and `precision` is fp16 or
+    tf32 (sparse tensor cores do not compute in IEEE FP32, so an fp32 engine runs its 2:4 layers dense); True or
+    False forces it either way. `workspace_mb` caps the scratch memory a kernel may use while the builder times
+    it.
     """
     check_precision(precision)
     sizes = _check_batch_sizes(batch_sizes)
@@ -247,7 +262,7 @@ def build_engine(
     if precision != "fp16" and is_float16(model):
         raise CompressorError(f"the ONNX model is already FP16; it cannot be built as {precision}, only as fp16")
     two_four = two_four_weights(model)
-    sparse_weights = bool(two_four) if sparse is None else bool(sparse)
+    sparse_weights = use_sparse_weights(two_four, precision, sparse)
     if precision == "fp16":
         # TensorRT 11 builds strongly typed networks only: a layer runs in FP16 because its tensors are FP16
         # in the ONNX. Converting the ONNX gives TensorRT 10 the same network, so both build one engine.
@@ -355,6 +370,19 @@ def uses_half(info: dict | str) -> bool:
     )
 
 
+def engine_precision(layer_information: Sequence[dict | str]) -> str:
+    """The precision read from the engine inspector's layer records: "fp16" when a layer reads or writes FP16
+    tensors, else "tf32" (the inspector cannot tell TF32 from FP32, and TF32's tolerance is the looser one).
+
+    Only records with tensor formats, from an engine built with detailed profiling verbosity, tell: an engine
+    whose inspector gives layer names only (trtexec's default verbosity) raises, asking for the precision.
+    """
+    if not any(isinstance(info, dict) and ("Inputs" in info or "Outputs" in info) for info in layer_information):
+        raise CompressorError("the engine records layer names only (built without detailed profiling verbosity), "
+                              "so its precision cannot be read from it: pass precision= (fp32, tf32 or fp16)")
+    return "fp16" if any(uses_half(info) for info in layer_information) else "tf32"
+
+
 def _torch_dtypes(trt: Any) -> dict[Any, torch.dtype]:
     pairs = {
         "FLOAT": torch.float32,
@@ -371,9 +399,11 @@ def _torch_dtypes(trt: Any) -> dict[Any, torch.dtype]:
 class TensorRTBackend:
     """One TensorRT engine and its execution context: `run(x)` feeds the single input, returns the first output.
 
-    Built from a `BuiltEngine`, or from serialized engine bytes (`load`). An engine file does not record its
-    precision: pass it, or the backend reads it from the engine, where it can only tell FP16 from the FP32
-    kinds and takes an FP32 engine at TF32's looser tolerance.
+    Built from a `BuiltEngine` (`from_onnx` builds one and keeps the FP32 ONNX for `describe`), or from
+    serialized engine bytes (`load`). An engine file does not record its precision: pass it, or the backend
+    reads it from the engine inspector (`engine_precision`), which needs an engine built with detailed profiling
+    verbosity (as `build_engine` builds; trtexec needs --profilingVerbosity=detailed), can only tell FP16 from
+    the FP32 kinds, and takes an FP32 engine at TF32's looser tolerance.
     """
 
     name = "tensorrt"
@@ -390,6 +420,7 @@ class TensorRTBackend:
         if precision is not None:
             check_precision(precision)
         self._serialized = serialized
+        self._onnx: onnx.ModelProto | None = None
         trt_logger = _trt_logger()
         # The runtime must outlive the engine it deserializes.
         self._runtime = trt.Runtime(trt_logger)
@@ -432,11 +463,15 @@ class TensorRTBackend:
             self._batch_range, self._opt_shape = (low[0], high[0]), opt
         else:
             self._batch_range, self._opt_shape = (declared[0], declared[0]), declared
-        self._precision = precision or ("fp16" if any(uses_half(i) for i in self._layer_information()) else "tf32")
+        self._precision = precision or engine_precision(self._layer_information())
 
     @classmethod
     def load(cls, path: str | os.PathLike, precision: str | None = None) -> TensorRTBackend:
-        """Deserialize an engine file written by `save` (or by trtexec) on this GPU and TensorRT version."""
+        """Deserialize an engine file written by `save` (or by trtexec) on this GPU and TensorRT version.
+
+        Give `precision` (fp32, tf32 or fp16) for an engine built without detailed profiling verbosity, such as
+        trtexec's by default: its precision cannot be read from it. Without it, an FP32 engine loads as tf32.
+        """
         path = Path(path)
         if not path.is_file():
             raise CompressorError(f"TensorRT engine not found: {path}")
@@ -454,8 +489,11 @@ class TensorRTBackend:
         sparse: bool | None = None,
         workspace_mb: int = 1024,
     ) -> TensorRTBackend:
-        """`build_engine` and load the result."""
-        return cls(build_engine(onnx_model, precision, batch_sizes, sparse, workspace_mb))
+        """`build_engine` and load the result, keeping the FP32 ONNX for `describe`'s per-layer sparsity."""
+        model = read_onnx(onnx_model)
+        backend = cls(build_engine(model, precision, batch_sizes, sparse, workspace_mb))
+        backend._onnx = model
+        return backend
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the serialized engine (a plain TensorRT plan, as trtexec --saveEngine writes) atomically."""
@@ -555,13 +593,18 @@ class TensorRTBackend:
         return [engine_layer(info, picked) for info in self._layer_information()]
 
     def describe(self) -> dict:
-        """Facts for the benchmark's JSON: what the builder said about 2:4 sparsity, and every layer's kernel."""
+        """Facts for the benchmark's JSON: the batch sizes, what the builder said about 2:4 sparsity, every layer's
+        kernel, and for a backend built `from_onnx` one row per ONNX weight layer (`sparsity_report`): which had
+        2:4 weights, which TensorRT found eligible, which ran sparse."""
         facts: dict[str, Any] = {"precision": self.precision, "batch_range": list(self.batch_range)}
+        layers = self.inspect()
         if self.built is not None:
-            facts.update(tensorrt_version=self.built.tensorrt_version, sparse_weights=self.built.sparse_weights,
-                         two_four_layers=self.built.two_four_layers, eligible_layers=self.built.eligible_layers,
-                         sparse_layers=self.built.sparse_layers)
-        facts["layers"] = [asdict(layer) for layer in self.inspect()]
+            facts.update(tensorrt_version=self.built.tensorrt_version, batch_sizes=list(self.built.batch_sizes),
+                         sparse_weights=self.built.sparse_weights, two_four_layers=self.built.two_four_layers,
+                         eligible_layers=self.built.eligible_layers, sparse_layers=self.built.sparse_layers)
+            if self._onnx is not None:
+                facts["sparsity"] = [asdict(row) for row in sparsity_report(self.built, self._onnx, layers)]
+        facts["layers"] = [asdict(layer) for layer in layers]
         return facts
 
     def __repr__(self) -> str:
@@ -587,18 +630,13 @@ def sparsity_report(
     onnx_model: str | os.PathLike | bytes | onnx.ModelProto,
     layers: Sequence[EngineLayer] = (),
 ) -> list[LayerSparsity]:
-    """One row per weight layer of the ONNX the engine was built from, in graph order.
+    """One row per Conv/Gemm/MatMul node of the ONNX the engine was built from that reads a weight initializer,
+    in graph order (a weight read by several nodes gives a row per node).
 
     ONNX nodes are matched to TensorRT layers by name (fused layers read "a + b"); `layers` from
     `TensorRTBackend.inspect` add the engine's own record of which nodes each layer holds and which kernel runs.
     """
     model = read_onnx(onnx_model)
-    initializers = {init.name for init in model.graph.initializer}
-    node_of_weight = {}
-    for node in model.graph.node:
-        index = WEIGHT_INPUT.get(node.op_type)
-        if index is not None and len(node.input) > index and node.input[index] in initializers:
-            node_of_weight.setdefault(node.input[index], node.name or node.output[0])
     eligible = set().union(*map(_layer_parts, built.eligible_layers))
     picked = set().union(*map(_layer_parts, built.sparse_layers))
     for layer in layers:
@@ -606,9 +644,8 @@ def sparsity_report(
             picked |= _layer_parts(layer.name) | set(layer.onnx_nodes)
     rows = []
     for row in read_onnx_sparsity(model):
-        node = node_of_weight.get(row.name, row.name)
         layout = "2:4" if row.two_four else ("dense" if row.two_four_eligible else "n/a")
-        rows.append(LayerSparsity(node, row.name, layout, node in eligible, node in picked))
+        rows.append(LayerSparsity(row.node, row.name, layout, row.node in eligible, row.node in picked))
     return rows
 
 

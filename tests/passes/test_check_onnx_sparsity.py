@@ -119,6 +119,7 @@ def test_gemm_trans_b_1_groups_along_the_last_axis():
     model = _single_node_model(helper.make_node("Gemm", ["x", "w"], ["y"], transB=1), ROWS_TWO_FOUR, 4, ["N", 8])
     (row,) = read_onnx_sparsity(model)
     assert (row.name, row.op_type, row.shape) == ("w", "Gemm", (8, 4))
+    assert row.node == "y"  # an unnamed node goes by its first output
     assert (row.weights, row.zeros) == (32, 16)
     assert row.two_four_eligible and row.two_four
     assert CheckOnnxSparsityPass(["w"])(model).modified is False
@@ -174,3 +175,27 @@ def test_grouped_conv_is_not_two_four_eligible_in_onnx_either():
     assert row.two_four_eligible is False
 
 
+
+
+def test_rows_name_the_node_that_reads_the_weight(lenet5_export):
+    readers = {node.input[1]: node.name for node in lenet5_export.proto.graph.node if node.op_type in ("Conv", "Gemm")}
+    rows = read_onnx_sparsity(lenet5_export.proto)
+    assert [(row.name, row.node) for row in rows] == list(readers.items())
+    assert all(row.node for row in rows)
+
+
+def test_a_weight_read_by_two_nodes_gives_a_row_per_node():
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["a"], name="first"), helper.make_node("MatMul", ["a", "w"], ["y"])],
+        "shared",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        [numpy_helper.from_array(np.eye(4, dtype=np.float32), "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+    assert [(row.name, row.node) for row in read_onnx_sparsity(model)] == [("w", "first"), ("w", "y")]
+
+
+def test_rows_built_without_a_node_keep_working():
+    row = OnnxLayerSparsity("w", "Gemm", (8, 4), 32, 16, True, True)
+    assert row.node == "" and row.sparsity == 0.5

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -23,11 +24,13 @@ import compressor
 from compressor.api import export_onnx
 from compressor.errors import CompressorError
 from passes.analysis import two_four_mask
-from passes.convert_float16 import is_float16
-from runtime.deploy import BENCH_SETTINGS, TARGETS, build_bundle
+from passes.convert_float16 import convert_float16, is_float16
+from runtime.deploy import BENCH_SETTINGS, FIND_TRTEXEC, TARGETS, build_bundle
 from runtime.ort_backend import OrtBackend
 
 BASH = shutil.which("bash")
+# Every build keeps per-layer kernels: the engine inspector and layer_info.json show which ones are sparse.
+DETAILED = ["--profilingVerbosity=detailed", "--exportLayerInfo=layer_info.json"]
 needs_bash = pytest.mark.skipif(BASH is None, reason="bash is not installed")
 
 
@@ -157,7 +160,7 @@ def test_manifest_names_the_two_four_and_the_dense_layers(orin_bundle):
     assert [layer["weight"] for layer in sparsity["two_four"]] == list(readers)[1:]
     assert [layer["weight"] for layer in sparsity["dense"]] == list(readers)[:1]
     for layer in sparsity["two_four"] + sparsity["dense"]:
-        assert layer["nodes"] == [readers[layer["weight"]]]
+        assert layer["node"] == readers[layer["weight"]]
     assert "ineligible" in sparsity["dense"][0]["reason"]
 
 
@@ -296,7 +299,7 @@ def test_verify_rejects_unknown_options(orin_bundle):
 def test_build_dry_run_enables_sparsity_for_two_four_on_orin(orin_bundle, tmp_path):
     command = _dry_run(orin_bundle.path)
 
-    assert command == ["trtexec", "--onnx=model_fp16.onnx", "--saveEngine=model.engine",
+    assert command == ["trtexec", "--onnx=model_fp16.onnx", "--saveEngine=model.engine", *DETAILED,
                        "--shapes=input:1x3x8x8", "--sparsity=enable", "--stronglyTyped"]
     assert command[1:] == orin_bundle.manifest["trtexec"]["build_expected"]
 
@@ -316,7 +319,8 @@ def test_xavier_runs_two_four_layers_dense(onnx_files, tmp_path):
 
     command = _dry_run(bundle.path, "8.5")
     assert "--sparsity=enable" not in command
-    assert command[1:] == ["--onnx=model.onnx", "--saveEngine=model.engine", "--shapes=input:1x3x8x8", "--fp16"]
+    assert command[1:] == ["--onnx=model.onnx", "--saveEngine=model.engine", *DETAILED, "--shapes=input:1x3x8x8",
+                           "--fp16"]
     assert bundle.manifest["sparsity"]["sparse_build"] is False
     assert len(bundle.manifest["sparsity"]["two_four"]) == 2
     script = (bundle.path / "build_engine.sh").read_text()
@@ -351,6 +355,16 @@ def test_fp32_bundle(onnx_files, tmp_path):
         command = _dry_run(bundle.path, trt_version)
         assert command[1] == "--onnx=model.onnx"
         assert "--noTF32" in command and "--fp16" not in command and "--stronglyTyped" not in command
+        # Sparse tensor cores do not compute in IEEE FP32: the 2:4 layers of an fp32 engine run dense.
+        assert "--sparsity=enable" not in command
+    sparsity = bundle.manifest["sparsity"]
+    assert sparsity["sparse_build"] is False and len(sparsity["two_four"]) == 2
+    assert all("--sparsity=enable" not in args for flags in bundle.manifest["trtexec"]["build"].values()
+               for args in flags.values())
+    script = (bundle.path / "build_engine.sh").read_text()
+    for text in (sparsity["note"], (bundle.path / "README.md").read_text(), script.replace("# ", "")):
+        flat = " ".join(text.split())
+        assert "run dense in FP32" in flat and "an fp16 bundle uses them" in flat
     result = _verify(bundle.path, "--backend", "onnxruntime")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "PASS onnxruntime-cpu on model.onnx, fp32: max |diff| 0 <= " in result.stdout
@@ -362,8 +376,8 @@ def test_dla_flags(onnx_files, orin_bundle, tmp_path):
 
     # TensorRT 10 builds DLA engines from the FP32 model with --fp16, the documented DLA recipe.
     assert _dry_run(bundle.path, "10.3")[1:] == [
-        "--onnx=model.onnx", "--saveEngine=model.engine", "--shapes=input:1x3x8x8", "--sparsity=enable", "--fp16",
-        "--useDLACore=1", "--allowGPUFallback"]
+        "--onnx=model.onnx", "--saveEngine=model.engine", *DETAILED, "--shapes=input:1x3x8x8", "--sparsity=enable",
+        "--fp16", "--useDLACore=1", "--allowGPUFallback"]
     assert bundle.manifest["trtexec"]["build_expected"][-2:] == ["--useDLACore=1", "--allowGPUFallback"]
     assert _dry_run(bundle.path, "11.0")[-3:] == ["--sparsity=enable", "--useDLACore=1", "--allowGPUFallback"]
     # The device overrides the bundle's default: an empty DLA_CORE builds for the GPU, a number picks a core.
@@ -373,6 +387,22 @@ def test_dla_flags(onnx_files, orin_bundle, tmp_path):
     missing = _script(bundle.path, "build_engine.sh", "--dry-run", "--trt-version", "10.3", env={"DLA_CORE": "2"})
     assert missing.returncode == 2
     assert missing.stderr.strip() == "build_engine.sh: jetson-orin has DLA cores 0..1, not 2"
+
+
+@needs_bash
+def test_numbers_with_leading_zeros_are_read_in_base_10(orin_bundle):
+    assert _dry_run(orin_bundle.path, env={"DLA_CORE": "01"})[-2:] == ["--useDLACore=1", "--allowGPUFallback"]
+    too_high = _script(orin_bundle.path, "build_engine.sh", "--dry-run", "--trt-version", "10.3",
+                       env={"DLA_CORE": "08"})
+    assert too_high.returncode == 2
+    assert too_high.stderr.strip() == "build_engine.sh: jetson-orin has DLA cores 0..1, not 8"
+
+    assert "--stronglyTyped" in _dry_run(orin_bundle.path, "10.08")
+    assert "--fp16" in _dry_run(orin_bundle.path, "08.09")
+    old = _script(orin_bundle.path, "build_engine.sh", "--dry-run", "--trt-version", "08.04")
+    assert old.returncode == 2
+    assert old.stderr.strip() == ("build_engine.sh: TensorRT 8.4 is older than 8.5 (JetPack 5.1), the oldest this "
+                                  "bundle supports")
 
 
 @needs_bash
@@ -404,6 +434,25 @@ def test_bench_dry_run_flags(orin_bundle, bundle_copy):
     # An engine built for a DLA core runs on that core.
     (bundle_copy / "engine_info.txt").write_text("tensorrt=10.3\ndla_core=1\n")
     assert _script(bundle_copy, "bench.sh", "--dry-run").stdout.split()[-1] == "--useDLACore=1"
+
+
+def test_both_scripts_find_trtexec_the_same_way(orin_bundle):
+    for name in ("build_engine.sh", "bench.sh"):
+        script = (orin_bundle.path / name).read_text()
+        assert script.count("find_trtexec() {") == 1 and FIND_TRTEXEC in script, name
+        assert re.search(r"@[A-Z_]+@", script) is None, name  # every placeholder filled in
+
+
+@needs_bash
+def test_bench_without_trtexec_says_so(bundle_copy, tmp_path):
+    (bundle_copy / "model.engine").write_bytes(b"plan")
+
+    result = _script(bundle_copy, "bench.sh", env={"PATH": os.path.dirname(BASH)}, cwd=tmp_path)
+
+    if shutil.which("trtexec", path=os.path.dirname(BASH)) is None and not os.path.exists(
+            "/usr/src/tensorrt/bin/trtexec"):
+        assert result.returncode == 2
+        assert result.stderr.strip() == "bench.sh: trtexec not found: set TRTEXEC=/path/to/trtexec"
 
 
 @needs_bash
@@ -460,14 +509,25 @@ def _fp16_overflow_model():
                   [numpy_helper.from_array(weight, "w")])
 
 
+def _fp16_model():
+    weight = np.eye(4, dtype=np.float32)
+    model = _model([helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                   [helper.make_node("MatMul", ["x", "w"], ["y"])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+                   [numpy_helper.from_array(weight, "w")])
+    return convert_float16(model)
+
+
 BAD_MODELS = {
     "missing": (None, "ONNX model not found"),
     "garbage": (b"not an onnx model", "cannot read ONNX model"),
     "two inputs": (_two_input_model, r"exactly one input, got 2 \(a, b\)"),
     "int input": (lambda: _relu_model(["N", 4], TensorProto.INT64), r"'x' has type INT64; only float inputs"),
-    "dynamic sizes": (lambda: _relu_model(["N", 3, "H", "W"]), r"shape \(N, 3, H, W\): only the batch dimension may be dynamic"),
+    "dynamic sizes": (lambda: _relu_model(["N", 3, "H", "W"]),
+                      r"shape \(N, 3, H, W\): only the batch dimension may be dynamic"),
     "fixed batch": (lambda: _relu_model([2, 3, 4, 4]), "fixes the batch at 2; build with batch=2"),
     "fp16 overflow": (_fp16_overflow_model, "FP16 model disagrees with the FP32 model"),
+    "fp16 weights": (_fp16_model, "holds FP16 weights: give the FP32 model; the bundle makes its own FP16 variant"),
 }
 
 

@@ -17,7 +17,7 @@ import onnx
 import pytest
 import torch
 import torch.nn as nn
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from compressor.api import export_onnx
 from compressor.errors import CompressorError
@@ -32,6 +32,7 @@ from runtime.trt_backend import (
     build_engine,
     compare_with_onnxruntime,
     engine_layer,
+    engine_precision,
     is_sparse_tactic,
     optimization_profile,
     parse_sparsity_messages,
@@ -39,6 +40,7 @@ from runtime.trt_backend import (
     sparsity_table,
     tensorrt_unavailable,
     two_four_weights,
+    use_sparse_weights,
     uses_half,
 )
 
@@ -235,6 +237,38 @@ def test_half_tensors_in_inspector_json(tensor, half):
     assert not uses_half("layer")
 
 
+def test_precision_read_from_detailed_layer_records():
+    half = {"Name": "conv", "Outputs": [{"Name": "t", "Format/Datatype": "Row major linear FP16 format"}]}
+    single = {"Name": "conv", "Outputs": [{"Name": "t", "Format/Datatype": "Row major linear FP32 format"}]}
+
+    assert engine_precision([single, half]) == "fp16"
+    assert engine_precision([single]) == "tf32"  # FP32 and TF32 look alike: the looser tolerance
+
+
+@pytest.mark.parametrize("layers", [["/0/Conv", "/2/Gemm"], [{"Name": "/0/Conv"}], []])
+def test_precision_of_an_engine_with_layer_names_only_must_be_given(layers):
+    with pytest.raises(CompressorError, match=r"pass precision= \(fp32, tf32 or fp16\)") as caught:
+        engine_precision(layers)
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("two_four", "precision", "sparse", "enabled"),
+    [
+        (["2.weight"], "fp16", None, True),
+        (["2.weight"], "tf32", None, True),
+        (["2.weight"], "fp32", None, False),  # sparse tensor cores do not compute in IEEE FP32
+        ([], "fp16", None, False),
+        (["2.weight"], "fp32", True, True),
+        ([], "fp32", True, True),
+        (["2.weight"], "fp16", False, False),
+    ],
+)
+def test_sparse_weights_need_two_four_layers_and_a_precision_with_sparse_kernels(two_four, precision, sparse,
+                                                                                  enabled):
+    assert use_sparse_weights(two_four, precision, sparse) is enabled
+
+
 def test_profile_spans_the_batch_sizes(tiny_onnx):
     profile = optimization_profile(tiny_onnx, (4, 1))
 
@@ -346,6 +380,45 @@ def test_sparsity_report_joins_onnx_builder_and_inspector(sparse_onnx):
     assert table.splitlines()[0] == "TensorRT 10.0.0, fp16, sparse weights on"
     assert "ran sparse" in table.splitlines()[1]
     assert len(table.splitlines()) == 6
+
+
+def test_sparsity_report_of_unnamed_nodes_and_a_shared_weight():
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["a"], name="first"), helper.make_node("MatMul", ["a", "w"], ["y"])],
+        "shared",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        [numpy_helper.from_array(np.eye(4, dtype=np.float32), "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+    built = BuiltEngine(b"", "fp16", False, [], ["first"], [], "10.0.0", (1,))
+
+    rows = sparsity_report(built, model)
+
+    assert [(r.node, r.weight, r.eligible) for r in rows] == [("first", "w", True), ("y", "w", False)]
+
+
+def test_describe_joins_the_onnx_layers_with_the_engine(sparse_onnx):
+    built = BuiltEngine(b"", "fp16", True, ["2.weight", "6.weight"], ["/2/Conv + /3/Relu", "/6/Gemm"], [],
+                        "10.0.0", (1, 8))
+    record = {"Name": "/2/Conv + /3/Relu", "LayerType": "CaskConvolution",
+              "TacticName": "sm80_xmma_fprop_sparse_conv_f16", "Metadata": "[ONNX Layer: /2/Conv]"}
+    # A backend as from_onnx leaves it, without the engine: describe needs only these.
+    backend = object.__new__(TensorRTBackend)
+    backend.built, backend._onnx, backend._precision, backend._batch_range = built, sparse_onnx, "fp16", (1, 8)
+    backend._layer_information = lambda: [record]
+
+    facts = backend.describe()
+
+    assert facts["batch_sizes"] == [1, 8] and facts["batch_range"] == [1, 8]
+    assert facts["sparsity"] == [
+        {"node": "/0/Conv", "weight": "0.weight", "layout": "n/a", "eligible": False, "ran_sparse": False},
+        {"node": "/2/Conv", "weight": "2.weight", "layout": "2:4", "eligible": True, "ran_sparse": True},
+        {"node": "/6/Gemm", "weight": "6.weight", "layout": "2:4", "eligible": True, "ran_sparse": False},
+    ]
+    assert [layer["name"] for layer in facts["layers"]] == ["/2/Conv + /3/Relu"]
+    backend._onnx = None
+    assert "sparsity" not in backend.describe()
 
 
 # --- with TensorRT and a CUDA GPU ----------------------------------------------------------------------------
@@ -477,6 +550,25 @@ def test_dense_onnx_leaves_sparse_weights_off(dense_onnx):
 def test_sparse_weights_can_be_forced_either_way(sparse_onnx, dense_onnx):
     assert build_engine(dense_onnx, precision="fp16", sparse=True).sparse_weights
     assert not build_engine(sparse_onnx, precision="fp16", sparse=False).sparse_weights
+    assert build_engine(sparse_onnx, precision="fp32", sparse=True).sparse_weights
+
+
+@needs_tensorrt
+def test_fp32_engine_runs_two_four_layers_dense(sparse_onnx):
+    built = build_engine(sparse_onnx, precision="fp32")
+
+    assert not built.sparse_weights
+    assert built.two_four_layers == ["2.weight", "6.weight"]
+    assert built.sparse_layers == []
+
+
+@needs_tensorrt
+def test_describe_of_a_backend_built_from_onnx(sparse_onnx):
+    facts = TensorRTBackend.from_onnx(sparse_onnx, precision="fp16", batch_sizes=(1, 8)).describe()
+
+    assert facts["batch_sizes"] == [1, 8]
+    assert [(row["node"], row["weight"], row["layout"]) for row in facts["sparsity"]] == [
+        ("/0/Conv", "0.weight", "n/a"), ("/2/Conv", "2.weight", "2:4"), ("/6/Gemm", "6.weight", "2:4")]
 
 
 @needs_tensorrt
