@@ -10,6 +10,11 @@ class CompressorError(Exception):
     """A problem with the user's input, reported as one line without a traceback."""
 
 
+def one_line(text: object) -> str:
+    """A message folded onto one line, for libraries whose messages span several."""
+    return " ".join(str(text).split())
+
+
 def first_line(error: BaseException) -> str:
     """The first non-empty line of an exception's message (its type's name when it has none), for one-line
     errors built from a library's multi-line ones."""

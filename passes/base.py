@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Sequence
 import torch
 import torch.nn as nn
 
-from compressor.errors import CompressorError
+from compressor.errors import CompressorError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +45,7 @@ class PassError(CompressorError):
         self.cause = cause
         before = ", ".join(self.completed) if self.completed else "none"
         # One line: the cause's first line says what went wrong; the whole cause stays in `cause`.
-        first_line = next((line.strip() for line in str(cause).splitlines() if line.strip()), type(cause).__name__)
-        super().__init__(f"pass {pass_name} failed (after: {before}): {first_line}")
+        super().__init__(f"pass {pass_name} failed (after: {before}): {first_line(cause)}")
 
 
 class Pass(ABC):

@@ -20,7 +20,7 @@ import onnx
 import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
-from compressor.errors import CompressorError
+from compressor.errors import CompressorError, one_line
 from runtime.timing import Timing, time_host
 
 logger = logging.getLogger(__name__)
@@ -57,8 +57,7 @@ _ORT_MESSAGE_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ")
 
 def _one_line(error: BaseException) -> str:
     """onnxruntime's message without its status prefix, folded onto one line for the CLI."""
-    text = " ".join(str(error).split())
-    return _ORT_MESSAGE_PREFIX.sub("", text)
+    return _ORT_MESSAGE_PREFIX.sub("", one_line(error))
 
 
 def default_providers() -> list[str]:

@@ -34,7 +34,7 @@ import numpy as np
 import onnx
 import torch
 
-from compressor.errors import CompressorError
+from compressor.errors import CompressorError, one_line
 from compressor.files import atomic_write_bytes
 from compressor.tables import text_table
 from passes.check_onnx_sparsity import read_onnx_sparsity
@@ -63,10 +63,6 @@ _HALF_FORMAT = re.compile(r"fp16|half", re.IGNORECASE)
 SPARSE_PRECISIONS = ("fp16", "tf32")
 
 
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split())
-
-
 def _major(version: str) -> int:
     head = version.split(".", 1)[0]
     return int(head) if head.isdigit() else 0
@@ -79,7 +75,7 @@ def tensorrt_unavailable() -> str | None:
     except ImportError:
         return NOT_INSTALLED
     except OSError as error:
-        return f"TensorRT is installed but its libraries do not load: {_one_line(error)}"
+        return f"TensorRT is installed but its libraries do not load: {one_line(error)}"
     if not torch.cuda.is_available():
         build = "a CPU-only build" if torch.version.cuda is None else "built with CUDA but finds no GPU"
         return f"TensorRT needs a CUDA GPU, and torch {torch.__version__} is {build}"
@@ -144,7 +140,7 @@ def _trt_logger() -> Any:
 
 def _last_error(messages: Sequence[tuple[str, str]]) -> str:
     errors = [text for label, text in messages if label == "error"]
-    return _one_line(errors[-1]) if errors else "TensorRT gave no error message (its log is at DEBUG level)"
+    return one_line(errors[-1]) if errors else "TensorRT gave no error message (its log is at DEBUG level)"
 
 
 def parse_sparsity_messages(messages: Iterable[str]) -> tuple[list[str], list[str]]:
@@ -283,7 +279,7 @@ def build_engine(
         # live in parser-owned memory.
         onnx_bytes = model.SerializeToString()
         if not parser.parse(onnx_bytes):
-            errors = "; ".join(_one_line(parser.get_error(i).desc()) for i in range(parser.num_errors))
+            errors = "; ".join(one_line(parser.get_error(i).desc()) for i in range(parser.num_errors))
             raise CompressorError(f"TensorRT cannot parse the ONNX model: {errors or _last_error(messages)}")
 
         config = builder.create_builder_config()
