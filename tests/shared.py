@@ -10,8 +10,11 @@ from __future__ import annotations
 import contextlib
 from typing import Iterator
 
+import numpy as np
+import onnx
 import torch
 import torch.nn as nn
+from onnx import TensorProto, helper, numpy_helper
 
 
 def randomize_batchnorm_(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -64,3 +67,15 @@ class UserNet(nn.Module):
         x = torch.cat([self.left(x), self.right(x)], 1)
         x = torch.relu(self.branch(x) + self.projection(x))
         return self.head(x)
+
+
+def shared_weight_matmuls() -> onnx.ModelProto:
+    """An ONNX graph whose weight `w` is read by two MatMuls, one named "first" and one unnamed (output "y")."""
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["a"], name="first"), helper.make_node("MatMul", ["a", "w"], ["y"])],
+        "shared",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        [numpy_helper.from_array(np.eye(4, dtype=np.float32), "w")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)

@@ -11,6 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 from compressor.counting import prunable_layers
 from passes.analysis import is_two_four, to_groups, two_four_eligibility
 from passes.check_onnx_sparsity import CheckOnnxSparsityPass, OnnxLayerSparsity, read_onnx_sparsity
+from shared import shared_weight_matmuls
 
 
 @pytest.fixture(params=["lenet5", "resnet20"])
@@ -185,14 +186,7 @@ def test_rows_name_the_node_that_reads_the_weight(lenet5_export):
 
 
 def test_a_weight_read_by_two_nodes_gives_a_row_per_node():
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["a"], name="first"), helper.make_node("MatMul", ["a", "w"], ["y"])],
-        "shared",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
-        [numpy_helper.from_array(np.eye(4, dtype=np.float32), "w")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+    model = shared_weight_matmuls()
     assert [(row.name, row.node) for row in read_onnx_sparsity(model)] == [("w", "first"), ("w", "y")]
 
 

@@ -17,7 +17,7 @@ import onnx
 import pytest
 import torch
 import torch.nn as nn
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from compressor.api import export_onnx
 from compressor.errors import CompressorError
@@ -43,6 +43,7 @@ from runtime.trt_backend import (
     use_sparse_weights,
     uses_half,
 )
+from shared import shared_weight_matmuls
 
 UNAVAILABLE = tensorrt_unavailable()
 needs_tensorrt = pytest.mark.skipif(UNAVAILABLE is not None, reason=f"needs TensorRT and a CUDA GPU: {UNAVAILABLE}")
@@ -383,14 +384,7 @@ def test_sparsity_report_joins_onnx_builder_and_inspector(sparse_onnx):
 
 
 def test_sparsity_report_of_unnamed_nodes_and_a_shared_weight():
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["a"], name="first"), helper.make_node("MatMul", ["a", "w"], ["y"])],
-        "shared",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
-        [numpy_helper.from_array(np.eye(4, dtype=np.float32), "w")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+    model = shared_weight_matmuls()
     built = BuiltEngine(b"", "fp16", False, [], ["first"], [], "10.0.0", (1,))
 
     rows = sparsity_report(built, model)
