@@ -1,8 +1,11 @@
-"""Runtime: execute exported models and measure them.
+"""Runtime: execute exported models, measure them, and package them for a device.
 
-Backends run an exported ONNX model behind one small interface (`run(batch) -> output`, `name`,
-`input_shape`) so verification and latency benchmarks treat onnxruntime, TensorRT and torch alike;
-`bench` times any such backend and renders the results as plain-text tables.
+Backends (`ort_backend`: onnxruntime on CPU, CUDA or TensorRT; `trt_backend`: TensorRT engines;
+`torch_backend`: the PyTorch model, dense or with 2:4 layers on sparse tensor cores) share one small
+interface (`run(batch) -> output`, `name`, `input_shape`, `precision`, optionally `measure`), so verification
+and latency benchmarks treat them alike; `backends` names them and says why one cannot run here. `bench`
+times any backend with the timers of `timing`, `tolerance` says how closely each precision must match FP32,
+and `deploy` writes the bundle that builds and checks a TensorRT engine on the device.
 """
 
 from runtime.bench import BenchResult, benchmark, parse_batch_sizes, results_table
