@@ -24,7 +24,7 @@ from compressor.errors import CompressorError
 from compressor.files import atomic_write, atomic_write_text, check_writable_destination
 from compressor.tables import text_table
 from runtime.backends import BACKENDS, Subject, backend_precision, check_backend, create_backend, unavailable
-from runtime.bench import BenchResult, benchmark
+from runtime.bench import BenchResult, benchmark, check_batch_sizes
 from runtime.onnx_model import model_input, read_onnx
 from runtime.ort_backend import CPU_PROVIDER, OrtBackend
 from runtime.tolerance import Agreement, check_precision, compare_outputs
@@ -163,8 +163,7 @@ def compare_backends(model: str | os.PathLike | Subject, baseline: str | os.Path
     check_precision(precision)
     if backends is not None and not backends:
         raise CompressorError("no backend to time: name at least one, or pass None for every backend that runs here")
-    if not batch_sizes or any(not isinstance(b, int) or b < 1 for b in batch_sizes):
-        raise CompressorError(f"batch sizes must be positive integers, got {tuple(batch_sizes)}")
+    batch_sizes = check_batch_sizes(batch_sizes)
     if runs < 1 or warmup < 0:
         raise CompressorError(f"need runs >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
     sources = {ALONE: model} if baseline is None else {DENSE: baseline, COMPRESSED: model}

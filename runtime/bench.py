@@ -52,6 +52,15 @@ class BenchResult:
         return dataclasses.asdict(self)
 
 
+def check_batch_sizes(batch_sizes: Sequence[int]) -> tuple[int, ...]:
+    """`batch_sizes` as a tuple of ints when it is a non-empty sequence of positive integers, else a one-line
+    error; what every backend and the latency comparison accept."""
+    sizes = tuple(batch_sizes)
+    if not sizes or any(isinstance(b, bool) or not isinstance(b, (int, np.integer)) or b < 1 for b in sizes):
+        raise CompressorError(f"batch sizes must be positive integers, got {sizes}")
+    return tuple(int(b) for b in sizes)
+
+
 def parse_batch_sizes(text: str) -> tuple[int, ...]:
     """'1,32' -> (1, 32): comma-separated positive integers, each at most once, order kept."""
     sizes: list[int] = []

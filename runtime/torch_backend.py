@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from compressor.counting import PRUNABLE_TYPES
 from compressor.errors import CompressorError, first_line
 from passes.analysis import has_unbaked_mask, is_two_four, to_groups, two_four_eligibility
+from runtime.bench import check_batch_sizes
 from runtime.timing import Timing, time_cuda, time_host
 from runtime.tolerance import Agreement, check_precision, compare_outputs
 
@@ -501,9 +502,7 @@ class SemiStructuredBackend(_ModuleRunner):
         reason = semi_structured_unavailable()
         if reason is not None:
             raise CompressorError(f"torch-24 cannot run here: {reason}")
-        batch_sizes = tuple(batch_sizes)
-        if not batch_sizes or not all(isinstance(b, int) and b > 0 for b in batch_sizes):
-            raise CompressorError(f"batch sizes must be positive integers, got {batch_sizes}")
+        batch_sizes = check_batch_sizes(batch_sizes)
         self.dense = TorchBackend(model, input_shape, device="cuda", precision="fp16", channels_last=channels_last)
         self.backend = semi_structured_backend()
         self.batch_sizes = batch_sizes

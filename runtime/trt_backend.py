@@ -39,6 +39,7 @@ from compressor.files import atomic_write_bytes
 from compressor.tables import text_table
 from passes.check_onnx_sparsity import read_onnx_sparsity
 from passes.convert_float16 import convert_float16, is_float16
+from runtime.bench import check_batch_sizes
 from runtime.onnx_model import model_input, read_onnx
 from runtime.ort_backend import CPU_PROVIDER, OrtBackend
 from runtime.timing import Timing, time_cuda
@@ -176,20 +177,13 @@ class InputProfile:
     dynamic_batch: bool
 
 
-def _check_batch_sizes(batch_sizes: Sequence[int]) -> tuple[int, ...]:
-    sizes = tuple(batch_sizes)
-    if not sizes or any(isinstance(b, bool) or not isinstance(b, (int, np.integer)) or b < 1 for b in sizes):
-        raise CompressorError(f"batch sizes must be positive integers, got {sizes}")
-    return tuple(int(b) for b in sizes)
-
-
 def optimization_profile(model: onnx.ModelProto, batch_sizes: Sequence[int]) -> InputProfile:
     """min batch = the smallest of `batch_sizes`, opt = max = the largest; the sample shape comes from the ONNX.
 
     The model needs exactly one float input whose dimensions after the batch are fixed: TensorRT tunes its
     kernels for the shapes of the profile, and a classifier's sample shape never changes.
     """
-    sizes = _check_batch_sizes(batch_sizes)
+    sizes = check_batch_sizes(batch_sizes)
     spec = model_input(model)
     if spec.fixed_batch is not None:
         if any(b != spec.fixed_batch for b in sizes):
@@ -250,7 +244,7 @@ def build_engine(
     it.
     """
     check_precision(precision)
-    sizes = _check_batch_sizes(batch_sizes)
+    sizes = check_batch_sizes(batch_sizes)
     if isinstance(workspace_mb, bool) or not isinstance(workspace_mb, int) or workspace_mb < 1:
         raise CompressorError(f"workspace_mb must be a positive integer, got {workspace_mb!r}")
     model = read_onnx(onnx_model)

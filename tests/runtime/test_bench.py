@@ -7,7 +7,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from compressor.errors import CompressorError
-from runtime.bench import BenchResult, benchmark, parse_batch_sizes, results_table
+from runtime.bench import BenchResult, benchmark, check_batch_sizes, parse_batch_sizes, results_table
 from runtime.ort_backend import OrtBackend
 
 
@@ -159,3 +159,10 @@ def test_parse_batch_sizes_rejects_bad_text(text):
     with pytest.raises(CompressorError) as caught:
         parse_batch_sizes(text)
     assert repr(text) in str(caught.value)
+
+
+def test_batch_sizes_every_backend_accepts():
+    assert check_batch_sizes([1, np.int64(32)]) == (1, 32)
+    for bad in ((), (0,), (2, -1), (True,), (1.5,)):
+        with pytest.raises(CompressorError, match="batch sizes must be positive integers"):
+            check_batch_sizes(bad)
