@@ -26,10 +26,10 @@ from compressor.api import export_onnx
 from compressor.counting import prunable_layers
 from compressor.latency import compare_backends, comparison_table, write_comparison
 from compressor.models import create_model
-from passes.analysis import two_four_eligibility, two_four_mask
-from runtime.backends import Subject
-from runtime.ort_backend import OrtBackend
-from runtime.tolerance import compare_outputs
+from compressor.passes.analysis import two_four_eligibility, two_four_mask
+from compressor.runtime.backends import Subject
+from compressor.runtime.ort_backend import OrtBackend
+from compressor.runtime.tolerance import compare_outputs
 
 
 def wide_mlp() -> nn.Module:

@@ -44,16 +44,17 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from compressor.api import VERIFY_BATCH, compile_model, export_onnx
+from compressor.api import VERIFY_BATCH, export_onnx
+from compressor.passes.pipeline import compile_model
 from compressor.counting import count_macs, count_params
 from compressor.errors import CompressorError
 from compressor.methods import create_method
 from compressor.options import parse_fraction
 from compressor.tables import text_table
 from compressor.verify import verify_onnx
-from models import PadShortcut, ResidualUnit, create_model
-from runtime.bench import parse_batch_sizes
-from runtime.ort_backend import CPU_PROVIDER, OrtBackend
+from compressor.models import PadShortcut, ResidualUnit, create_model
+from compressor.runtime.bench import parse_batch_sizes
+from compressor.runtime.ort_backend import CPU_PROVIDER, OrtBackend
 
 SEED = 0
 # Torch-Pruning's pruning_ratio is searched in [0, MAX_RATIO]: a ratio of 1 would empty layers.

@@ -20,7 +20,7 @@ import onnx
 from compressor.api import benchmark, compress, export_onnx, train_model
 from compressor.loading import load_model
 from compressor.tables import text_table
-from passes.check_onnx_sparsity import read_onnx_sparsity
+from compressor.passes.check_onnx_sparsity import read_onnx_sparsity
 
 
 def main() -> None:

@@ -14,9 +14,9 @@ __version__ = "0.1.0"
 # counting module, so an eager import here would make `import passes.<anything>` circular.
 _EXPORTS = {
     "benchmark": "compressor.api",
-    "build_bundle": "runtime.deploy",
+    "build_bundle": "compressor.runtime.deploy",
     "compare_backends": "compressor.latency",
-    "compile_model": "compressor.api",
+    "compile_model": "compressor.passes.pipeline",
     "compress": "compressor.api",
     "export_onnx": "compressor.api",
     "parse_target": "compressor.api",

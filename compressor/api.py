@@ -23,7 +23,7 @@ import torch.nn as nn
 import compressor
 from compressor.counting import count_layer_macs, count_macs, count_params, layer_sparsity, prunable_layers
 from compressor.data import DataBundle, load_data
-from compressor.errors import CompressorError
+from compressor.errors import CompressorError, VerificationError
 from compressor.files import StagedFolder, atomic_write_bytes, check_writable_destination
 from compressor.loading import load_model, save_checkpoint
 from compressor.methods import create_method
@@ -32,23 +32,20 @@ from compressor.options import parse_fraction
 from compressor.report import (CompressedStats, DenseStats, LatencyStats, LayerShape, LayerStats, OnnxStats, PassStats,
                                Report, StructureStats, write_report)
 from compressor.training import TrainConfig, TrainResult, evaluate, train
-from compressor.verify import VerificationError, verify_onnx
-from passes.analysis import has_unbaked_mask, two_four_eligibility
-from passes.bake_masks import BakeMasksPass
-from passes.base import Pipeline, PipelineResult, check_same_function, copy_model
-from passes.check_onnx_sparsity import CheckOnnxSparsityPass
-from passes.clean_onnx import CleanOnnxPass
-from passes.emit_onnx import DEFAULT_OPSET, EmitOnnxPass
-from passes.enforce_two_four import EnforceTwoFourPass
-from passes.fold_batchnorm import FoldBatchNormPass, fold_batchnorm
-from passes.fold_gates import FoldGatesPass
-from passes.remove_dead_skip_units import RemoveDeadSkipUnitsPass
-from passes.round_channels import RoundChannelsPass
-from passes.slice_channels import SliceChannelsPass
-from passes.write_onnx_metadata import WriteOnnxMetadataPass
-from runtime.bench import BenchResult
-from runtime.bench import benchmark as run_benchmark
-from runtime.ort_backend import OrtBackend
+from compressor.verify import verify_onnx
+from compressor.passes.analysis import has_unbaked_mask, two_four_eligibility
+from compressor.passes.bake_masks import BakeMasksPass
+from compressor.passes.base import Pipeline, PipelineResult, copy_model
+from compressor.passes.check_onnx_sparsity import CheckOnnxSparsityPass
+from compressor.passes.clean_onnx import CleanOnnxPass
+from compressor.passes.emit_onnx import DEFAULT_OPSET, EmitOnnxPass
+from compressor.passes.enforce_two_four import EnforceTwoFourPass
+from compressor.passes.fold_batchnorm import FoldBatchNormPass, fold_batchnorm
+from compressor.passes.pipeline import compile_model
+from compressor.passes.write_onnx_metadata import WriteOnnxMetadataPass
+from compressor.runtime.bench import BenchResult
+from compressor.runtime.bench import benchmark as run_benchmark
+from compressor.runtime.ort_backend import OrtBackend
 
 logger = logging.getLogger(__name__)
 
@@ -118,25 +115,6 @@ def export_onnx(model: nn.Module, path: str | os.PathLike | None = None, input_s
     result = Pipeline(passes).run(model)
     if path is not None:
         atomic_write_bytes(path, result.model.SerializeToString())
-    return result
-
-
-def compile_model(model: nn.Module, input_shape: Sequence[int] | None = None, round_to: int = 1) -> PipelineResult:
-    """Turn a gated model into a plain, physically smaller one that computes the same (in eval mode).
-
-    FoldGates → RemoveDeadSkipUnits → SliceChannels (RoundChannels when `round_to` > 1, keeping channel counts
-    at multiples of it). BatchNorm is folded later, on the way to ONNX. The result is checked against the
-    gated model on a random batch, and a model without gates passes through unchanged.
-    """
-    shape = tuple(input_shape or getattr(model, "input_shape", None) or ())
-    if not shape:
-        raise CompressorError("compile_model needs the model's input shape: pass input_shape=(C, H, W)")
-    slicing = RoundChannelsPass(round_to, shape) if round_to > 1 else SliceChannelsPass(shape)
-    result = Pipeline([FoldGatesPass(), RemoveDeadSkipUnitsPass(shape), slicing]).run(model)
-    try:
-        check_same_function(copy_model(model), result.model, shape, "compilation")
-    except ValueError as error:
-        raise VerificationError(str(error)) from None
     return result
 
 

@@ -157,7 +157,7 @@ def _add_model_loading_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _bench_parser() -> argparse.ArgumentParser:
-    from runtime.backends import BACKENDS
+    from compressor.runtime.backends import BACKENDS
 
     parser = _Parser(prog="compress bench",
                      description="Time a model on every runtime backend this machine has (median, p90, throughput), "
@@ -188,7 +188,7 @@ def _bench_parser() -> argparse.ArgumentParser:
 
 
 def _deploy_parser() -> argparse.ArgumentParser:
-    from runtime.deploy import BUNDLE_PRECISIONS, TARGETS
+    from compressor.runtime.deploy import BUNDLE_PRECISIONS, TARGETS
 
     parser = _Parser(prog="compress deploy",
                      description="Write a deploy bundle for a device: the ONNX and its FP16 variant, build_engine.sh "
@@ -267,7 +267,7 @@ def _run_bench(args: argparse.Namespace) -> None:
     from compressor.latency import check_outputs, compare_backends, comparison_table, parse_backends, write_comparison
     from compressor.loading import parse_input_shape
     from compressor.verify import VerificationError
-    from runtime.bench import parse_batch_sizes
+    from compressor.runtime.bench import parse_batch_sizes
 
     _quiet_onnxruntime()
     if args.runs < 50:
@@ -292,7 +292,7 @@ def _run_bench(args: argparse.Namespace) -> None:
 
 
 def _run_deploy(args: argparse.Namespace) -> None:
-    from runtime.deploy import build_bundle
+    from compressor.runtime.deploy import build_bundle
 
     _quiet_onnxruntime()
     bundle = build_bundle(args.onnx, args.target, args.out, precision=args.precision, batch=args.batch,

@@ -10,6 +10,11 @@ class CompressorError(Exception):
     """A problem with the user's input, reported as one line without a traceback."""
 
 
+class VerificationError(CompressorError):
+    """A compiled or exported model differs from the model it came from beyond tolerance, or a counted fact
+    does not match."""
+
+
 def one_line(text: object) -> str:
     """A message folded onto one line, for libraries whose messages span several."""
     return " ".join(str(text).split())

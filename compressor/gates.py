@@ -1,7 +1,7 @@
 """Gates: the vocabulary in which methods say what structure should go, and passes read what to remove.
 
 - A *channel gate* scales each output channel (or neuron) of a group of coupled channels (see
-  passes.coupling). It is a parametrization of the layers that produce the group's channels (a BatchNorm's
+  compressor.passes.coupling). It is a parametrization of the layers that produce the group's channels (a BatchNorm's
   weight and bias, or a Conv/Linear's weight and bias), so the gated model computes `gate · channel` with no
   extra op, and a gate of 0 makes the channel exactly zero wherever it is read.
 - A *unit gate* scales a skip-unit. On a `ResidualUnit` it scales the branch (`shortcut + g · branch`). On a
@@ -25,8 +25,8 @@ import torch_pruning as tp
 from torch.nn.utils import parametrize
 
 from compressor.counting import NORM_TYPES
-from models.units import DenseUnit, ResidualUnit
-from passes.coupling import ChannelGroup, channel_groups
+from compressor.models.units import DenseUnit, ResidualUnit
+from compressor.passes.coupling import ChannelGroup, channel_groups
 
 def _per_channel(factor: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return factor.to(like.dtype).reshape(-1, *([1] * (like.dim() - 1)))

@@ -1,7 +1,7 @@
 """`compress bench`: latency of a compressed model, and of its dense baseline, on every runtime backend.
 
 A model is given as an ONNX file, a checkpoint, or a `compress` output folder (its model.onnx and model.pt).
-Every backend of `runtime.backends` that can run on this machine times every model at every batch size; the
+Every backend of `compressor.runtime.backends` that can run on this machine times every model at every batch size; the
 backends that cannot run are listed with the reason. The comparison renders as a table for the terminal, a
 JSON document with the machine, versions, settings, every measurement and what each backend reported about
 its sparse layers, and a PNG chart of dense vs compressed latency per backend.
@@ -23,11 +23,11 @@ import compressor
 from compressor.errors import CompressorError
 from compressor.files import atomic_write, atomic_write_text, check_writable_destination
 from compressor.tables import text_table
-from runtime.backends import BACKENDS, Subject, backend_precision, check_backend, create_backend, unavailable
-from runtime.bench import BenchResult, benchmark, check_batch_sizes
-from runtime.onnx_model import model_input, read_onnx
-from runtime.ort_backend import CPU_PROVIDER, OrtBackend
-from runtime.tolerance import Agreement, check_precision, compare_outputs
+from compressor.runtime.backends import BACKENDS, Subject, backend_precision, check_backend, create_backend, unavailable
+from compressor.runtime.bench import BenchResult, benchmark, check_batch_sizes
+from compressor.runtime.onnx_model import model_input, read_onnx
+from compressor.runtime.ort_backend import CPU_PROVIDER, OrtBackend
+from compressor.runtime.tolerance import Agreement, check_precision, compare_outputs
 
 logger = logging.getLogger(__name__)
 

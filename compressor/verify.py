@@ -14,14 +14,10 @@ import onnx
 import torch
 import torch.nn as nn
 
-from compressor.errors import CompressorError
-from runtime.ort_backend import OrtBackend
+from compressor.errors import VerificationError
+from compressor.runtime.ort_backend import OrtBackend
 
 RELATIVE_TOLERANCE = 1e-4
-
-
-class VerificationError(CompressorError):
-    """The ONNX output differs from torch beyond tolerance, or a counted fact does not match."""
 
 
 @dataclass

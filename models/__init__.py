@@ -5,16 +5,19 @@ Importing this package registers every family (LeNet, CIFAR ResNets, DenseNets, 
 `ResidualUnit` / `DenseUnit` modules that methods and passes find by type.
 """
 
-from models import densenet, lenet, mobilenet, resnet_cifar, vgg, wrn
-from models.registry import create_model, list_models, register_model
-from models.units import DenseUnit, PadShortcut, ResidualUnit
+from compressor.models import densenet, lenet, mobilenet, resnet_cifar, vgg, wrn
+from compressor.models.registry import create_model, list_models, register_model
+from compressor.models.summary import ModelSummary, describe_models
+from compressor.models.units import DenseUnit, PadShortcut, ResidualUnit
 
 __all__ = [
     "DenseUnit",
+    "ModelSummary",
     "PadShortcut",
     "ResidualUnit",
     "create_model",
     "densenet",
+    "describe_models",
     "lenet",
     "list_models",
     "mobilenet",

@@ -13,8 +13,8 @@ from collections import OrderedDict
 
 import torch.nn as nn
 
-from models.registry import register_model
-from models.units import DenseUnit, FeaturesClassifier, he_init, pooled_classifier
+from compressor.models.registry import register_model
+from compressor.models.units import DenseUnit, FeaturesClassifier, he_init, pooled_classifier
 
 BLOCKS = 3
 PLAIN_STEM_CHANNELS = 16

@@ -11,8 +11,8 @@ from collections import OrderedDict
 
 import torch.nn as nn
 
-from models.registry import register_model
-from models.units import FeaturesClassifier
+from compressor.models.registry import register_model
+from compressor.models.units import FeaturesClassifier
 
 IMAGE_SIZE = 28
 

@@ -11,8 +11,8 @@ from collections import OrderedDict
 
 import torch.nn as nn
 
-from models.registry import register_model
-from models.units import FeaturesClassifier, he_init, pooled_classifier
+from compressor.models.registry import register_model
+from compressor.models.units import FeaturesClassifier, he_init, pooled_classifier
 
 STEM_WIDTH = 32
 # (output channels, stride of the depthwise convolution) of each depthwise-separable block, from Table 1.

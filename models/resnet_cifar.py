@@ -12,8 +12,8 @@ from collections import OrderedDict
 
 import torch.nn as nn
 
-from models.registry import register_model
-from models.units import FeaturesClassifier, he_init, PadShortcut, pooled_classifier, ResidualUnit
+from compressor.models.registry import register_model
+from compressor.models.units import FeaturesClassifier, he_init, PadShortcut, pooled_classifier, ResidualUnit
 
 STAGE_WIDTHS = (16, 32, 64)
 BOTTLENECK_EXPANSION = 4

@@ -11,8 +11,8 @@ from collections import OrderedDict
 
 import torch.nn as nn
 
-from models.registry import register_model
-from models.units import FeaturesClassifier, he_init
+from compressor.models.registry import register_model
+from compressor.models.units import FeaturesClassifier, he_init
 
 POOL = "M"
 VGG16_LAYOUT = (64, 64, POOL, 128, 128, POOL, 256, 256, 256, POOL, 512, 512, 512, POOL, 512, 512, 512, POOL)

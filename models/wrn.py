@@ -11,8 +11,8 @@ from collections import OrderedDict
 
 import torch.nn as nn
 
-from models.registry import register_model
-from models.units import FeaturesClassifier, he_init, pooled_classifier, ResidualUnit
+from compressor.models.registry import register_model
+from compressor.models.units import FeaturesClassifier, he_init, pooled_classifier, ResidualUnit
 
 STEM_WIDTH = 16
 GROUP_WIDTHS = (16, 32, 64)

@@ -14,8 +14,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from passes.analysis import is_two_four, onnx_weight_groups
-from passes.base import Pass, PassResult
+from compressor.passes.analysis import is_two_four, onnx_weight_groups
+from compressor.passes.base import Pass, PassResult
 
 WEIGHT_INPUT = {"Conv": 1, "Gemm": 1, "MatMul": 1}
 

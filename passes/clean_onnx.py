@@ -10,7 +10,7 @@ from __future__ import annotations
 import onnx
 import onnx_graphsurgeon as gs
 
-from passes.base import Pass, PassResult
+from compressor.passes.base import Pass, PassResult
 
 
 class CleanOnnxPass(Pass):

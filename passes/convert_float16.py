@@ -15,12 +15,12 @@ import sys
 
 import onnx
 
-from passes.base import Pass, PassResult
-from passes.clean_onnx import clean_onnx
+from compressor.passes.base import Pass, PassResult
+from compressor.passes.clean_onnx import clean_onnx
 
 # Importing onnxruntime.transformers appends its own folder to sys.path, and that folder holds a `models`
-# package: any later `import models` (this project's zoo) would resolve there. The converter needs nothing
-# from that path once imported, so sys.path is put back.
+# package: a user's later `import models` (their own project's, most training repositories have one) would
+# resolve there. The converter needs nothing from that path once imported, so sys.path is put back.
 _sys_path = list(sys.path)
 try:
     from onnxruntime.transformers.float16 import convert_float_to_float16

@@ -27,8 +27,8 @@ from torch.nn.utils import parametrize
 
 from compressor.counting import NORM_TYPES, count_layer_macs
 from compressor.errors import CompressorError
-from models.units import PadShortcut
-from passes.base import copy_model, unparametrize
+from compressor.models.units import PadShortcut
+from compressor.passes.base import copy_model, unparametrize
 
 _SLICEABLE_TYPES = (nn.Conv2d, nn.Linear, *NORM_TYPES, PadShortcut)
 

@@ -13,8 +13,8 @@ import torch
 import torch.nn as nn
 
 from compressor.counting import prunable_layers
-from passes.analysis import has_unbaked_mask, is_two_four, to_groups, two_four_eligibility, two_four_mask
-from passes.base import Pass, PassResult, copy_model
+from compressor.passes.analysis import has_unbaked_mask, is_two_four, to_groups, two_four_eligibility, two_four_mask
+from compressor.passes.base import Pass, PassResult, copy_model
 
 
 class EnforceTwoFourPass(Pass):

@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch.nn as nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
-from passes.analysis import has_unbaked_mask, linear_bn_pairs
-from passes.base import Pass, PassResult, copy_model
+from compressor.passes.analysis import has_unbaked_mask, linear_bn_pairs
+from compressor.passes.base import Pass, PassResult, copy_model
 
 
 class FoldBatchNormPass(Pass):

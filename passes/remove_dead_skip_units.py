@@ -19,9 +19,9 @@ import torch
 import torch.nn as nn
 
 from compressor.gates import UnitGate, dense_unit_readers, last_layer, producing_group
-from models.units import DenseUnit, ResidualUnit
-from passes.base import Pass, PassResult, copy_model
-from passes.coupling import ChannelGroup, channel_groups, zero_channels
+from compressor.models.units import DenseUnit, ResidualUnit
+from compressor.passes.base import Pass, PassResult, copy_model
+from compressor.passes.coupling import ChannelGroup, channel_groups, zero_channels
 
 def _residual_is_dead(unit: ResidualUnit) -> bool:
     if isinstance(unit.gate, UnitGate) and float(unit.gate.value()) == 0.0:

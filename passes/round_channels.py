@@ -14,8 +14,8 @@ from typing import Sequence
 
 import torch
 
-from passes.coupling import ChannelGroup, reader_importance
-from passes.slice_channels import SliceChannelsPass
+from compressor.passes.coupling import ChannelGroup, reader_importance
+from compressor.passes.slice_channels import SliceChannelsPass
 
 
 class RoundChannelsPass(SliceChannelsPass):

@@ -1,6 +1,6 @@
 """SliceChannelsPass: physically remove channels that are zero wherever they are read.
 
-Channels are removed a whole coupled group at a time (passes.coupling, on Torch-Pruning's dependency graph):
+Channels are removed a whole coupled group at a time (compressor.passes.coupling, on Torch-Pruning's dependency graph):
 a convolution's output channel goes with the BatchNorm after it, the input channel of every reader, the
 matching channel of every tensor joined by a residual add, the index mapping of an option-A padding shortcut,
 the offsets of a concatenation, a depthwise convolution's channel, and the block of features a channel
@@ -17,8 +17,8 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from passes.base import Pass, PassResult, check_same_function, copy_model
-from passes.coupling import ChannelGroup, channel_groups, dead_channels, reader_importance
+from compressor.passes.base import Pass, PassResult, check_same_function, copy_model
+from compressor.passes.coupling import ChannelGroup, channel_groups, dead_channels, reader_importance
 
 class SliceChannelsPass(Pass):
     """Remove every provably zero channel group by group; `choose` decides which dead channels go."""

@@ -12,7 +12,7 @@ from typing import Any
 
 import onnx
 
-from passes.base import Pass, PassResult
+from compressor.passes.base import Pass, PassResult
 
 PREFIX = "compressor."
 

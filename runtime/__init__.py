@@ -8,7 +8,7 @@ times any backend with the timers of `timing`, `tolerance` says how closely each
 and `deploy` writes the bundle that builds and checks a TensorRT engine on the device.
 """
 
-from runtime.bench import BenchResult, benchmark, parse_batch_sizes, results_table
-from runtime.ort_backend import OrtBackend
+from compressor.runtime.bench import BenchResult, benchmark, parse_batch_sizes, results_table
+from compressor.runtime.ort_backend import OrtBackend
 
 __all__ = ["BenchResult", "OrtBackend", "benchmark", "parse_batch_sizes", "results_table"]

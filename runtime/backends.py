@@ -18,10 +18,10 @@ import torch
 import torch.nn as nn
 
 from compressor.errors import CompressorError
-from passes.check_onnx_sparsity import read_onnx_sparsity
-from passes.convert_float16 import convert_float16
-from runtime.ort_backend import CUDA_PROVIDER, TENSORRT_PROVIDER, OrtBackend, provider_stack
-from runtime.tolerance import check_precision
+from compressor.passes.check_onnx_sparsity import read_onnx_sparsity
+from compressor.passes.convert_float16 import convert_float16
+from compressor.runtime.ort_backend import CUDA_PROVIDER, TENSORRT_PROVIDER, OrtBackend, provider_stack
+from compressor.runtime.tolerance import check_precision
 
 BACKENDS = ("ort-cpu", "ort-cuda", "ort-trt", "trt", "torch", "torch-24")
 _TORCH_BACKENDS = ("torch", "torch-24")
@@ -78,11 +78,11 @@ def _missing_library(name: str) -> str | None:
         return _ort_provider_missing(TENSORRT_PROVIDER,
                                      "install onnxruntime-gpu and TensorRT on a machine with an NVIDIA GPU")
     if name == "trt":
-        from runtime.trt_backend import tensorrt_unavailable
+        from compressor.runtime.trt_backend import tensorrt_unavailable
 
         return tensorrt_unavailable()
     if name == "torch-24":
-        from runtime.torch_backend import semi_structured_unavailable
+        from compressor.runtime.torch_backend import semi_structured_unavailable
 
         return semi_structured_unavailable()
     return None
@@ -118,10 +118,10 @@ def create_backend(name: str, subject: Subject, precision: str = "fp16", threads
         return OrtBackend(model, providers=providers, threads=threads if kind == "cpu" else None,
                           precision=precision)
     if name == "trt":
-        from runtime.trt_backend import TensorRTBackend
+        from compressor.runtime.trt_backend import TensorRTBackend
 
         return TensorRTBackend.from_onnx(subject.onnx, precision=precision, batch_sizes=batch_sizes)
-    from runtime.torch_backend import SemiStructuredBackend, TorchBackend
+    from compressor.runtime.torch_backend import SemiStructuredBackend, TorchBackend
 
     if name == "torch":
         device = "cuda" if torch.cuda.is_available() else "cpu"

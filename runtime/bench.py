@@ -5,7 +5,7 @@ caches), then `runs` timed runs per batch size. The report quotes the median and
 because a few scheduler hiccups dominate a mean of short runs. Any object with `run(np.ndarray)`, `name` and
 `input_shape` is a backend; one that can do better than the host clock around `run` also has
 `measure(x, warmup, runs) -> Timing`, and the benchmark uses it: GPU backends keep the input on the device,
-and TensorRT and torch time with CUDA events (see `runtime.timing`). So onnxruntime, TensorRT and torch are
+and TensorRT and torch time with CUDA events (see `compressor.runtime.timing`). So onnxruntime, TensorRT and torch are
 timed alike. `results_table` renders results for people;
 `BenchResult.to_dict` is what goes into JSON.
 """
@@ -20,7 +20,7 @@ import numpy as np
 
 from compressor.errors import CompressorError
 from compressor.tables import text_table
-from runtime.timing import Timing, time_host
+from compressor.runtime.timing import Timing, time_host
 
 
 class Backend(Protocol):

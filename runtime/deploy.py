@@ -33,11 +33,11 @@ import onnx
 import compressor
 from compressor.errors import CompressorError
 from compressor.files import StagedFolder
-from passes.check_onnx_sparsity import OnnxLayerSparsity, read_onnx_sparsity
-from passes.convert_float16 import convert_float16, is_float16
-from runtime.onnx_model import model_input, output_dims, read_onnx
-from runtime.ort_backend import CPU_PROVIDER, OrtBackend
-from runtime.tolerance import RELATIVE_TOLERANCE, check_precision, compare_outputs
+from compressor.passes.check_onnx_sparsity import OnnxLayerSparsity, read_onnx_sparsity
+from compressor.passes.convert_float16 import convert_float16, is_float16
+from compressor.runtime.onnx_model import model_input, output_dims, read_onnx
+from compressor.runtime.ort_backend import CPU_PROVIDER, OrtBackend
+from compressor.runtime.tolerance import RELATIVE_TOLERANCE, check_precision, compare_outputs
 
 BUNDLE_FORMAT = "compressor-deploy-bundle/1"
 TEMPLATES = Path(__file__).with_name("bundle")

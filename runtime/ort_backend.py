@@ -21,7 +21,7 @@ import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 from compressor.errors import CompressorError, one_line
-from runtime.timing import Timing, time_host
+from compressor.runtime.timing import Timing, time_host
 
 logger = logging.getLogger(__name__)
 

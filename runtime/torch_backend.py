@@ -32,10 +32,10 @@ import torch.nn.functional as F
 
 from compressor.counting import PRUNABLE_TYPES
 from compressor.errors import CompressorError, first_line
-from passes.analysis import has_unbaked_mask, is_two_four, to_groups, two_four_eligibility
-from runtime.bench import check_batch_sizes
-from runtime.timing import Timing, time_cuda, time_host
-from runtime.tolerance import Agreement, check_precision, compare_outputs
+from compressor.passes.analysis import has_unbaked_mask, is_two_four, to_groups, two_four_eligibility
+from compressor.runtime.bench import check_batch_sizes
+from compressor.runtime.timing import Timing, time_cuda, time_host
+from compressor.runtime.tolerance import Agreement, check_precision, compare_outputs
 
 logger = logging.getLogger(__name__)
 
@@ -244,7 +244,7 @@ class _ModuleRunner:
 
         The input is converted (and copied to the device) once, and the settings (threads, FP32 arithmetic) are
         entered once, all outside the timed region, so only forward passes are timed. On CUDA each run is
-        bracketed by CUDA events (`runtime.timing.time_cuda`); the forward pass enqueues its kernels on whatever
+        bracketed by CUDA events (`compressor.runtime.timing.time_cuda`); the forward pass enqueues its kernels on whatever
         stream is current when it is called, which is what `time_cuda` requires. On the CPU the host clock
         times each forward pass.
         """

@@ -37,13 +37,13 @@ import torch
 from compressor.errors import CompressorError, one_line
 from compressor.files import atomic_write_bytes
 from compressor.tables import text_table
-from passes.check_onnx_sparsity import read_onnx_sparsity
-from passes.convert_float16 import convert_float16, is_float16
-from runtime.bench import check_batch_sizes
-from runtime.onnx_model import model_input, read_onnx
-from runtime.ort_backend import CPU_PROVIDER, OrtBackend
-from runtime.timing import Timing, time_cuda
-from runtime.tolerance import Agreement, check_precision, compare_outputs
+from compressor.passes.check_onnx_sparsity import read_onnx_sparsity
+from compressor.passes.convert_float16 import convert_float16, is_float16
+from compressor.runtime.bench import check_batch_sizes
+from compressor.runtime.onnx_model import model_input, read_onnx
+from compressor.runtime.ort_backend import CPU_PROVIDER, OrtBackend
+from compressor.runtime.timing import Timing, time_cuda
+from compressor.runtime.tolerance import Agreement, check_precision, compare_outputs
 
 logger = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ from compressor.errors import CompressorError
 from compressor.loading import load_model
 from compressor.models import create_model
 from compressor.methods.magnitude import MagnitudeMethod
-from passes.check_onnx_sparsity import read_onnx_sparsity
-from passes.write_onnx_metadata import read_onnx_metadata
-from runtime.ort_backend import OrtBackend
+from compressor.passes.check_onnx_sparsity import read_onnx_sparsity
+from compressor.passes.write_onnx_metadata import read_onnx_metadata
+from compressor.runtime.ort_backend import OrtBackend
 
 REPORT_KEYS = {"method", "target", "pattern", "dense", "compressed", "layers", "onnx", "latency"}
 

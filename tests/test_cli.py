@@ -11,7 +11,7 @@ import torch
 
 from compressor.cli import main
 from compressor.models import create_model, list_models
-from runtime.trt_backend import tensorrt_unavailable
+from compressor.runtime.trt_backend import tensorrt_unavailable
 
 
 class Evil:

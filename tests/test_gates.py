@@ -13,9 +13,9 @@ from torch.nn.utils import parametrize
 
 from compressor.gates import (ChannelGate, FeatureRangeGate, UnitGate, attach_channel_gate, dense_unit_readers,
                               gate_group, gate_unit, gates_of, units_of)
-from models import create_model
-from models.units import DenseUnit, FeaturesClassifier, pooled_classifier
-from passes.coupling import channel_groups
+from compressor.models import create_model
+from compressor.models.units import DenseUnit, FeaturesClassifier, pooled_classifier
+from compressor.passes.coupling import channel_groups
 from shared import randomize_batchnorm_, single_torch_thread
 
 RELATIVE_TOLERANCE = 1e-5

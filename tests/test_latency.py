@@ -13,8 +13,8 @@ from compressor.latency import (ALONE, COMPRESSED, DENSE, Comparison, check_outp
                                 load_subject, parse_backends, write_comparison)
 from compressor.loading import save_checkpoint
 from compressor.models import create_model
-from runtime.backends import BACKENDS, Subject
-from runtime.tolerance import Agreement
+from compressor.runtime.backends import BACKENDS, Subject
+from compressor.runtime.tolerance import Agreement
 
 FAST = {"runs": 5, "warmup": 1, "threads": 1}
 

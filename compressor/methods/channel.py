@@ -1,6 +1,6 @@
 """Channel pruning by filter L1 norm (Li et al. 2017), the structured baseline Torch-Pruning users know.
 
-Every group of coupled channels (passes.coupling: a convolution's filters with their BatchNorm, readers and,
+Every group of coupled channels (compressor.passes.coupling: a convolution's filters with their BatchNorm, readers and,
 across residual adds, every tensor joined by the add) is scored per channel by the L1 norm of the filters that
 produce it, summed over the group's producing Conv/Linear layers. `scope="global"` ranks all channels of all
 groups together on scores divided by their group's mean (so wide and narrow layers compete fairly), and
@@ -27,8 +27,9 @@ from compressor.errors import CompressorError
 from compressor.gates import gate_group
 from compressor.methods.base import Method, register_method
 from compressor.options import method_flag, parse_fraction
-from passes.base import copy_model
-from passes.coupling import ChannelGroup, channel_groups, predict_counts, realizable
+from compressor.passes.base import copy_model
+from compressor.passes.coupling import ChannelGroup, channel_groups, predict_counts, realizable
+from compressor.passes.pipeline import compile_model
 
 SCOPES = ("global", "uniform")
 ROUNDINGS = (1, 8, 16, 32)
@@ -104,8 +105,6 @@ class ChannelMethod(Method):
         return self.config.round_to
 
     def prepare(self, model: nn.Module, data: DataBundle) -> nn.Module:
-        from compressor.api import compile_model  # the API imports the methods
-
         shape = tuple(model.input_shape)
         for group, channels in self.select(model, shape):
             if channels:

@@ -18,7 +18,7 @@ from compressor.data import DataBundle
 from compressor.errors import CompressorError
 from compressor.methods.base import Method, register_method
 from compressor.methods.masks import attach_masks, magnitude_masks
-from passes.analysis import GROUP, KEEP, two_four_eligibility, two_four_mask
+from compressor.passes.analysis import GROUP, KEEP, two_four_eligibility, two_four_mask
 
 TWO_FOUR_SPARSITY = 1 - KEEP / GROUP
 

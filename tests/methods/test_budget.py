@@ -15,7 +15,7 @@ from compressor.methods.budget import (AdaptiveThreshold, _HardShrinkThreshold, 
                                        weight_std)
 from compressor.models import create_model, list_models
 from compressor.training import TrainConfig
-from passes.bake_masks import bake_masks
+from compressor.passes.bake_masks import bake_masks
 
 
 def no_data():

@@ -9,14 +9,14 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import parametrize
 
-from compressor.api import compile_model
+from compressor.passes.pipeline import compile_model
 from compressor.counting import count_macs, count_params
 from compressor.errors import CompressorError
 from compressor.gates import ChannelGate, gates_of
 from compressor.methods import create_method
 from compressor.methods.channel import filter_l1
-from models import create_model
-from passes.coupling import channel_groups
+from compressor.models import create_model
+from compressor.passes.coupling import channel_groups
 from shared import single_torch_thread
 
 

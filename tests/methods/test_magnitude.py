@@ -11,7 +11,7 @@ from compressor.methods import create_method, list_methods
 from compressor.methods.base import typed_options
 from compressor.models import create_model, list_models
 from compressor.training import TrainConfig, train
-from passes.analysis import is_two_four, to_groups, two_four_eligibility
+from compressor.passes.analysis import is_two_four, to_groups, two_four_eligibility
 
 
 def no_data():

@@ -12,7 +12,7 @@ import torch.nn as nn
 from compressor.counting import count_macs, count_params
 from compressor.errors import CompressorError
 from compressor.models import ModelSummary, describe_models
-from models import DenseUnit, PadShortcut, ResidualUnit, create_model, list_models, register_model
+from compressor.models import DenseUnit, PadShortcut, ResidualUnit, create_model, list_models, register_model
 
 # Exact parameter counts at 10 classes. Sources: LeNets, Han et al. 2015 (Table 1: 267K and 431K);
 # CIFAR ResNets with option-A shortcuts, He et al. 2016 (0.27M/0.46M/0.85M/1.7M), exact counts as in the widely

@@ -18,10 +18,10 @@ import torch.nn as nn
 
 from compressor.counting import prunable_layers
 from compressor.methods.masks import attach_masks
-from models import create_model
-from passes.analysis import two_four_eligibility, two_four_mask
-from passes.bake_masks import BakeMasksPass
-from passes.emit_onnx import EmitOnnxPass
+from compressor.models import create_model
+from compressor.passes.analysis import two_four_eligibility, two_four_mask
+from compressor.passes.bake_masks import BakeMasksPass
+from compressor.passes.emit_onnx import EmitOnnxPass
 from shared import randomize_batchnorm_, single_torch_thread
 
 RELATIVE_TOLERANCE = 1e-5

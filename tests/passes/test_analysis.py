@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from passes.analysis import (
+from compressor.passes.analysis import (
     from_groups,
     is_two_four,
     linear_bn_pairs,

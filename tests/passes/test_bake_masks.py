@@ -8,9 +8,9 @@ from torch.nn.utils import parametrize, prune
 
 from compressor.counting import prunable_layers
 from compressor.methods.masks import attach_masks
-from models import create_model
-from passes.analysis import is_two_four, to_groups, two_four_mask
-from passes.bake_masks import BakeMasksPass, bake_masks
+from compressor.models import create_model
+from compressor.passes.analysis import is_two_four, to_groups, two_four_mask
+from compressor.passes.bake_masks import BakeMasksPass, bake_masks
 
 
 def _cnn(randomize_bn) -> nn.Module:

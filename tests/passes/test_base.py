@@ -14,7 +14,7 @@ from torch.nn.utils import prune
 
 from compressor.errors import CompressorError
 from compressor.methods.masks import attach_masks
-from passes.base import Pass, PassError, PassResult, Pipeline, PipelineResult, check_same_function, copy_model
+from compressor.passes.base import Pass, PassError, PassResult, Pipeline, PipelineResult, check_same_function, copy_model
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -165,9 +165,9 @@ def test_pass_modules_import_first():
     """Each pass module must import in a fresh interpreter on its own (as a user script or plugin would)."""
     script = """
 import importlib, json, sys
-modules = ["passes.base", "passes.analysis", "passes.bake_masks", "passes.fold_batchnorm",
-           "passes.enforce_two_four", "passes.emit_onnx", "passes.clean_onnx", "passes.write_onnx_metadata",
-           "passes.check_onnx_sparsity"]
+modules = ["compressor.passes.base", "compressor.passes.analysis", "compressor.passes.bake_masks", "compressor.passes.fold_batchnorm",
+           "compressor.passes.enforce_two_four", "compressor.passes.emit_onnx", "compressor.passes.clean_onnx", "compressor.passes.write_onnx_metadata",
+           "compressor.passes.check_onnx_sparsity"]
 ours = ("passes", "compressor", "models", "runtime")
 failures = {}
 for name in modules:

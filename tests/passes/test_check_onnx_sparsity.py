@@ -9,8 +9,8 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from compressor.counting import prunable_layers
-from passes.analysis import is_two_four, to_groups, two_four_eligibility
-from passes.check_onnx_sparsity import CheckOnnxSparsityPass, OnnxLayerSparsity, read_onnx_sparsity
+from compressor.passes.analysis import is_two_four, to_groups, two_four_eligibility
+from compressor.passes.check_onnx_sparsity import CheckOnnxSparsityPass, OnnxLayerSparsity, read_onnx_sparsity
 from shared import shared_weight_matmuls
 
 

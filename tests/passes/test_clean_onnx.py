@@ -7,7 +7,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from passes.clean_onnx import CleanOnnxPass, clean_onnx
+from compressor.passes.clean_onnx import CleanOnnxPass, clean_onnx
 
 
 def _model(nodes, initializers, metadata=None) -> onnx.ModelProto:

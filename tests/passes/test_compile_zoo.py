@@ -23,13 +23,14 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import parametrize
 
-from compressor.api import compile_model, export_onnx
+from compressor.api import export_onnx
+from compressor.passes.pipeline import compile_model
 from compressor.counting import count_macs, count_params
 from compressor.gates import gate_group, gate_unit, gates_of, last_layer, producing_group, units_of
-from models import create_model, list_models
-from models.units import DenseUnit, PadShortcut, ResidualUnit
-from passes.base import PipelineResult
-from passes.coupling import ChannelGroup, channel_groups, predict_counts, realizable
+from compressor.models import create_model, list_models
+from compressor.models.units import DenseUnit, PadShortcut, ResidualUnit
+from compressor.passes.base import PipelineResult
+from compressor.passes.coupling import ChannelGroup, channel_groups, predict_counts, realizable
 
 ONNX_TOLERANCE = 1e-4
 

@@ -8,9 +8,9 @@ import sys
 import numpy as np
 import onnx
 
-from passes.check_onnx_sparsity import read_onnx_sparsity
-from passes.convert_float16 import ConvertFloat16Pass, is_float16
-from runtime.tolerance import compare_outputs
+from compressor.passes.check_onnx_sparsity import read_onnx_sparsity
+from compressor.passes.convert_float16 import ConvertFloat16Pass, is_float16
+from compressor.runtime.tolerance import compare_outputs
 
 
 def test_converts_weights_keeps_float_io_and_computes_the_same(resnet20_export, onnx_run):
@@ -49,9 +49,13 @@ def test_two_four_layers_stay_two_four_and_zeros_stay_zero(lenet5_export):
     assert all(weights[n].dtype == np.float16 for n in after)
 
 
-def test_importing_the_converter_leaves_the_zoo_importable(tmp_path):
-    """onnxruntime.transformers puts a folder with its own `models` package on sys.path; ours must still win."""
-    code = "import passes.convert_float16, compressor.models as m; print(len(m.list_models()))"
+def test_importing_the_converter_leaves_the_users_models_importable(tmp_path):
+    """onnxruntime.transformers puts a folder with its own `models` package on sys.path; the user's must still win."""
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "__init__.py").write_text("OWNER = 'user'\n")
+    code = ("import compressor.passes.convert_float16, compressor.models as zoo, models; "
+            "print(models.OWNER, len(zoo.list_models()))")
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert int(result.stdout) >= 12
+    owner, count = result.stdout.split()
+    assert owner == "user" and int(count) >= 12

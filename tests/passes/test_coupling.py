@@ -1,4 +1,4 @@
-"""Tests of the channel-coupling analysis (passes.coupling): the groups Torch-Pruning finds on the zoo (with the
+"""Tests of the channel-coupling analysis (compressor.passes.coupling): the groups Torch-Pruning finds on the zoo (with the
 custom PadShortcut pruner for option-A shortcuts), which channels are dead, what slicing can realise, reader
 importance and the analytic parameter/MAC prediction, checked against counts of really pruned models."""
 
@@ -11,10 +11,10 @@ import torch.nn as nn
 from compressor.counting import count_macs, count_params
 from compressor.errors import CompressorError
 from compressor.gates import gate_group
-from models import create_model, list_models
-from models.units import PadShortcut
-from passes.base import copy_model
-from passes.coupling import (PadShortcutPruner, channel_groups, dead_channels, predict_counts, reader_importance,
+from compressor.models import create_model, list_models
+from compressor.models.units import PadShortcut
+from compressor.passes.base import copy_model
+from compressor.passes.coupling import (PadShortcutPruner, channel_groups, dead_channels, predict_counts, reader_importance,
                              realizable)
 
 

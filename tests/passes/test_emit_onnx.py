@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from compressor.counting import prunable_layers
-from passes.emit_onnx import DEFAULT_OPSET, EmitOnnxPass, emit_onnx
+from compressor.passes.emit_onnx import DEFAULT_OPSET, EmitOnnxPass, emit_onnx
 
 
 @pytest.fixture(params=["lenet5", "resnet20"])

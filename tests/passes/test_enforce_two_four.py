@@ -9,10 +9,10 @@ from torch.nn.utils import parametrize
 
 from compressor.counting import prunable_layers
 from compressor.methods.masks import attach_masks
-from models import create_model
-from passes.analysis import is_two_four, to_groups, two_four_eligibility, two_four_mask
-from passes.bake_masks import BakeMasksPass
-from passes.enforce_two_four import EnforceTwoFourPass, enforce_two_four
+from compressor.models import create_model
+from compressor.passes.analysis import is_two_four, to_groups, two_four_eligibility, two_four_mask
+from compressor.passes.bake_masks import BakeMasksPass
+from compressor.passes.enforce_two_four import EnforceTwoFourPass, enforce_two_four
 
 
 def _eligible(model: nn.Module) -> list[str]:

@@ -8,9 +8,9 @@ import torch.nn as nn
 
 from compressor.counting import prunable_layers
 from compressor.methods.masks import attach_masks
-from models import create_model, list_models
-from passes.bake_masks import BakeMasksPass
-from passes.fold_batchnorm import FoldBatchNormPass, fold_batchnorm
+from compressor.models import create_model, list_models
+from compressor.passes.bake_masks import BakeMasksPass
+from compressor.passes.fold_batchnorm import FoldBatchNormPass, fold_batchnorm
 
 # BatchNorms left after folding, by dataflow: a BN folds only when its input is a Conv/Linear output used by
 # nothing else. Pre-activation BNs read a residual sum or a concatenation (or, in DenseNets, a stem output that is
@@ -110,7 +110,7 @@ def test_fold_batchnorm_does_not_put_a_training_model_in_eval_mode(randomize_bn,
 
 
 def test_fold_batchnorm_keeps_two_four_zeros(randomize_bn, make_two_four_masks, check_outputs, torch_run):
-    from passes.analysis import is_two_four, to_groups
+    from compressor.passes.analysis import is_two_four, to_groups
 
     torch.manual_seed(0)
     model = randomize_bn(_conv_bn_net().eval(), seed=4)

@@ -9,9 +9,9 @@ import torch.nn as nn
 from torch.nn.utils import parametrize
 
 from compressor.gates import UnitGate, attach_channel_gate, gate_group, gate_unit, gates_of, units_of
-from models import create_model
-from passes.coupling import channel_groups
-from passes.fold_gates import FoldGatesPass, fold_gates
+from compressor.models import create_model
+from compressor.passes.coupling import channel_groups
+from compressor.passes.fold_gates import FoldGatesPass, fold_gates
 
 
 def has_parametrizations(model: nn.Module) -> bool:

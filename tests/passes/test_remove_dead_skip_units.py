@@ -10,11 +10,11 @@ import torch.nn as nn
 
 from compressor.counting import count_macs, count_params
 from compressor.gates import gate_unit, last_layer, producing_group
-from models import create_model
-from models.units import DenseUnit, PadShortcut, ResidualUnit
-from passes.coupling import channel_groups, predict_counts
-from passes.fold_gates import fold_gates
-from passes.remove_dead_skip_units import RemoveDeadSkipUnitsPass
+from compressor.models import create_model
+from compressor.models.units import DenseUnit, PadShortcut, ResidualUnit
+from compressor.passes.coupling import channel_groups, predict_counts
+from compressor.passes.fold_gates import fold_gates
+from compressor.passes.remove_dead_skip_units import RemoveDeadSkipUnitsPass
 
 
 def inputs(model: nn.Module, seed: int = 0) -> torch.Tensor:

@@ -8,14 +8,14 @@ import pytest
 import torch
 import torch.nn as nn
 
-from compressor.api import compile_model
+from compressor.passes.pipeline import compile_model
 from compressor.counting import count_params
 from compressor.gates import gate_group
-from models import create_model
-from passes.coupling import channel_groups, reader_importance
-from passes.fold_gates import fold_gates
-from passes.round_channels import RoundChannelsPass
-from passes.slice_channels import SliceChannelsPass
+from compressor.models import create_model
+from compressor.passes.coupling import channel_groups, reader_importance
+from compressor.passes.fold_gates import fold_gates
+from compressor.passes.round_channels import RoundChannelsPass
+from compressor.passes.slice_channels import SliceChannelsPass
 
 
 def zero_gated(model: nn.Module, seed: int, fraction: float = 0.45) -> nn.Module:

@@ -11,10 +11,10 @@ import torch.nn as nn
 
 from compressor.counting import count_macs, count_params
 from compressor.gates import gate_group
-from models import create_model
-from passes.coupling import channel_groups, predict_counts, reader_importance, realizable
-from passes.fold_gates import fold_gates
-from passes.slice_channels import SliceChannelsPass, slice_channels
+from compressor.models import create_model
+from compressor.passes.coupling import channel_groups, predict_counts, reader_importance, realizable
+from compressor.passes.fold_gates import fold_gates
+from compressor.passes.slice_channels import SliceChannelsPass, slice_channels
 
 
 def group_index(groups, root: str | None = None, produced_by: str | None = None) -> int:

@@ -9,7 +9,7 @@ import onnx
 import pytest
 
 from compressor import __version__
-from passes.write_onnx_metadata import PREFIX, WriteOnnxMetadataPass, read_onnx_metadata, write_onnx_metadata
+from compressor.passes.write_onnx_metadata import PREFIX, WriteOnnxMetadataPass, read_onnx_metadata, write_onnx_metadata
 
 FACTS = {
     "version": __version__,

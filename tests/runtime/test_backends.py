@@ -9,10 +9,10 @@ import torch
 
 from compressor.api import export_onnx
 from compressor.errors import CompressorError
-from passes.analysis import two_four_mask
-from passes.convert_float16 import is_float16
-from runtime.backends import BACKENDS, Subject, backend_precision, check_backend, create_backend, unavailable
-from runtime.ort_backend import CPU_PROVIDER, CUDA_PROVIDER, TENSORRT_PROVIDER, provider_stack
+from compressor.passes.analysis import two_four_mask
+from compressor.passes.convert_float16 import is_float16
+from compressor.runtime.backends import BACKENDS, Subject, backend_precision, check_backend, create_backend, unavailable
+from compressor.runtime.ort_backend import CPU_PROVIDER, CUDA_PROVIDER, TENSORRT_PROVIDER, provider_stack
 
 
 def _mlp(two_four: bool = False) -> torch.nn.Module:

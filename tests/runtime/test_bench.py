@@ -7,8 +7,8 @@ import pytest
 from onnx import TensorProto, helper
 
 from compressor.errors import CompressorError
-from runtime.bench import BenchResult, benchmark, check_batch_sizes, parse_batch_sizes, results_table
-from runtime.ort_backend import OrtBackend
+from compressor.runtime.bench import BenchResult, benchmark, check_batch_sizes, parse_batch_sizes, results_table
+from compressor.runtime.ort_backend import OrtBackend
 
 
 def _relu_model(batch: str | int = "batch"):

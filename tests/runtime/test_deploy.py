@@ -23,10 +23,10 @@ from onnx import TensorProto, helper, numpy_helper
 import compressor
 from compressor.api import export_onnx
 from compressor.errors import CompressorError
-from passes.analysis import two_four_mask
-from passes.convert_float16 import convert_float16, is_float16
-from runtime.deploy import BENCH_SETTINGS, FIND_TRTEXEC, TARGETS, build_bundle
-from runtime.ort_backend import OrtBackend
+from compressor.passes.analysis import two_four_mask
+from compressor.passes.convert_float16 import convert_float16, is_float16
+from compressor.runtime.deploy import BENCH_SETTINGS, FIND_TRTEXEC, TARGETS, build_bundle
+from compressor.runtime.ort_backend import OrtBackend
 
 BASH = shutil.which("bash")
 # Every build keeps per-layer kernels: the engine inspector and layer_info.json show which ones are sparse.

@@ -7,7 +7,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from compressor.errors import CompressorError
-from runtime.onnx_model import model_input, output_dims, read_onnx
+from compressor.runtime.onnx_model import model_input, output_dims, read_onnx
 
 
 def _relu(shape, elem_type=TensorProto.FLOAT, inputs=("x",)) -> onnx.ModelProto:

@@ -12,7 +12,7 @@ import torch
 from onnx import TensorProto, helper
 
 from compressor.errors import CompressorError
-from runtime.ort_backend import CPU_PROVIDER, CUDA_PROVIDER, OrtBackend, default_providers
+from compressor.runtime.ort_backend import CPU_PROVIDER, CUDA_PROVIDER, OrtBackend, default_providers
 
 
 def _tiny_cnn() -> torch.nn.Module:
@@ -201,7 +201,7 @@ def test_cuda_that_fails_to_start_is_reported(exported, monkeypatch, caplog):
     # Claiming CUDA is available on a CPU-only build reproduces onnxruntime's silent fallback to CPU.
     monkeypatch.setattr(ort, "get_available_providers", lambda: [CUDA_PROVIDER, CPU_PROVIDER])
 
-    with pytest.warns(UserWarning), caplog.at_level(logging.WARNING, logger="runtime.ort_backend"):
+    with pytest.warns(UserWarning), caplog.at_level(logging.WARNING, logger="compressor.runtime.ort_backend"):
         backend = OrtBackend(exported[1])
     assert backend.name == "onnxruntime-cpu"
     assert CUDA_PROVIDER in caplog.text

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from runtime.timing import time_cuda, time_host
+from compressor.runtime.timing import time_cuda, time_host
 
 
 def test_host_timer_runs_warmup_then_times_each_run():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from compressor.errors import CompressorError
-from runtime.tolerance import RELATIVE_TOLERANCE, check_precision, compare_outputs
+from compressor.runtime.tolerance import RELATIVE_TOLERANCE, check_precision, compare_outputs
 
 
 def test_tolerance_scales_with_the_reference_and_the_precision():

@@ -10,10 +10,10 @@ from torch.nn.utils import prune
 
 from compressor.errors import CompressorError
 from compressor.models import create_model
-from passes.analysis import two_four_mask
-from runtime.bench import benchmark
-from runtime.tolerance import compare_outputs
-from runtime.torch_backend import (
+from compressor.passes.analysis import two_four_mask
+from compressor.runtime.bench import benchmark
+from compressor.runtime.tolerance import compare_outputs
+from compressor.runtime.torch_backend import (
     Conv1x1AsGemm,
     SemiStructuredBackend,
     TorchBackend,

@@ -21,10 +21,10 @@ from onnx import TensorProto, helper
 
 from compressor.api import export_onnx
 from compressor.errors import CompressorError
-from passes.analysis import two_four_mask
-from passes.convert_float16 import convert_float16
-from runtime.bench import benchmark
-from runtime.trt_backend import (
+from compressor.passes.analysis import two_four_mask
+from compressor.passes.convert_float16 import convert_float16
+from compressor.runtime.bench import benchmark
+from compressor.runtime.trt_backend import (
     NOT_INSTALLED,
     BuiltEngine,
     EngineLayer,
@@ -127,7 +127,7 @@ def test_missing_tensorrt_is_reported_with_the_install_command(monkeypatch):
 
 
 def test_importing_the_module_does_not_import_tensorrt():
-    code = "import sys, runtime.trt_backend; print('tensorrt' in sys.modules)"
+    code = "import sys, compressor.runtime.trt_backend; print('tensorrt' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                             cwd=Path(__file__).resolve().parents[2])
 

@@ -1,8 +1,5 @@
-"""The model zoo as seen from the compressor API and CLI: build models by name and summarise them.
-
-`create_model` and `list_models` come from the `models` package; `describe_models` adds the measured size of
-each model (parameters, and multiply-accumulates of one sample at its published input shape), which
-`compress zoo` prints.
+"""The measured size of every zoo model: parameters, and multiply-accumulates of one sample at its published
+input shape, which `compress zoo` prints.
 """
 
 from __future__ import annotations
@@ -10,9 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from compressor.counting import count_macs, count_params
-from models import create_model, list_models
+from compressor.models.registry import create_model, list_models
 
-__all__ = ["ModelSummary", "create_model", "describe_models", "list_models"]
+__all__ = ["ModelSummary", "describe_models"]
 
 
 @dataclass(frozen=True)
