@@ -28,22 +28,29 @@ from compressor.counting import NORM_TYPES
 from compressor.models.units import DenseUnit, ResidualUnit
 from compressor.passes.coupling import ChannelGroup, channel_groups
 
-def _per_channel(factor: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return factor.to(like.dtype).reshape(-1, *([1] * (like.dim() - 1)))
+def _per_channel(factor: torch.Tensor, like: torch.Tensor, axis: int = 0) -> torch.Tensor:
+    shape = [1] * like.dim()
+    shape[axis if like.dim() > axis else 0] = -1
+    return factor.to(like.dtype).reshape(shape)
 
 
 class ChannelGate(nn.Module):
-    """One scale per output channel of the layer it parametrizes."""
+    """One scale per output channel of the layer it parametrizes.
 
-    def __init__(self, scale: torch.Tensor) -> None:
+    Output channels are axis 0 of a weight, except for a transposed convolution (`axis=1`); a bias is always
+    scaled along its only axis.
+    """
+
+    def __init__(self, scale: torch.Tensor, axis: int = 0) -> None:
         super().__init__()
+        self.axis = axis
         self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float32).clone())
 
     def value(self) -> torch.Tensor:
         return self.scale
 
     def forward(self, tensor: torch.Tensor) -> torch.Tensor:
-        return tensor * _per_channel(self.value(), tensor)
+        return tensor * _per_channel(self.value(), tensor, self.axis)
 
 
 class UnitGate(nn.Module):
@@ -89,9 +96,16 @@ def _gated_tensors(module: nn.Module) -> list[str]:
     return ["weight"] + (["bias"] if getattr(module, "bias", None) is not None else [])
 
 
+def output_channels(module: nn.Module) -> int:
+    """How many output channels a BatchNorm, GroupNorm, Conv, ConvTranspose or Linear layer has."""
+    if isinstance(module, nn.ConvTranspose2d):
+        return module.weight.shape[1] * module.groups
+    return module.weight.shape[0]
+
+
 def attach_channel_gate(module: nn.Module, scale: torch.Tensor) -> ChannelGate:
-    """Gate the output channels of `module` (a BatchNorm, Conv or Linear) with `scale`."""
-    gate = ChannelGate(scale)
+    """Gate the output channels of `module` (a BatchNorm, GroupNorm, Conv, ConvTranspose or Linear) with `scale`."""
+    gate = ChannelGate(scale, axis=1 if isinstance(module, nn.ConvTranspose2d) else 0)
     for tensor_name in _gated_tensors(module):
         parametrize.register_parametrization(module, tensor_name, gate, unsafe=True)
     return gate
@@ -101,7 +115,7 @@ def gate_group(group: ChannelGroup, scale: torch.Tensor) -> list[ChannelGate]:
     """Gate every root channel r of `group` with `scale[r]`, at each of the group's gate points."""
     gates = []
     for member in group.gate_points:
-        per_member = torch.ones(member.module.weight.shape[0])
+        per_member = torch.ones(output_channels(member.module))
         per_member[torch.as_tensor(member.idxs)] = scale[torch.as_tensor(member.root_idxs)].float()
         gates.append(attach_channel_gate(member.module, per_member))
     return gates

@@ -1,22 +1,28 @@
 """Channel coupling: which channels of which layers must be removed together, shared by methods and passes.
 
 Removing output channel c of a convolution also removes input channel c of every layer that reads it, the
-same channel of the BatchNorm in between, and, across a residual add, channel c of every tensor joined by
-that add. Torch-Pruning's dependency graph is the field's library for finding these groups (through
-concatenations, depthwise convolutions and flatten→linear too); this module builds it with one extension,
-a pruner for the option-A zero-padding shortcut (`PadShortcut`) that Torch-Pruning cannot handle on its own,
-and turns each Torch-Pruning group into a `ChannelGroup` that says:
+same channel of the norm in between, and, across a residual add or a product, channel c of every tensor joined
+by it. Torch-Pruning's dependency graph is the field's library for finding these groups (through
+concatenations, splits, depthwise and grouped convolutions, transposed convolutions and flatten→linear too);
+this module builds it with two extensions (a pruner for the option-A zero-padding shortcut `PadShortcut`,
+which Torch-Pruning cannot handle, and a GroupNorm pruner that removes whole groups), asks it for one root layer
+at a time, and turns each Torch-Pruning group into a `ChannelGroup` that says:
 
-- which members *produce* the group's channels and where a channel gate goes (`gate_points`): every
-  BatchNorm, and every Conv/Linear whose output is not read only by BatchNorms of the same group;
-- which channels are provably zero everywhere they are read (`dead_channels`), i.e. zero at every gate
-  point and not copied by a shortcut from a live channel, so slicing them away cannot change the output;
+- which members *produce* the group's channels and where a channel gate goes (`gate_points`): every norm, and
+  every Conv/Linear whose output is not read only by norms of the same group and whose gate is needed to zero
+  the channels (not the SE layer of `x * sigmoid(fc(x))`);
+- which channels are provably zero everywhere they are read (`dead_channels`, by zero propagation:
+  compressor.passes.zero_flow), so slicing them away cannot change the output;
+- which channels can only go together (`units`): a GroupNorm's group, the same offset in every group of a
+  grouped convolution or every part of an equal split;
 - what a model's parameters and MACs become when given channels are removed (`predict_counts`).
+
+`analyse_channels` also lists the groups it leaves whole (`LeftWhole`) with the layer or op responsible, so a
+structured method can say why it cannot remove more.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
@@ -25,12 +31,11 @@ import torch.nn as nn
 import torch_pruning as tp
 from torch.nn.utils import parametrize
 
-from compressor.counting import NORM_TYPES, count_layer_macs
+from compressor.counting import count_layer_macs
 from compressor.errors import CompressorError
 from compressor.models.units import PadShortcut
 from compressor.passes.base import copy_model, unparametrize
-
-_SLICEABLE_TYPES = (nn.Conv2d, nn.Linear, *NORM_TYPES, PadShortcut)
+from compressor.passes.zero_flow import NORM_LAYERS, WEIGHT_LAYERS, ZeroFlow, op_name
 
 
 class PadShortcutPruner(tp.pruner.BasePruningFunc):
@@ -62,6 +67,23 @@ class PadShortcutPruner(tp.pruner.BasePruningFunc):
         return layer.in_channels
 
 
+class GroupNormPruner(tp.pruner.function.GroupNormPruner):
+    """Torch-Pruning's GroupNorm pruner, keeping the channels per group: whole groups go, so `num_groups` drops.
+
+    Torch-Pruning leaves `num_groups` as it was, which regroups the remaining channels; the analysis only ever
+    removes whole groups (see `_units`), and this keeps each remaining group's statistics what they were.
+    """
+
+    def prune_out_channels(self, layer: nn.GroupNorm, idxs: Sequence[int]) -> nn.GroupNorm:
+        per_group = layer.num_channels // layer.num_groups
+        if len(idxs) % per_group:
+            raise ValueError(f"GroupNorm channels are removed a whole group of {per_group} at a time, not {len(idxs)}")
+        layer.num_groups -= len(idxs) // per_group
+        return super().prune_out_channels(layer, idxs)
+
+    prune_in_channels = prune_out_channels
+
+
 @dataclass
 class GroupMember:
     """One layer's share of a channel group: its channel indices along the pruned dimension."""
@@ -85,6 +107,34 @@ class ChannelGroup:
     tp_group: tp.dependency.Group = field(repr=False)
     traced: nn.Module = field(repr=False)  # the model the graph was traced on (a plain copy of a gated one)
     prunable: bool = True  # False when traced on a copy: the analysis is then read-only
+    flow: ZeroFlow | None = field(default=None, repr=False)
+    units: torch.Tensor | None = field(default=None, repr=False)  # per root channel, the unit it is removed with
+
+    @property
+    def unit_size(self) -> int:
+        """Channels per unit: 1 unless a GroupNorm, a grouped convolution or an equal split ties channels."""
+        return self.size // (int(self.units.max()) + 1) if self.units is not None and self.size else 1
+
+    def whole_units(self, channels: Iterable[int]) -> list[int]:
+        """The channels among `channels` whose whole unit is among them (only those can be removed)."""
+        chosen = torch.zeros(self.size, dtype=torch.bool)
+        chosen[torch.as_tensor(sorted(set(channels)), dtype=torch.long)] = True
+        if self.units is None:
+            return torch.nonzero(chosen).flatten().tolist()
+        count = int(self.units.max()) + 1
+        total = torch.bincount(self.units, minlength=count)
+        picked = torch.bincount(self.units[chosen], minlength=count)
+        return torch.nonzero(chosen & (picked == total)[self.units]).flatten().tolist()
+
+    def unit_order(self, scores: torch.Tensor) -> list[int]:
+        """Root channels, a unit at a time, units by increasing mean score, channels by score within a unit."""
+        if self.units is None or self.unit_size == 1:
+            return scores.argsort().tolist()
+        count = int(self.units.max()) + 1
+        unit_score = torch.zeros(count).index_add_(0, self.units, scores.float()) / torch.bincount(self.units)
+        order = sorted(range(self.size), key=lambda c: (float(unit_score[self.units[c]]), int(self.units[c]),
+                                                         float(scores[c])))
+        return order
 
     def node(self, name: str) -> tp.dependency.Node:
         """The dependency-graph node of the layer called `name`."""
@@ -118,7 +168,7 @@ def dependency_graph(model: nn.Module, input_shape: Sequence[int]) -> tp.Depende
     try:
         with torch.enable_grad():
             graph = tp.DependencyGraph().build_dependency(
-                model, example, customized_pruners={PadShortcut: PadShortcutPruner()}, verbose=False
+                model, example, customized_pruners={PadShortcut: PadShortcutPruner(), nn.GroupNorm: GroupNormPruner()}, verbose=False
             )
     except Exception as error:  # the trace runs the user's forward and Torch-Pruning's index mapping on it
         raise _analysis_error(error) from error
@@ -151,142 +201,322 @@ def _touches_output(graph: tp.DependencyGraph, group: tp.dependency.Group) -> bo
     )
 
 
-def channel_groups(model: nn.Module, input_shape: Sequence[int]) -> list[ChannelGroup]:
-    """Every group of coupled channels that could be removed without changing the model's output width.
+@dataclass
+class LeftWhole:
+    """Channels the analysis leaves whole: the layer producing them, and the layer or op that keeps them."""
 
-    Groups that reach the model's output (the classifier's logits) are left out, and so are groups with a
-    member Torch-Pruning handles but this compiler does not verify (LayerNorm, grouped non-depthwise convs…).
+    layer: str
+    reason: str
+
+
+@dataclass
+class ChannelAnalysis:
+    """The model's removable channel groups, and the layers whose channels must stay, with the reason."""
+
+    groups: list[ChannelGroup]
+    left_whole: list[LeftWhole]
+
+    def explain(self, limit: int = 3) -> str:
+        """The first reasons channels were left whole, for a one-line message."""
+        reasons = [f"{item.layer}: {item.reason}" for item in self.left_whole[:limit]]
+        more = len(self.left_whole) - limit
+        return "; ".join(reasons) + (f"; and {more} more" if more > 0 else "")
+
+
+def channel_groups(model: nn.Module, input_shape: Sequence[int]) -> list[ChannelGroup]:
+    """Every group of coupled channels that could be removed without changing the model's output width."""
+    return analyse_channels(model, input_shape).groups
+
+
+def analyse_channels(model: nn.Module, input_shape: Sequence[int]) -> ChannelAnalysis:
+    """The groups of coupled channels that can be removed, and for every other group the reason it cannot.
+
+    Groups that reach the model's output (the classifier's logits) are the model's interface and are left out
+    silently; groups with a member this compiler does not slice (LayerNorm, a bare parameter, an op that mixes
+    channels) are listed in `left_whole` with the layer or op responsible.
     """
     parametrized = any(parametrize.is_parametrized(module) for module in model.modules())
     traced = _plain_copy(model) if parametrized else model
     graph = dependency_graph(traced, input_shape)
     names = {module: name for name, module in traced.named_modules()}
-    groups = []
-    # PadShortcut is a root too: once every branch of a stage is removed, the shortcut alone produces the
-    # stage's channels, and its zero-padded ones must still be found.
-    try:
-        tp_groups = list(graph.get_all_groups(root_module_types=(nn.Conv2d, nn.Linear, PadShortcut)))
-    except Exception as error:  # Torch-Pruning's index mapping over ops it half supports (recurrent layers)
-        raise _analysis_error(error) from error
-    for tp_group in tp_groups:
+    describe = _describer(names)
+    groups: list[ChannelGroup] = []
+    left_whole: list[LeftWhole] = []
+    for root, tp_group, error in _groups_by_root(graph):
+        if error is not None:
+            left_whole.append(LeftWhole(names.get(root, type(root).__name__), error))
+            continue
         if _touches_output(graph, tp_group):
             continue
-        members = []
-        supported = True
-        for item in tp_group:
-            node = item.dep.target
-            if node.type in _ELEMENTWISE_TYPES:
-                if not _keeps_zero(node):
-                    supported = False
-                    break
-                continue
-            module = node.module
-            # A bare nn.Parameter used in the forward (F.conv2d(x, self.w), x + self.bias) is outside every
-            # layer this compiler slices; so are LayerNorm, grouped convolutions and the like.
-            if not isinstance(module, _SLICEABLE_TYPES) or _is_grouped(module):
-                supported = False
-                break
-            members.append(GroupMember(
-                name=names[module],
-                module=model.get_submodule(names[module]),
-                produces=graph.is_out_channel_pruning_fn(item.dep.handler),
-                idxs=list(item.idxs),
-                root_idxs=list(item.root_idxs),
-            ))
-        if not supported or not members:
+        size = len(tp_group[0].idxs)
+        flow = ZeroFlow(list(tp_group), graph, size, names, describe)
+        members = [] if flow.problem else _members(tp_group, graph, names, model)
+        problem = flow.problem or _unit_problem(members, tp_group, size, names)
+        if problem is None:
+            group = ChannelGroup(members[0].name, size, members, graph, tp_group, traced, traced is model, flow)
+            group.units = _units(members, tp_group, size)
+            problem = _mark_gate_points(group, graph, traced)
+        if problem is not None:
+            left_whole.append(LeftWhole(names[root], problem))
             continue
-        _mark_gate_points(graph, members, traced)
-        groups.append(ChannelGroup(members[0].name, len(members[0].idxs), members, graph, tp_group, traced, traced is model))
-    return groups
+        groups.append(group)
+    splitting = [group for group in groups if _splits(group)]
+    if splitting:
+        refused = _splits_that_do_not_follow(traced, input_shape, splitting)
+        groups = [group for group in groups if group.root not in refused]
+        left_whole += [LeftWhole(root, reason) for root, reason in refused.items()]
+    return ChannelAnalysis(groups, left_whole)
 
 
-_ELEMENTWISE_TYPES = {
-    tp.ops.OPTYPE.ELEMENTWISE, tp.ops.OPTYPE.CONCAT, tp.ops.OPTYPE.SPLIT, tp.ops.OPTYPE.RESHAPE,
-    tp.ops.OPTYPE.SLICE, tp.ops.OPTYPE.EXPAND, tp.ops.OPTYPE.UNBIND,
-}
+def _splits(group: ChannelGroup) -> bool:
+    return any(item.dep.target.type in (tp.ops.OPTYPE.SPLIT, tp.ops.OPTYPE.UNBIND) for item in group.tp_group)
 
 
-def _is_grouped(module: nn.Module) -> bool:
-    """A grouped convolution other than a depthwise one (groups = in = out), which slicing does not support."""
-    return isinstance(module, nn.Conv2d) and module.groups != 1 and not is_depthwise(module)
+def _splits_that_do_not_follow(traced: nn.Module, input_shape: Sequence[int],
+                               groups: list[ChannelGroup]) -> dict[str, str]:
+    """Groups whose channels pass through a split whose sizes the forward fixes, with the reason.
+
+    `torch.chunk(x, 2)` splits whatever width it gets, `torch.split(x, [16, 16])` does not, and the autograd
+    graph cannot tell them apart. So a copy of the model loses one unit of every such group and runs: a forward
+    that still works proves the splits follow. Only when it fails is each group tried alone, to name it.
+    """
+    def forward_fails(tried: list[ChannelGroup]) -> bool:
+        copy = copy_model(traced).eval()
+        graph = dependency_graph(copy, input_shape)
+        try:
+            with torch.no_grad():
+                for group in tried:
+                    root = copy.get_submodule(group.root)
+                    handler = next(item.dep.handler for item in group.tp_group if item.dep.target.module is
+                                   group.traced.get_submodule(group.root))
+                    unit = torch.nonzero(group.units == group.units[0]).flatten().tolist()
+                    pruner = graph.get_pruner_of_module(root)
+                    fn = pruner.prune_out_channels if graph.is_out_channel_pruning_fn(handler) else pruner.prune_in_channels
+                    graph.get_pruning_group(root, fn, unit).prune(record_history=False)
+                copy(torch.zeros(1, *input_shape))
+        except Exception:  # any failure of the shrunken copy's forward means the split sizes are fixed
+            return True
+        return False
+
+    if not forward_fails(groups):
+        return {}
+    return {group.root: "its channels are split by torch.split (or chunk) into parts whose sizes the forward "
+                        "fixes, so they cannot lose channels" for group in groups if forward_fails([group])}
+
+
+_ROOT_TYPES = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, PadShortcut)
+
+
+def _groups_by_root(graph: tp.DependencyGraph):
+    """(root layer, Torch-Pruning group, None), or (root layer, None, why) where Torch-Pruning cannot map it.
+
+    Torch-Pruning's `get_all_groups` stops at the first layer whose channels it cannot map (a channel shuffle
+    can end in a division by zero inside its index mapping); asking one root at a time keeps every other group.
+    """
+    visited: set[nn.Module] = set()
+    ignored = set(graph.IGNORED_LAYERS_IN_TRACING)
+    for module in list(graph.module2node):
+        if module in ignored or module in visited or not isinstance(module, _ROOT_TYPES):
+            continue
+        pruner = graph.get_pruner_of_module(module)
+        channels = pruner.get_out_channels(module) if pruner is not None else None
+        if channels is None:
+            continue
+        try:
+            group = graph.get_pruning_group(module, pruner.prune_out_channels, list(range(channels)))
+        except Exception as error:  # Torch-Pruning's index mapping over ops it half supports
+            visited.add(module)
+            yield module, None, f"Torch-Pruning cannot map its channels ({_one_line(error)}){_mapping_ops(graph, module)}"
+            continue
+        for dep, _ in group:
+            if graph.is_out_channel_pruning_fn(dep.handler):
+                visited.add(dep.target.module)
+        yield module, group, None
+
+
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split())[:160] or type(error).__name__
+
+
+def _mapping_ops(graph: tp.DependencyGraph, module: nn.Module) -> str:
+    """', through <op>, <op>' for the ops between `module` and the layers that read it, to name the culprit."""
+    ops, frontier, seen = [], list(graph.module2node[module].outputs), set()
+    while frontier and len(ops) < 4:
+        node = frontier.pop(0)
+        if node in seen or isinstance(node.module, (*WEIGHT_LAYERS, *NORM_LAYERS)):
+            continue
+        seen.add(node)
+        ops.append(op_name(node))
+        frontier.extend(node.outputs)
+    return f", through {' → '.join(ops)}" if ops else ""
+
+
+def _describer(names: dict[nn.Module, str]):
+    def describe(node: tp.dependency.Node) -> str:
+        if node.module in names:
+            return f"{names[node.module]} ({type(node.module).__name__})"
+        if node.type == tp.ops.OPTYPE.PARAMETER:
+            return f"parameter {node._name or ''}".strip()
+        frontier, seen = list(node.inputs), set()
+        while frontier:  # name the op by the nearest layer before it
+            before = frontier.pop(0)
+            if before.module in names:
+                return f"{op_name(node)} after {names[before.module]}"
+            if before not in seen:
+                seen.add(before)
+                frontier.extend(before.inputs)
+        return f"{op_name(node)} on the model's input"
+    return describe
+
+
+def _members(tp_group, graph: tp.DependencyGraph, names: dict[nn.Module, str], model: nn.Module) -> list[GroupMember]:
+    members = []
+    for item in tp_group:
+        module = item.dep.target.module
+        if module not in names:
+            continue
+        members.append(GroupMember(
+            name=names[module],
+            module=model.get_submodule(names[module]),
+            produces=graph.is_out_channel_pruning_fn(item.dep.handler),
+            idxs=list(item.idxs),
+            root_idxs=list(item.root_idxs),
+        ))
+    return members
+
+
+def _segments(member: GroupMember) -> int:
+    """How many equal blocks a member cuts its channels into: a grouped conv's groups, a GroupNorm's groups."""
+    module = member.module
+    if isinstance(module, nn.GroupNorm):
+        return module.num_groups
+    if isinstance(module, nn.Conv2d) and module.groups > 1 and not is_depthwise(module):
+        return module.groups
+    return 1
+
+
+def _unit_problem(members: list[GroupMember], tp_group, size: int, names) -> str | None:
+    for item in tp_group:
+        node = item.dep.target
+        if node.type in (tp.ops.OPTYPE.SPLIT, tp.ops.OPTYPE.UNBIND):
+            sizes = list(getattr(node.module, "split_sizes", None) or [])
+            if len(set(sizes)) > 1:
+                return (f"torch.split into unequal parts {sizes} after {members[0].name if members else 'it'}: "
+                        "parts of fixed sizes cannot lose channels")
+    return None
+
+
+def _units(members: list[GroupMember], tp_group, size: int) -> torch.Tensor:
+    """The unit each root channel belongs to: channels of one unit can only be removed together.
+
+    A GroupNorm's group is a unit (removing part of it would change the statistics the rest is normalised
+    with). A grouped convolution keeps its groups equal, so the channels at the same offset in every group form
+    a unit (Torch-Pruning's own rule for grouped convolutions); an equal split (`torch.chunk`) likewise. Units that
+    share a channel merge.
+    """
+    parent = list(range(size))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    def join(channels: Sequence[int]) -> None:
+        first = find(channels[0])
+        for channel in channels[1:]:
+            parent[find(channel)] = first
+
+    def blocks(idxs: list[int], roots: list[int], total: int, count: int, whole: bool) -> None:
+        width = total // count
+        by_key: dict[int, list[int]] = {}
+        for idx, root in zip(idxs, roots):
+            by_key.setdefault(idx // width if whole else idx % width, []).append(root)
+        for channels in by_key.values():
+            join(channels)
+
+    for member in members:
+        count = _segments(member)
+        if count > 1:
+            module = member.module
+            total = (module.num_channels if isinstance(module, nn.GroupNorm) else
+                     module.out_channels if member.produces else module.in_channels)
+            blocks(member.idxs, member.root_idxs, total, count, whole=isinstance(module, nn.GroupNorm))
+    for item in tp_group:
+        node = item.dep.target
+        if node.type in (tp.ops.OPTYPE.SPLIT, tp.ops.OPTYPE.UNBIND):
+            sizes = list(getattr(node.module, "split_sizes", None) or [])
+            if len(sizes) > 1:
+                blocks(list(item.idxs), list(item.root_idxs), sum(sizes), len(sizes), whole=False)
+    roots = torch.as_tensor([find(i) for i in range(size)])
+    return torch.unique(roots, return_inverse=True)[1]
+
+
+def _mark_gate_points(group: ChannelGroup, graph: tp.DependencyGraph, traced: nn.Module) -> str | None:
+    """Choose where channel gates go; the reason the group cannot be gated to zero, or None.
+
+    Candidates are every norm and every Conv/Linear producing the channels, except a Conv/Linear read only by
+    norms of its own group (those norms are gated, and every later reader sees their output). A candidate is
+    dropped when the channels still die without it: the SE layer of `x * sigmoid(fc(x))` needs no gate,
+    since x's gate zeroes the product (and a gate on fc could not: sigmoid(0) is not 0).
+    """
+    group_norms = {traced.get_submodule(m.name) for m in group.members if isinstance(m.module, NORM_LAYERS)}
+    candidates = []
+    for member in group.members:
+        if not member.produces or isinstance(member.module, PadShortcut):
+            continue
+        if not isinstance(member.module, NORM_LAYERS):
+            readers = graph.module2node[traced.get_submodule(member.name)].outputs
+            if readers and all(node.module in group_norms for node in readers):
+                continue
+        candidates.append(member)
+
+    def killed(gated: list[GroupMember]) -> bool:
+        names = {m.name for m in gated}
+        shortcut_names = {m.name for m in group.members if isinstance(m.module, PadShortcut) and m.produces}
+        everything = torch.ones(group.size, dtype=torch.bool)
+        nothing = torch.zeros(group.size, dtype=torch.bool)
+        # A padding shortcut's copies die with the channels they copy, which `realizable` follows across groups.
+        return bool(group.flow.zero_at_readers(
+            lambda name: everything if name in names or name in shortcut_names else nothing).all())
+
+    if not killed(candidates):
+        return "gating every layer that produces these channels still leaves them non-zero where they are read " \
+               f"({group.flow.lifting_ops() or 'an op lifts zeros'})"
+    chosen = list(candidates)
+    for member in [m for m in candidates if not isinstance(m.module, NORM_LAYERS)]:
+        trial = [m for m in chosen if m is not member]
+        if trial and killed(trial):
+            chosen = trial
+    for member in chosen:
+        member.gate_point = True
+    return None
 
 
 def is_depthwise(module: nn.Module) -> bool:
     return isinstance(module, nn.Conv2d) and module.groups == module.in_channels == module.out_channels > 1
 
 
-# Element-wise ops (autograd names without "Backward<n>") after which a channel that is zero everywhere is still
-# zero, channel by channel. Anything else (sigmoid, softmax, adding a constant, a mean across channels) would
-# turn a gated-off channel into something its readers see, so a group passing through it is not sliced.
-_ZERO_KEEPING_OPS = {
-    "Relu", "Hardtanh", "LeakyRelu", "Elu", "Silu", "Gelu", "Tanh", "Hardswish", "Mish", "Mul", "Div",
-    "AvgPool2D", "MaxPool2DWithIndices", "AdaptiveAvgPool2D", "AdaptiveMaxPool2D", "UpsampleNearest2D",
-    "UpsampleBilinear2D", "View", "Reshape", "UnsafeView", "ReshapeAlias", "Clone", "Cat", "Split",
-    "SplitWithSizes", "Unbind", "Expand", "Add", "Sub", "Mean", "Sum", "Slice", "ConstantPadNd",
-}
-
-
-def _keeps_zero(node: tp.dependency.Node) -> bool:
-    grad_fn = node.grad_fn
-    if grad_fn is None:
-        return node.type in (tp.ops.OPTYPE.CONCAT, tp.ops.OPTYPE.SPLIT, tp.ops.OPTYPE.RESHAPE)
-    if not node.inputs:
-        # Computed from parameters alone (the transpose of a Linear's weight): it shapes an operand, and the
-        # op that combines that operand with the channels is the one checked.
-        return True
-    op = re.sub(r"Backward\d*$", "", grad_fn.name())
-    if op not in _ZERO_KEEPING_OPS:
-        return False
-    if op in ("Add", "Sub"):
-        # Every operand must come from the network's layers: x + 1, x + (a parameter), or x + (the model's
-        # input, which is no node) would lift a zero channel.
-        return len(node.inputs) >= 2 and all(
-            operand.inputs or operand.type not in _ELEMENTWISE_TYPES | {tp.ops.OPTYPE.PARAMETER}
-            for operand in node.inputs)
-    sizes = getattr(grad_fn, "_saved_self_sym_sizes", None)
-    rank = len(sizes) if sizes is not None else 4
-    if op in ("Mean", "Sum", "Slice"):
-        dims = getattr(grad_fn, "_saved_dim", ())
-        dims = dims if isinstance(dims, (tuple, list)) else (dims,)
-        return all(int(d) % rank != 1 for d in dims)  # reducing or striding across channels mixes them
-    if op == "ConstantPadNd":
-        pad = list(getattr(grad_fn, "_saved_pad", ()))
-        channel_pair = pad[2 * (rank - 2): 2 * (rank - 1)]  # F.pad lists pairs from the last dimension back
-        return not any(channel_pair)
-    return True
-
-
-def _mark_gate_points(graph: tp.DependencyGraph, members: list[GroupMember], traced: nn.Module) -> None:
-    # A Conv/Linear read only by BatchNorms of its own group does not need a gate: those BatchNorms are gated
-    # and every later reader sees their (zeroed) output. Anything else that produces the channels does.
-    group_norms = {traced.get_submodule(m.name) for m in members if isinstance(m.module, NORM_TYPES)}
-    for member in members:
-        if not member.produces or isinstance(member.module, PadShortcut):
-            continue
-        if isinstance(member.module, NORM_TYPES):
-            member.gate_point = True
-            continue
-        readers = graph.module2node[traced.get_submodule(member.name)].outputs
-        member.gate_point = not readers or not all(node.module in group_norms for node in readers)
-
-
 def zero_channels(module: nn.Module, idxs: Sequence[int]) -> torch.Tensor:
     """For each of `idxs`, whether `module` outputs exactly zero on that channel whatever its input.
 
-    True only for what the weights prove: a BatchNorm with zero scale and shift, a Conv/Linear row of zero
-    weights and bias, a padding shortcut's zero channel. Other layer types prove nothing.
+    True only for what the weights prove: a BatchNorm or GroupNorm with zero scale and shift, a Conv/Linear
+    (or ConvTranspose) filter of zero weights and bias, a padding shortcut's zero channel. Other layer types
+    prove nothing.
     """
     idxs = list(idxs)
     index = torch.as_tensor(idxs, dtype=torch.long)
     if isinstance(module, PadShortcut):
         return torch.as_tensor([module.sources[i] < 0 for i in idxs], dtype=torch.bool)
-    if isinstance(module, NORM_TYPES):
+    if isinstance(module, NORM_LAYERS):
         if not module.affine:
             return torch.zeros(len(idxs), dtype=torch.bool)
         return (module.weight.detach()[index] == 0) & (module.bias.detach()[index] == 0)
-    if not isinstance(module, (nn.Conv2d, nn.Linear)):
+    if not isinstance(module, WEIGHT_LAYERS):
         return torch.zeros(len(idxs), dtype=torch.bool)
-    weight = module.weight.detach()[index].flatten(1)
+    weight = module.weight.detach()
+    # A transposed convolution stores its output channels on the second axis.
+    weight = (weight.transpose(0, 1) if isinstance(module, nn.ConvTranspose2d) else weight)[index].flatten(1)
     zero = (weight == 0).all(dim=1)
     if module.bias is not None:
         zero &= module.bias.detach()[index] == 0
@@ -294,14 +524,22 @@ def zero_channels(module: nn.Module, idxs: Sequence[int]) -> torch.Tensor:
 
 
 def dead_channels(group: ChannelGroup) -> list[int]:
-    """Root channels of `group` that are exactly zero wherever a later layer reads them."""
-    dead = torch.ones(group.size, dtype=torch.bool)
+    """Root channels of `group` that are exactly zero wherever a later layer reads them, whole units only."""
+    producers: dict[str, GroupMember] = {}
     for member in group.members:
-        if member.gate_point or (member.produces and isinstance(member.module, PadShortcut)):
-            zero = zero_channels(member.module, member.idxs)
-            alive_roots = torch.as_tensor(member.root_idxs, dtype=torch.long)[~zero]
-            dead[alive_roots] = False
-    return torch.nonzero(dead).flatten().tolist()
+        if member.produces or member.name not in producers:
+            producers[member.name] = member
+
+    def zero_roots(name: str) -> torch.Tensor:
+        member = producers[name]
+        zero = torch.zeros(group.size, dtype=torch.bool)
+        roots = torch.as_tensor(member.root_idxs, dtype=torch.long)
+        zero[roots] = True
+        zero[roots[~zero_channels(member.module, member.idxs)]] = False  # a root is zero only if all its copies are
+        return zero
+
+    dead = group.flow.zero_at_readers(zero_roots)
+    return group.whole_units(torch.nonzero(dead).flatten().tolist())
 
 
 def realizable(groups: Sequence[ChannelGroup], plan: Sequence[Iterable[int]]) -> list[list[int]]:
@@ -338,9 +576,12 @@ def reader_importance(group: ChannelGroup) -> torch.Tensor:
     importance = torch.zeros(group.size)
     for member in group.members:
         module = member.module
-        if member.produces or not isinstance(module, (nn.Conv2d, nn.Linear)):
+        if member.produces or not isinstance(module, WEIGHT_LAYERS):
             continue
-        weight = module.weight.detach().abs().transpose(0, 1).flatten(1).sum(dim=1)
+        weight = module.weight.detach().abs()
+        # Input channels are the weight's second axis, or its first for a transposed convolution.
+        by_input = weight if isinstance(module, nn.ConvTranspose2d) else weight.transpose(0, 1)
+        weight = by_input.flatten(1).sum(dim=1)
         importance.index_add_(0, torch.as_tensor(member.root_idxs), weight[torch.as_tensor(member.idxs)])
     return importance
 
@@ -356,7 +597,7 @@ def predict_counts(
     """(parameters, MACs) of `model` after removing `removed_channels[i]` (root indices) of `groups[i]`.
 
     `removed_modules` are layers that disappear entirely (a removed unit's branch). The prediction is
-    analytic: every Conv/Linear/BatchNorm keeps `alive_out × alive_in` of its weights and MACs.
+    analytic: every Conv/Linear/ConvTranspose/norm keeps `alive_out × alive_in` of its weights and MACs.
     `layer_macs` (from `count_layer_macs`) saves a forward pass when predicting many times.
     """
     gone = set(removed_modules)
@@ -377,24 +618,29 @@ def predict_counts(
         direct = [p for p in module.parameters(recurse=False)]
         if parametrize.is_parametrized(module):
             direct += [getattr(module, name) for name in module.parametrizations]
-        if not direct and not isinstance(module, (nn.Conv2d, nn.Linear)):
+        if not direct and not isinstance(module, WEIGHT_LAYERS):
             continue
-        if isinstance(module, (nn.Conv2d, nn.Linear)):
-            out_total = module.weight.shape[0]
-            in_total = module.weight.shape[1] * (module.groups if isinstance(module, nn.Conv2d) else 1)
+        if isinstance(module, WEIGHT_LAYERS):
+            transposed = isinstance(module, nn.ConvTranspose2d)
+            groups = getattr(module, "groups", 1)
+            # Weights are [out, in / groups, ...], or [in, out / groups, ...] for a transposed convolution.
+            out_total = module.weight.shape[1] * groups if transposed else module.weight.shape[0]
+            in_total = module.weight.shape[0] if transposed else module.weight.shape[1] * groups
             alive_out = out_total - lost_out.get(module, 0)
-            # A depthwise filter reads one channel; any other grouped convolution is never sliced (see
-            # _is_grouped), so each filter keeps reading its weight.shape[1] channels.
-            alive_in = module.weight.shape[1] if isinstance(module, nn.Conv2d) and module.groups > 1 else (
-                in_total - lost_in.get(module, 0))
+            alive_in = in_total - lost_in.get(module, 0)
+            if groups > 1 and not transposed:
+                # A depthwise filter reads one channel; a grouped convolution keeps its groups, each filter
+                # reading its group's remaining channels.
+                alive_in = 1 if is_depthwise(module) else alive_in // groups
+                in_total = module.weight.shape[1]
             per_pair = module.weight[0, 0].numel()
             params += alive_out * alive_in * per_pair + (alive_out if module.bias is not None else 0)
             layer = layer_macs.get(names[module])
             if layer is not None:  # layers the forward never calls do no work
-                macs += layer.macs // (out_total * module.weight.shape[1]) * alive_out * alive_in
-        elif isinstance(module, NORM_TYPES):
-            params += sum(p.numel() for p in direct) // module.num_features * (
-                module.num_features - lost_out.get(module, 0))
+                macs += layer.macs // (out_total * in_total) * alive_out * alive_in
+        elif isinstance(module, NORM_LAYERS):
+            channels = module.num_channels if isinstance(module, nn.GroupNorm) else module.num_features
+            params += sum(p.numel() for p in direct) // channels * (channels - lost_out.get(module, 0))
         else:
             params += sum(p.numel() for p in direct)
     return params, macs

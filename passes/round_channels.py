@@ -30,11 +30,20 @@ class RoundChannelsPass(SliceChannelsPass):
         self.multiple = multiple
 
     def choose(self, group: ChannelGroup, dead: list[int]) -> list[int]:
+        # A group whose channels go a unit at a time (GroupNorm groups, grouped convolutions) rounds to units too.
+        multiple = math.lcm(self.multiple, group.unit_size)
         alive = group.size - len(dead)
-        width = min(group.size, max(self.multiple, math.ceil(alive / self.multiple) * self.multiple))
+        width = min(group.size, max(multiple, math.ceil(alive / multiple) * multiple))
         surplus = width - alive
         if surplus <= 0:
             return super().choose(group, dead)
-        importance = reader_importance(group)[torch.as_tensor(dead, dtype=torch.long)]
-        kept = {dead[i] for i in importance.argsort(descending=True)[:surplus].tolist()}
+        importance = reader_importance(group)
+        if group.unit_size == 1:
+            ranked = [dead[i] for i in importance[torch.as_tensor(dead, dtype=torch.long)].argsort(descending=True)]
+        else:
+            # Keep whole units, the ones whose readers weigh them most.
+            units = sorted({int(group.units[c]) for c in dead},
+                           key=lambda u: -float(importance[group.units == u].sum()))
+            ranked = [c for u in units for c in dead if int(group.units[c]) == u]
+        kept = set(ranked[:surplus])
         return [c for c in dead if c not in kept]

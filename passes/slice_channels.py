@@ -29,11 +29,12 @@ class SliceChannelsPass(Pass):
         self.input_shape = tuple(input_shape) if input_shape is not None else None
 
     def choose(self, group: ChannelGroup, dead: list[int]) -> list[int]:
-        """The dead root channels to remove: all of them, but never a group's last channel."""
+        """The dead root channels to remove: all of them, but never a group's last channel (or unit of channels)."""
         if len(dead) < group.size:
             return dead
         keep = int(reader_importance(group).argmax())
-        return [c for c in dead if c != keep]
+        kept = set(torch.nonzero(group.units == group.units[keep]).flatten().tolist())
+        return [c for c in dead if c not in kept]
 
     def run(self, model: nn.Module) -> PassResult:
         original = model

@@ -28,7 +28,7 @@ from compressor.gates import gate_group
 from compressor.methods.base import Method, register_method
 from compressor.options import method_flag, parse_fraction
 from compressor.passes.base import copy_model
-from compressor.passes.coupling import ChannelGroup, channel_groups, predict_counts, realizable
+from compressor.passes.coupling import ChannelGroup, analyse_channels, predict_counts, realizable
 from compressor.passes.pipeline import compile_model
 
 SCOPES = ("global", "uniform")
@@ -66,8 +66,11 @@ def filter_l1(group: ChannelGroup) -> torch.Tensor:
     """Per root channel, the L1 norm of the filters producing it, summed over the group's Conv/Linear layers."""
     scores = torch.zeros(group.size)
     for member in group.members:
-        if member.produces and isinstance(member.module, (nn.Conv2d, nn.Linear)):
-            norms = member.module.weight.detach().abs().flatten(1).sum(dim=1)
+        if member.produces and isinstance(member.module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            weight = member.module.weight.detach().abs()
+            # A transposed convolution's filters are indexed by its weight's second axis.
+            by_output = weight.transpose(0, 1) if isinstance(member.module, nn.ConvTranspose2d) else weight
+            norms = by_output.flatten(1).sum(dim=1)
             scores.index_add_(0, torch.as_tensor(member.root_idxs), norms[torch.as_tensor(member.idxs)])
     return scores
 
@@ -126,11 +129,14 @@ class ChannelMethod(Method):
         cheapest block of `round_to` channels at a time. Uniform scope bisects one fraction for every group,
         so with rounding each group moves by whole blocks and the MACs removed can exceed the target.
         """
-        groups = channel_groups(model, input_shape)
+        analysis = analyse_channels(model, input_shape)
+        groups = analysis.groups
         if not groups:
-            raise CompressorError("the model has no channels that can be removed without changing its output width")
+            why = f": {analysis.explain()}" if analysis.left_whole else ""
+            raise CompressorError(f"the model has no channels that can be removed without changing its output width{why}")
         scores = [filter_l1(group) for group in groups]
-        orders = [score.argsort().tolist() for score in scores]
+        orders = [group.unit_order(score) for group, score in zip(groups, scores)]
+        self._multiples = [math.lcm(self.round_to, group.unit_size) for group in groups]
         layer_macs = count_layer_macs(model, input_shape)
         dense_params = count_params(model)
         dense_macs = sum(layer.macs for layer in layer_macs.values())
@@ -138,13 +144,13 @@ class ChannelMethod(Method):
         def plan_for(level: float) -> list[list[int]]:
             # `level` is a fraction per group (uniform) or a normalised-score threshold (global).
             plan = []
-            for group, score, order in zip(groups, scores, orders):
+            for group, score, order, multiple in zip(groups, scores, orders, self._multiples):
                 if self.config.scope == "uniform":
                     wanted = int(level * group.size)
                 else:
                     normalised = score / score.mean().clamp_min(1e-12)
                     wanted = int((normalised < level).sum())
-                plan.append(order[:_removable(group.size, wanted, self.round_to)])
+                plan.append(order[:_removable(group.size, wanted, multiple)])
             return self._rounded(groups, orders, realizable(groups, plan))
 
         def meets(plan: list[list[int]]) -> bool:
@@ -157,8 +163,9 @@ class ChannelMethod(Method):
             (s / s.mean().clamp_min(1e-12)).max() for s in scores)) + 1.0
         if not meets(plan_for(high)):
             floor = "one channel" if self.round_to == 1 else f"{self.round_to} channels (--round-to)"
+            whole = f"; channels left whole: {analysis.explain()}" if analysis.left_whole else ""
             raise CompressorError(f"method channel cannot reach the target on this model: even with {floor} left "
-                                  "per group the MACs/parameters removed fall short")
+                                  f"per group the MACs/parameters removed fall short{whole}")
         if self.config.scope == "global" and self.round_to > 1:
             plan = self._block_greedy(groups, scores, orders, meets)
         else:
@@ -183,12 +190,12 @@ class ChannelMethod(Method):
         the target badly on narrow models (a 16-channel layer can only drop to 8); taking the cheapest block
         each step stops at the first block that meets the target.
         """
-        multiple = self.round_to
         normalised = [score / score.mean().clamp_min(1e-12) for score in scores]
         removed = [0] * len(groups)
         candidates: list[tuple[float, int, int]] = []
 
         def offer(index: int) -> None:
+            multiple = self._multiples[index]
             kept = groups[index].size - removed[index]
             step = kept % multiple or multiple  # the first step lands the width on a multiple
             if kept - step >= multiple:
@@ -204,7 +211,7 @@ class ChannelMethod(Method):
             if meets(plan):
                 return plan
             offer(index)
-        raise CompressorError(f"method channel cannot reach the target at multiples of {multiple} channels")
+        raise CompressorError(f"method channel cannot reach the target at multiples of {self.round_to} channels")
 
     def _rounded(self, groups: list[ChannelGroup], orders: list[list[int]], plan: list[list[int]]) -> list[list[int]]:
         """`plan` with every group's remaining width a multiple of `round_to`, after `realizable` trimmed it.
@@ -215,9 +222,9 @@ class ChannelMethod(Method):
         while True:
             changed = False
             for index, (group, order) in enumerate(zip(groups, orders)):
-                removed = set(plan[index])
-                keep = _removable(group.size, len(removed), self.round_to)
-                if keep < len(removed):
+                removed = set(group.whole_units(plan[index]))
+                keep = _removable(group.size, len(removed), self._multiples[index])
+                if keep < len(removed) or len(removed) < len(plan[index]):
                     ranked = [channel for channel in order if channel in removed]
                     plan[index] = sorted(ranked[:keep])
                     changed = True

@@ -9,13 +9,12 @@ import torch
 import torch.nn as nn
 
 from compressor.counting import count_macs, count_params
-from compressor.errors import CompressorError
 from compressor.gates import gate_group
 from compressor.models import create_model, list_models
 from compressor.models.units import PadShortcut
 from compressor.passes.base import copy_model
-from compressor.passes.coupling import (PadShortcutPruner, channel_groups, dead_channels, predict_counts, reader_importance,
-                             realizable)
+from compressor.passes.coupling import (PadShortcutPruner, analyse_channels, channel_groups, dead_channels, predict_counts,
+                                        reader_importance, realizable)
 
 
 def groups_of(model: nn.Module):
@@ -325,14 +324,24 @@ def test_an_addition_with_the_model_input_leaves_the_group_whole():
     assert channel_groups(InputResidual().eval(), (3, 8, 8)) == []
 
 
-def test_grouped_convolutions_are_predicted_and_never_sliced():
+def test_grouped_convolutions_lose_the_same_channels_in_every_group_as_predicted():
     model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1, groups=4),
                           nn.ReLU(), nn.Conv2d(16, 8, 1), nn.Flatten(), nn.Linear(8 * 64, 10)).eval()
-    groups = channel_groups(model, (3, 8, 8))
-    assert predict_counts(model, (3, 8, 8), groups, [[] for _ in groups]) == (
-        count_params(model), count_macs(model, (3, 8, 8)))
-    assert all(not isinstance(member.module, nn.Conv2d) or member.module.groups == 1
-               for group in groups for member in group.members)
+    shape = (3, 8, 8)
+    groups = channel_groups(model, shape)
+    assert predict_counts(model, shape, groups, [[] for _ in groups]) == (count_params(model), count_macs(model, shape))
+    into, out_of = group_rooted_at(groups, "0"), group_rooted_at(groups, "2")
+    # Channel c of every group of 4 is one unit: removing it keeps the 4 groups equal.
+    assert into.unit_size == out_of.unit_size == 4
+    assert into.whole_units([0, 4, 8, 12, 1]) == [0, 4, 8, 12]
+    plan = [[0, 4, 8, 12] if group is into else [1, 5, 9, 13] if group is out_of else [] for group in groups]
+    predicted = predict_counts(model, shape, groups, plan)
+    pruned = copy_model(model)
+    for group, channels in zip(channel_groups(pruned, shape), plan):
+        if channels:
+            group.prune(channels)
+    assert pruned[2].groups == 4 and tuple(pruned[2].weight.shape) == (12, 3, 3, 3)
+    assert predicted == (count_params(pruned), count_macs(pruned, shape))
 
 
 def test_a_layer_the_forward_never_calls_counts_its_parameters_and_no_work():
@@ -352,7 +361,7 @@ def test_a_layer_the_forward_never_calls_counts_its_parameters_and_no_work():
         count_params(model), count_macs(model, (1, 8, 8)))
 
 
-def test_a_model_torch_pruning_cannot_analyse_is_one_clear_error():
+def test_a_layer_torch_pruning_cannot_map_is_left_whole_by_name():
     class ConvThenGru(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -364,5 +373,7 @@ def test_a_model_torch_pruning_cannot_analyse_is_one_clear_error():
             sequence = self.conv(x).flatten(2).transpose(1, 2)
             return self.fc(self.gru(sequence)[0][:, -1])
 
-    with pytest.raises(CompressorError, match="Torch-Pruning cannot analyse"):
-        channel_groups(ConvThenGru().eval(), (1, 8, 8))
+    analysis = analyse_channels(ConvThenGru().eval(), (1, 8, 8))
+    assert analysis.groups == []
+    assert [item.layer for item in analysis.left_whole] == ["conv"]
+    assert "Torch-Pruning cannot map its channels" in analysis.left_whole[0].reason
