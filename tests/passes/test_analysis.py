@@ -131,6 +131,24 @@ def test_onnx_matmul_groups_agree_with_torch_linear_groups():
     np.testing.assert_array_equal(groups, to_groups(weight).numpy())
 
 
+@pytest.mark.parametrize("trans_a", [False, True], ids=["transA0", "transA1"])
+def test_onnx_gemm_weight_as_a_groups_along_its_summed_axis(trans_a):
+    weight = torch.randn(6, 12)  # W @ x: A is [out, in], or [in, out] with transA
+    stored = np.ascontiguousarray(weight.numpy().T) if trans_a else weight.numpy()
+    groups = onnx_weight_groups("Gemm", stored, trans_a=trans_a, weight_input=0)
+    np.testing.assert_array_equal(groups, to_groups(weight).numpy())
+
+
+def test_onnx_matmul_weight_on_the_left_groups_along_its_last_axis():
+    weight = torch.randn(6, 12)
+    np.testing.assert_array_equal(onnx_weight_groups("MatMul", weight.numpy(), weight_input=0),
+                                  to_groups(weight).numpy())
+
+
+def test_onnx_conv_transpose_is_never_two_four():
+    assert onnx_weight_groups("ConvTranspose", np.ones((8, 8, 3, 3), dtype=np.float32)) is None
+
+
 @pytest.mark.parametrize(
     "op_type, shape, trans_b",
     [("Conv", (16, 3, 3, 3), False), ("Conv", (32, 1, 3, 3), False), ("Gemm", (5, 10), True),
