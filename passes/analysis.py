@@ -16,7 +16,7 @@ import torch.fx
 import torch.nn as nn
 from torch.nn.utils import parametrize, prune
 
-from compressor.counting import PRUNABLE_TYPES
+from compressor.counting import CONV_TRANSPOSE_TYPES, PRUNABLE_TYPES
 
 GROUP = 4
 KEEP = 2
@@ -36,6 +36,11 @@ def two_four_eligibility(module: nn.Module) -> Eligibility:
         if module.in_features % GROUP:
             return Eligibility(False, f"in_features={module.in_features} is not a multiple of {GROUP}")
         return Eligibility(True)
+    if isinstance(module, CONV_TRANSPOSE_TYPES):
+        # Its weight is [C_in, C_out/groups, *kernel] and it runs as a deconvolution, not as the Conv/Gemm
+        # whose input-channel layout TensorRT's sparse kernels are defined on: it stays dense.
+        return Eligibility(False, f"{type(module).__name__}: TensorRT's 2:4 kernels cover Conv/Gemm weights "
+                                  "along their input channels, not transposed convolutions")
     if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
         if module.groups != 1:
             return Eligibility(False, f"grouped convolution (groups={module.groups})")

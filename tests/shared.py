@@ -125,3 +125,19 @@ class BiasFreeUserNet(nn.Module):
         tokens = self.excite(torch.relu(self.stem(x))).flatten(2).transpose(1, 2)
         tokens = self.attention(tokens)
         return self.head(self.mlp(tokens).mean(1))
+
+
+class EncoderDecoderNet(nn.Module):
+    """A segmentation-style user model: strided conv encoder → ConvTranspose2d decoder (with BatchNorm) →
+    global pool → linear classifier. Input 1x8x8 (the digits); picklable by class name from here."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Conv2d(1, 16, 3, stride=2, padding=1), nn.ReLU(),
+                                     nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU())
+        self.decoder = nn.Sequential(nn.ConvTranspose2d(32, 16, 2, stride=2, bias=False), nn.BatchNorm2d(16),
+                                     nn.ReLU())
+        self.classifier = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.decoder(self.encoder(x)).mean((2, 3)))

@@ -98,9 +98,10 @@ def test_is_two_four_torch_and_numpy():
         (nn.Linear(10, 5), False, "in_features=10"),
         (nn.Linear(12, 5), True, ""),
         (nn.BatchNorm2d(8), False, "BatchNorm2d is not a Conv/Linear layer"),
+        (nn.ConvTranspose2d(8, 8, 2, stride=2), False, "not transposed convolutions"),
     ],
     ids=["conv_c3", "conv_c1", "conv_c8", "conv_c6", "depthwise", "grouped", "conv1d_c12", "linear_in10",
-         "linear_in12", "batchnorm"],
+         "linear_in12", "batchnorm", "conv_transpose"],
 )
 def test_two_four_eligibility(layer, eligible, reason):
     verdict = two_four_eligibility(layer)
