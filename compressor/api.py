@@ -36,7 +36,7 @@ from compressor.verify import verify_onnx
 from compressor.passes.analysis import has_unbaked_mask, two_four_eligibility
 from compressor.passes.bake_masks import BakeMasksPass
 from compressor.passes.base import Pipeline, PipelineResult, copy_model
-from compressor.passes.check_onnx_sparsity import CheckOnnxSparsityPass
+from compressor.passes.check_onnx_sparsity import CheckOnnxSparsityPass, distinct_weights
 from compressor.passes.clean_onnx import CleanOnnxPass
 from compressor.passes.emit_onnx import DEFAULT_OPSET, EmitOnnxPass
 from compressor.passes.enforce_two_four import EnforceTwoFourPass
@@ -233,7 +233,8 @@ def _compress_into(staging: Path, source, compression, data_spec, epochs, lr, ba
         exported = export_onnx(model, staging / "model.onnx", shape, facts=facts, expect_two_four=two_four_names)
     with _timed(timings, "verify"):
         check = verify_onnx(model, exported.model, _real_batch(bundle))
-        onnx_rows = exported.notes("CheckOnnxSparsity")["layers"]
+        # A layer called twice (a shared weight) is read by two ONNX nodes but stored, and counted in torch, once.
+        onnx_rows = distinct_weights(exported.notes("CheckOnnxSparsity")["layers"])
         onnx_zeros = sum(row.zeros for row in onnx_rows)
         # The ONNX holds BatchNorm-folded weights: a BatchNorm channel with zero scale (a channel kept at zero
         # to round a width) zeroes its whole filter there, so the count to match is the folded model's.

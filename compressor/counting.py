@@ -1,7 +1,7 @@
 """Measured model statistics: parameters, multiply-accumulates and weight sparsity.
 
-MACs are counted by running one forward pass with hooks on every Conv/Linear layer and reading the real
-output shapes, so they hold for any architecture, including ones whose shapes were changed by passes.
+MACs are counted by running one forward pass with hooks on every Conv/ConvTranspose/Linear layer and reading
+the real tensor shapes, so they hold for any architecture, including ones whose shapes were changed by passes.
 Sparsity is counted from the weights themselves (zeros ÷ weights), never estimated.
 """
 
@@ -12,12 +12,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-PRUNABLE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+CONV_TRANSPOSE_TYPES = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+PRUNABLE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, *CONV_TRANSPOSE_TYPES, nn.Linear)
 NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 
 def prunable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The Conv/Linear layers whose weights methods may prune, in module order."""
+    """The Conv/ConvTranspose/Linear layers whose weights methods may prune, in module order."""
     return [(name, module) for name, module in model.named_modules() if isinstance(module, PRUNABLE_TYPES)]
 
 
@@ -40,7 +41,7 @@ def _effective_weight(module: nn.Module) -> torch.Tensor:
 
 
 def count_layer_macs(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, LayerMacs]:
-    """Per-layer multiply-accumulates of Conv/Linear layers for one sample of `input_shape` (C, H, W)."""
+    """Per-layer multiply-accumulates of the prunable layers for one sample of `input_shape` (C, H, W)."""
     results: dict[str, LayerMacs] = {}
     handles = []
 
@@ -48,9 +49,15 @@ def count_layer_macs(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str
         def hook(module: nn.Module, inputs, output):
             weight = _effective_weight(module)
             # Every weight is used once per output position: each spatial location of a conv output, each row
-            # of a linear output (one per sample, or one per token for sequence inputs).
-            sample = output[0]
-            positions = sample.numel() // (sample.shape[-1] if isinstance(module, nn.Linear) else sample.shape[0])
+            # of a linear output (one per sample, or one per token for sequence inputs). A transposed conv
+            # scatters instead: each input value is multiplied by every weight of its group's
+            # [C_out/groups, *kernel] slice, so every weight is used once per *input* spatial position.
+            if isinstance(module, CONV_TRANSPOSE_TYPES):
+                sample = inputs[0][0]
+                positions = sample.numel() // sample.shape[0]
+            else:
+                sample = output[0]
+                positions = sample.numel() // (sample.shape[-1] if isinstance(module, nn.Linear) else sample.shape[0])
             results[name] = LayerMacs(positions * weight.numel(), positions * int(torch.count_nonzero(weight)))
 
         return hook
@@ -71,7 +78,7 @@ def count_layer_macs(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str
 
 
 def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
-    """Total Conv/Linear multiply-accumulates for one sample of `input_shape`."""
+    """Total multiply-accumulates of the prunable layers for one sample of `input_shape`."""
     return sum(layer.macs for layer in count_layer_macs(model, input_shape).values())
 
 

@@ -16,7 +16,7 @@ import torch.fx
 import torch.nn as nn
 from torch.nn.utils import parametrize, prune
 
-from compressor.counting import PRUNABLE_TYPES
+from compressor.counting import CONV_TRANSPOSE_TYPES, PRUNABLE_TYPES
 
 GROUP = 4
 KEEP = 2
@@ -36,6 +36,11 @@ def two_four_eligibility(module: nn.Module) -> Eligibility:
         if module.in_features % GROUP:
             return Eligibility(False, f"in_features={module.in_features} is not a multiple of {GROUP}")
         return Eligibility(True)
+    if isinstance(module, CONV_TRANSPOSE_TYPES):
+        # Its weight is [C_in, C_out/groups, *kernel] and it runs as a deconvolution, not as the Conv/Gemm
+        # whose input-channel layout TensorRT's sparse kernels are defined on: it stays dense.
+        return Eligibility(False, f"{type(module).__name__}: TensorRT's 2:4 kernels cover Conv/Gemm weights "
+                                  "along their input channels, not transposed convolutions")
     if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
         if module.groups != 1:
             return Eligibility(False, f"grouped convolution (groups={module.groups})")
@@ -75,21 +80,38 @@ def two_four_mask(weight: torch.Tensor) -> torch.Tensor:
     return from_groups(keep, weight).to(weight.dtype)
 
 
-def onnx_weight_groups(op_type: str, weight: np.ndarray, trans_b: bool = False, group: int = 1) -> np.ndarray | None:
-    """Groups of 4 along TensorRT's 2:4 axis for an ONNX Conv / Gemm / MatMul weight, or None if ineligible."""
-    if op_type == "Conv":
-        if group != 1:
-            return None
-        matrix = np.moveaxis(weight, 1, -1)
-    elif op_type == "Gemm":
-        matrix = weight if trans_b else weight.T
-    elif op_type == "MatMul":
-        matrix = weight.T
-    else:
+def onnx_input_channel_axis(op_type: str, weight_input: int, rank: int, trans_a: bool = False,
+                            trans_b: bool = False) -> int | None:
+    """The axis of an ONNX node's weight operand that the node sums over (TensorRT's 2:4 axis), or None.
+
+    `weight_input` is the operand's position among the node's inputs: 1 for Conv, Gemm's B and MatMul's B
+    (`x @ W`), 0 for Gemm's A and MatMul's A (`W @ x`). MatMul sums over its A operand's last axis and its
+    B operand's second-to-last; Gemm's transA/transB swap the two axes of A/B.
+    """
+    if op_type == "Conv" and weight_input == 1:
+        return 1
+    if op_type == "Gemm" and weight_input == 0:
+        return 0 if trans_a else 1  # A is [M, K], or [K, M] with transA
+    if op_type == "Gemm" and weight_input == 1:
+        return 1 if trans_b else 0  # B is [K, N], or [N, K] with transB
+    if op_type == "MatMul" and weight_input in (0, 1) and rank >= 2:
+        return rank - 1 if weight_input == 0 else rank - 2
+    return None
+
+
+def onnx_weight_groups(op_type: str, weight: np.ndarray, trans_b: bool = False, group: int = 1,
+                       weight_input: int = 1, trans_a: bool = False) -> np.ndarray | None:
+    """Groups of 4 along TensorRT's 2:4 axis for an ONNX Conv / Gemm / MatMul weight, or None if ineligible.
+
+    `weight` is the operand as the node reads it (after any Transpose that leads to it); other ops, grouped
+    convolutions (ConvTranspose among them: see `two_four_eligibility`) and axes not a multiple of 4 give None.
+    """
+    if op_type == "Conv" and group != 1:
         return None
-    if matrix.shape[-1] % GROUP:
+    axis = onnx_input_channel_axis(op_type, weight_input, weight.ndim, trans_a, trans_b)
+    if axis is None or weight.shape[axis] % GROUP:
         return None
-    return matrix.reshape(-1, GROUP)
+    return np.moveaxis(weight, axis, -1).reshape(-1, GROUP)
 
 
 def is_two_four(groups: torch.Tensor | np.ndarray) -> bool:

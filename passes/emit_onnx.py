@@ -84,7 +84,11 @@ def _export(model: nn.Module, example: torch.Tensor, opset: int, input_name: str
     faithful = proto is not None and not any(issubclass(w.category, torch.jit.TracerWarning) for w in caught)
     if faithful and _agrees_at_other_batches(proto, model, example):
         return proto, "torchscript"
-    program = torch.onnx.export(model, (example,), dynamo=True, opset_version=opset, input_names=[input_name],
+    # Unoptimized, the exported graph reads every weight under its torch name (a bias-free Linear through a
+    # Transpose node); the exporter's optimizer would fold such a Transpose into an initializer with a generated
+    # name. CleanOnnx folds it keeping the name, which the sparsity check finds weights by.
+    program = torch.onnx.export(model, (example,), dynamo=True, optimize=False, opset_version=opset,
+                                input_names=[input_name],
                                 output_names=[output_name], dynamic_shapes=({0: torch.export.Dim("batch")},),
                                 external_data=False)
     batch_dim = program.model_proto.graph.input[0].type.tensor_type.shape.dim[0]

@@ -79,3 +79,65 @@ def shared_weight_matmuls() -> onnx.ModelProto:
         [numpy_helper.from_array(np.eye(4, dtype=np.float32), "w")],
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+
+
+class SqueezeExcite(nn.Module):
+    """Squeeze-and-excitation with bias-free fully connected layers, as many user models write it."""
+
+    def __init__(self, channels: int, reduced: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(channels, reduced, bias=False)
+        self.fc2 = nn.Linear(reduced, channels, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = torch.sigmoid(self.fc2(torch.relu(self.fc1(x.mean((2, 3))))))
+        return x * scale[:, :, None, None]
+
+
+class TokenAttention(nn.Module):
+    """Single-head self-attention over [N, T, C] tokens with bias-free q/k/v projections and a biased output."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.q = nn.Linear(channels, channels, bias=False)
+        self.k = nn.Linear(channels, channels, bias=False)
+        self.v = nn.Linear(channels, channels, bias=False)
+        self.out = nn.Linear(channels, channels)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        weights = torch.softmax(self.q(tokens) @ self.k(tokens).transpose(1, 2) / tokens.shape[-1] ** 0.5, -1)
+        return tokens + self.out(weights @ self.v(tokens))
+
+
+class BiasFreeUserNet(nn.Module):
+    """A user model whose Linear layers mostly have no bias: conv stem → SE block → attention over the 64 pixel
+    tokens → bias-free MLP → biased head. Input 1x8x8 (the digits); picklable by class name from here."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1))
+        self.excite = SqueezeExcite(16, 8)
+        self.attention = TokenAttention(16)
+        self.mlp = nn.Sequential(nn.Linear(16, 32, bias=False), nn.ReLU(), nn.Linear(32, 16, bias=False))
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.excite(torch.relu(self.stem(x))).flatten(2).transpose(1, 2)
+        tokens = self.attention(tokens)
+        return self.head(self.mlp(tokens).mean(1))
+
+
+class EncoderDecoderNet(nn.Module):
+    """A segmentation-style user model: strided conv encoder → ConvTranspose2d decoder (with BatchNorm) →
+    global pool → linear classifier. Input 1x8x8 (the digits); picklable by class name from here."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Conv2d(1, 16, 3, stride=2, padding=1), nn.ReLU(),
+                                     nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU())
+        self.decoder = nn.Sequential(nn.ConvTranspose2d(32, 16, 2, stride=2, bias=False), nn.BatchNorm2d(16),
+                                     nn.ReLU())
+        self.classifier = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.decoder(self.encoder(x)).mean((2, 3)))

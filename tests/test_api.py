@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from compressor.api import compress, parse_target, train_model
+from compressor.counting import count_layer_macs
 from compressor.errors import CompressorError
 from compressor.loading import load_model
 from compressor.models import create_model
@@ -71,6 +72,53 @@ def test_two_four_run(lenet5_checkpoint, tmp_path):
             assert row.sparsity == 0.5
     rows = read_onnx_sparsity(onnx.load(tmp_path / "o" / "model.onnx"))
     assert all(row.two_four for row in rows if row.name != "features.conv1.weight")
+
+
+def test_two_four_run_on_a_user_model_with_bias_free_linears(tmp_path):
+    from shared import BiasFreeUserNet
+
+    torch.manual_seed(0)
+    torch.save(BiasFreeUserNet(), tmp_path / "user.pt")
+    report = compress(tmp_path / "user.pt", "magnitude", pattern="2:4", epochs=1, out=tmp_path / "o",
+                      trust_model=True, input_shape=(1, 8, 8), bench_runs=3, progress=False)
+    linears = [row for row in report.layers if row.kind == "Linear"]
+    assert linears and all(row.pattern == "2:4" and row.sparsity == 0.5 for row in linears)
+    rows = {row.name: row for row in read_onnx_sparsity(onnx.load(tmp_path / "o" / "model.onnx"))}
+    for layer in report.layers:
+        assert rows[f"{layer.name}.weight"].two_four is (layer.pattern == "2:4"), layer.name
+        assert rows[f"{layer.name}.weight"].zeros == layer.zeros, layer.name
+    model = load_model(tmp_path / "o" / "model.pt", trust=True)
+    x = torch.randn(3, 1, 8, 8)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    actual = OrtBackend(tmp_path / "o" / "model.onnx").run(x.numpy())
+    assert np.max(np.abs(actual - expected)) <= 1e-4 * np.max(np.abs(expected))
+    assert report.onnx.max_abs_diff <= report.onnx.tolerance
+
+
+def test_magnitude_run_prunes_and_counts_a_conv_transpose_decoder(tmp_path):
+    from shared import EncoderDecoderNet
+
+    torch.manual_seed(0)
+    torch.save(EncoderDecoderNet(), tmp_path / "user.pt")
+    report = compress(tmp_path / "user.pt", "magnitude", "85%", epochs=1, out=tmp_path / "o", trust_model=True,
+                      input_shape=(1, 8, 8), bench_runs=3, progress=False)
+    decoder = next(row for row in report.layers if row.name == "decoder.0")
+    assert decoder.kind == "ConvTranspose2d" and decoder.zeros > 0 and decoder.pattern == "unstructured"
+    model = load_model(tmp_path / "o" / "model.pt", trust=True)
+    layer_macs = count_layer_macs(model, (1, 8, 8))
+    assert layer_macs["decoder.0"].macs == 4 * 4 * 32 * 16 * 2 * 2  # 4x4 input positions × weights
+    assert report.compressed.macs == sum(m.macs for m in layer_macs.values())
+    assert report.dense.macs == report.compressed.macs
+    assert report.compressed.macs_nonzero == sum(m.macs_nonzero for m in layer_macs.values())
+    rows = {row.name: row for row in read_onnx_sparsity(onnx.load(tmp_path / "o" / "model.onnx"))}
+    assert rows["decoder.0.weight"].op_type == "ConvTranspose" and rows["decoder.0.weight"].zeros == decoder.zeros
+    x = torch.randn(3, 1, 8, 8)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    actual = OrtBackend(tmp_path / "o" / "model.onnx").run(x.numpy())
+    assert np.max(np.abs(actual - expected)) <= 1e-4 * np.max(np.abs(expected))
+    assert report.onnx.max_abs_diff <= report.onnx.tolerance
 
 
 def test_existing_output_is_not_touched_without_force(lenet5_checkpoint, tmp_path):

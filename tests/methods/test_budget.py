@@ -182,6 +182,26 @@ def test_one_training_step_and_exact_correction_on_every_zoo_model(name):
     assert abs(global_sparsity(layer_sparsity(baked)) - 0.9) < 0.002
 
 
+def test_budget_learns_a_threshold_for_a_conv_transpose_layer():
+    from shared import EncoderDecoderNet
+
+    torch.manual_seed(0)
+    model = EncoderDecoderNet()
+    model.input_shape = (1, 8, 8)
+    method = create_method("budget", 0.8, flops_target=0.5)
+    method.prepare(model, no_data())
+    assert "decoder.0" in method.layers
+    method.on_train_begin(model, TrainConfig(epochs=3))
+    loss = F.cross_entropy(model(torch.randn(2, 1, 8, 8)), torch.tensor([0, 1]))
+    (loss + method.extra_loss(model)).backward()
+    assert model.decoder[0].parametrizations.weight[0].ratio.grad is not None
+    method.finalize(model.eval())
+    baked = bake_masks(model)
+    rows = {row.name: row for row in layer_sparsity(baked)}
+    assert rows["decoder.0"].zeros > 0
+    assert abs(global_sparsity(list(rows.values())) - 0.8) < 0.002
+
+
 @pytest.mark.parametrize("call, message", [
     (lambda: create_method("budget", None), "needs --target"),
     (lambda: create_method("budget", 0.8, loss="cubic"), "--budget-loss"),

@@ -57,6 +57,22 @@ def test_two_four_is_exact_on_eligible_layers_and_dense_elsewhere():
     assert not two_four_eligibility(layers["features.stem.0"]).eligible
 
 
+def test_conv_transpose_layers_are_pruned_by_magnitude_and_stay_dense_under_two_four():
+    from shared import EncoderDecoderNet
+
+    torch.manual_seed(0)
+    model = EncoderDecoderNet()
+    create_method("magnitude", 0.85).prepare(model, no_data())
+    rows = {row.name: row for row in layer_sparsity(model)}
+    assert rows["decoder.0"].kind == "ConvTranspose2d" and rows["decoder.0"].sparsity > 0.5
+    assert abs(global_sparsity(list(rows.values())) - 0.85) <= 1 / sum(r.weights for r in rows.values())
+
+    two_four = EncoderDecoderNet()
+    create_method("magnitude", None, "2:4").prepare(two_four, no_data())
+    rows = {row.name: row for row in layer_sparsity(two_four)}
+    assert rows["decoder.0"].zeros == 0 and rows["encoder.2"].sparsity == 0.5
+
+
 def test_masks_survive_fine_tuning():
     torch.manual_seed(0)
     model = create_model("lenet300_100")

@@ -98,9 +98,10 @@ def test_is_two_four_torch_and_numpy():
         (nn.Linear(10, 5), False, "in_features=10"),
         (nn.Linear(12, 5), True, ""),
         (nn.BatchNorm2d(8), False, "BatchNorm2d is not a Conv/Linear layer"),
+        (nn.ConvTranspose2d(8, 8, 2, stride=2), False, "not transposed convolutions"),
     ],
     ids=["conv_c3", "conv_c1", "conv_c8", "conv_c6", "depthwise", "grouped", "conv1d_c12", "linear_in10",
-         "linear_in12", "batchnorm"],
+         "linear_in12", "batchnorm", "conv_transpose"],
 )
 def test_two_four_eligibility(layer, eligible, reason):
     verdict = two_four_eligibility(layer)
@@ -129,6 +130,24 @@ def test_onnx_matmul_groups_agree_with_torch_linear_groups():
     weight = torch.randn(6, 12)
     groups = onnx_weight_groups("MatMul", np.ascontiguousarray(weight.numpy().T))  # x @ W stores [in, out]
     np.testing.assert_array_equal(groups, to_groups(weight).numpy())
+
+
+@pytest.mark.parametrize("trans_a", [False, True], ids=["transA0", "transA1"])
+def test_onnx_gemm_weight_as_a_groups_along_its_summed_axis(trans_a):
+    weight = torch.randn(6, 12)  # W @ x: A is [out, in], or [in, out] with transA
+    stored = np.ascontiguousarray(weight.numpy().T) if trans_a else weight.numpy()
+    groups = onnx_weight_groups("Gemm", stored, trans_a=trans_a, weight_input=0)
+    np.testing.assert_array_equal(groups, to_groups(weight).numpy())
+
+
+def test_onnx_matmul_weight_on_the_left_groups_along_its_last_axis():
+    weight = torch.randn(6, 12)
+    np.testing.assert_array_equal(onnx_weight_groups("MatMul", weight.numpy(), weight_input=0),
+                                  to_groups(weight).numpy())
+
+
+def test_onnx_conv_transpose_is_never_two_four():
+    assert onnx_weight_groups("ConvTranspose", np.ones((8, 8, 3, 3), dtype=np.float32)) is None
 
 
 @pytest.mark.parametrize(

@@ -8,10 +8,13 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from compressor.counting import prunable_layers
-from compressor.passes.analysis import is_two_four, to_groups, two_four_eligibility
-from compressor.passes.check_onnx_sparsity import CheckOnnxSparsityPass, OnnxLayerSparsity, read_onnx_sparsity
-from shared import shared_weight_matmuls
+import compressor.passes.emit_onnx as emit_onnx_module
+from compressor.api import export_onnx
+from compressor.counting import layer_sparsity, prunable_layers
+from compressor.passes.analysis import is_two_four, to_groups, two_four_eligibility, two_four_mask
+from compressor.passes.check_onnx_sparsity import (CheckOnnxSparsityPass, OnnxLayerSparsity, distinct_weights,
+                                                   read_onnx_sparsity)
+from shared import SqueezeExcite, TokenAttention, shared_weight_matmuls
 
 
 @pytest.fixture(params=["lenet5", "resnet20"])
@@ -193,3 +196,133 @@ def test_a_weight_read_by_two_nodes_gives_a_row_per_node():
 def test_rows_built_without_a_node_keep_working():
     row = OnnxLayerSparsity("w", "Gemm", (8, 4), 32, 16, True, True)
     assert row.node == "" and row.sparsity == 0.5
+
+
+# ------------------------------------------------------------------------ bias-free layers through the exporters
+
+
+class _SharedLinear(torch.nn.Module):
+    """One bias-free Linear applied twice: its weight is read by two nodes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(16, 16, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.fc(x)))
+
+
+def _user_layers(kind: str) -> tuple[torch.nn.Module, tuple[int, ...]]:
+    """Small models from outside the zoo whose Linear layers export as MatMul (no bias, or 3-D token inputs)."""
+    if kind == "bias_free_mlp":
+        return torch.nn.Sequential(torch.nn.Linear(16, 32, bias=False), torch.nn.ReLU(),
+                                   torch.nn.Linear(32, 8, bias=False)), (16,)
+    if kind == "mixed_bias":
+        return torch.nn.Sequential(torch.nn.Linear(16, 32, bias=False), torch.nn.ReLU(), torch.nn.Linear(32, 12),
+                                   torch.nn.ReLU(), torch.nn.Linear(12, 8, bias=False)), (16,)
+    if kind == "attention":
+        return TokenAttention(16), (6, 16)
+    if kind == "squeeze_excite":
+        return torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), SqueezeExcite(16, 8)), (3, 6, 6)
+    return _SharedLinear(), (16,)
+
+
+USER_LAYERS = ["bias_free_mlp", "mixed_bias", "attention", "squeeze_excite", "shared_linear"]
+
+
+def _two_four_user_model(kind: str) -> tuple[torch.nn.Module, tuple[int, ...], list[str]]:
+    """The model with the 2 largest of every 4 input channels kept on each eligible layer, and those names."""
+    torch.manual_seed(0)
+    model, shape = _user_layers(kind)
+    expected = []
+    with torch.no_grad():
+        for name, layer in prunable_layers(model.eval()):
+            if two_four_eligibility(layer).eligible:
+                layer.weight.mul_(two_four_mask(layer.weight))
+                expected.append(f"{name}.weight")
+    return model, shape, expected
+
+
+@pytest.fixture(params=["torchscript", "dynamo"])
+def exporter(request, monkeypatch):
+    """Which torch exporter EmitOnnx uses: the TorchScript one first, or torch.export when that one fails."""
+    if request.param == "dynamo":
+        def unavailable(*args, **kwargs):
+            raise RuntimeError("TorchScript exporter unavailable")
+
+        monkeypatch.setattr(emit_onnx_module, "_torchscript_export", unavailable)
+    return request.param
+
+
+@pytest.mark.parametrize("kind", USER_LAYERS)
+def test_every_two_four_linear_is_found_by_its_torch_name(kind, exporter, onnx_run, check_outputs):
+    model, shape, expected = _two_four_user_model(kind)
+    assert any(isinstance(layer, torch.nn.Linear) and layer.bias is None for _, layer in prunable_layers(model))
+    exported = export_onnx(model, input_shape=shape, expect_two_four=expected)
+    assert exported.notes("EmitOnnx")["exporter"] == exporter
+    rows = exported.notes("CheckOnnxSparsity")["layers"]
+    by_name = {row.name: row for row in rows}
+    assert set(expected) <= by_name.keys()
+    assert all(by_name[name].two_four_eligible and by_name[name].two_four for name in expected)
+    # Every weight is stored once, under its torch name, whatever node reads it.
+    torch_zeros = {f"{row.name}.weight": row.zeros for row in layer_sparsity(model)}
+    assert {row.name: row.zeros for row in distinct_weights(rows)} == torch_zeros
+    assert len(distinct_weights(rows)) == len(torch_zeros)
+    x = torch.randn(3, *shape)
+    with torch.no_grad():
+        check_outputs(onnx_run(exported.model, x), model(x))
+
+
+def test_a_shared_linear_is_read_by_two_nodes_and_stored_once():
+    model, shape, expected = _two_four_user_model("shared_linear")
+    proto = export_onnx(model, input_shape=shape, expect_two_four=expected).model
+    rows = read_onnx_sparsity(proto)
+    assert [row.name for row in rows] == ["fc.weight", "fc.weight"]
+    assert len({row.node for row in rows}) == 2
+    assert [init.name for init in proto.graph.initializer] == ["fc.weight"]
+
+
+def test_a_broken_bias_free_layer_is_named():
+    model, shape, expected = _two_four_user_model("attention")
+    with torch.no_grad():
+        model.k.weight.fill_(1.0)
+    with pytest.raises(ValueError, match=r"should be 2:4 are not: k\.weight$"):
+        CheckOnnxSparsityPass(expected)(export_onnx(model, input_shape=shape).model)
+
+
+def _graph(nodes, initializers, x_shape, y_shape) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "hand", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)], initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def test_a_weight_read_through_a_transpose_is_found_under_its_own_name():
+    # The unfolded export of a bias-free Linear: y = x @ Transpose(W), W stored [out=8, in=4] as torch holds it.
+    model = _graph([helper.make_node("Transpose", ["w"], ["w_t"], perm=[1, 0]),
+                    helper.make_node("MatMul", ["x", "w_t"], ["y"], name="fc")],
+                   [numpy_helper.from_array(ROWS_TWO_FOUR, "w")], ["N", 4], ["N", 8])
+    (row,) = read_onnx_sparsity(model)
+    assert (row.name, row.node, row.shape, row.zeros) == ("w", "fc", (8, 4), 16)
+    assert row.two_four_eligible and row.two_four
+    # A Transpose without `perm` reverses the axes: the same layer.
+    model.graph.node[0].ClearField("attribute")
+    assert read_onnx_sparsity(model) == [row]
+
+
+def test_a_weight_on_the_left_of_a_matmul_groups_along_its_rows():
+    # y = W @ x with W [out=8, in=4]: MatMul sums over W's last axis, so each row is a group of 4 inputs.
+    model = _graph([helper.make_node("MatMul", ["w", "x"], ["y"], name="left")],
+                   [numpy_helper.from_array(ROWS_TWO_FOUR, "w")], [4, "T"], [8, "T"])
+    (row,) = read_onnx_sparsity(model)
+    assert (row.name, row.node) == ("w", "left") and row.two_four
+    with pytest.raises(ValueError, match="should be 2:4"):
+        CheckOnnxSparsityPass(["w"])(_graph([helper.make_node("MatMul", ["w", "x"], ["y"])],
+                                            [numpy_helper.from_array(np.ascontiguousarray(ROWS_TWO_FOUR.T), "w")],
+                                            [8, "T"], [4, "T"]))
+
+
+def test_distinct_weights_keeps_the_first_row_of_each_initializer():
+    rows = read_onnx_sparsity(shared_weight_matmuls())
+    assert [(row.name, row.node) for row in distinct_weights(rows)] == [("w", "first")]

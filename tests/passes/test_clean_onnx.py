@@ -103,3 +103,41 @@ def test_clean_graph_is_not_modified():
     result = clean_onnx(model)
     assert result is model
     assert CleanOnnxPass()(model).modified is False
+
+
+def _transposed_weights_model(extra_direct_reader: bool = False) -> onnx.ModelProto:
+    """y = (x @ Transpose(w)) @ Transpose(w): the TorchScript export of a bias-free Linear called twice."""
+    w = numpy_helper.from_array(np.arange(16, dtype=np.float32).reshape(4, 4) - 7.5, "fc.weight")
+    nodes = [
+        helper.make_node("Transpose", ["fc.weight"], ["/fc/Transpose_output_0"], perm=[1, 0]),
+        helper.make_node("MatMul", ["x", "/fc/Transpose_output_0"], ["h"], name="/fc/MatMul"),
+        helper.make_node("Transpose", ["fc.weight"], ["/fc_1/Transpose_output_0"], perm=[1, 0]),
+        helper.make_node("MatMul", ["h", "/fc_1/Transpose_output_0"], ["z" if extra_direct_reader else "y"]),
+    ]
+    if extra_direct_reader:
+        nodes.append(helper.make_node("Gemm", ["z", "fc.weight"], ["y"], transB=1))
+    return _model(nodes, [w])
+
+
+def test_weights_read_through_transposes_are_stored_pre_transposed_under_their_name(onnx_run, check_outputs):
+    before = _transposed_weights_model()
+    x = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
+    result = CleanOnnxPass()(before)
+    assert result.modified
+    cleaned = result.model
+    assert [node.op_type for node in cleaned.graph.node] == ["MatMul", "MatMul"]
+    assert [node.input[1] for node in cleaned.graph.node] == ["fc.weight", "fc.weight"]
+    (weight,) = cleaned.graph.initializer
+    original = numpy_helper.to_array(before.graph.initializer[0])
+    np.testing.assert_array_equal(numpy_helper.to_array(weight), original.T)
+    check_outputs(onnx_run(cleaned, x), onnx_run(before, x))
+    assert CleanOnnxPass()(cleaned).modified is False
+
+
+def test_a_weight_also_read_directly_keeps_its_layout(onnx_run, check_outputs):
+    before = _transposed_weights_model(extra_direct_reader=True)
+    x = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
+    cleaned = CleanOnnxPass()(before).model
+    stored = {init.name: numpy_helper.to_array(init) for init in cleaned.graph.initializer}
+    np.testing.assert_array_equal(stored["fc.weight"], numpy_helper.to_array(before.graph.initializer[0]))
+    check_outputs(onnx_run(cleaned, x), onnx_run(before, x))

@@ -174,3 +174,29 @@ def test_fold_batchnorm_skips_a_model_fx_cannot_trace(check_outputs, torch_run):
     result = FoldBatchNormPass().run(model)
     assert result.modified is False and "not traceable" in result.notes["skipped"]
     check_outputs(torch_run(result.model, x), torch_run(model, x))
+
+
+@pytest.mark.parametrize("groups, bias, affine", [(1, True, True), (2, False, True), (4, True, False)],
+                         ids=["groups1", "groups2_bias_free", "groups4_no_affine"])
+def test_fold_batchnorm_into_a_conv_transpose(groups, bias, affine, randomize_bn, make_random_masks, snapshot,
+                                              check_unchanged, check_outputs, torch_run):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(),
+                          nn.ConvTranspose2d(8, 12, 3, stride=2, padding=1, output_padding=1, groups=groups, bias=bias),
+                          nn.BatchNorm2d(12, affine=affine), nn.ReLU())
+    attach_masks(model, make_random_masks(model, 0.6))
+    model = randomize_bn(BakeMasksPass()(model).model.eval(), seed=5)
+    x = torch.randn(3, 3, 8, 8)
+    reference = torch_run(model, x)
+    state = snapshot(model)
+    zeros_before = int((model[2].weight == 0).sum())
+
+    result = FoldBatchNormPass()(model)
+
+    assert result.modified is True and result.notes["folded"] == ["3"]
+    folded = result.model
+    assert isinstance(folded[2], nn.ConvTranspose2d) and isinstance(folded[3], nn.Identity)
+    assert int((folded[2].weight == 0).sum()) == zeros_before  # pruned weights stay pruned
+    check_outputs(torch_run(folded, x), reference)
+    check_unchanged(model, state)
+    assert FoldBatchNormPass()(folded).modified is False
