@@ -283,13 +283,16 @@ def _compress_into(staging: Path, source, compression, data_spec, epochs, lr, ba
 def _structure_stats(model: nn.Module, shape: tuple[int, ...], dense: DenseStats, shapes_before: dict[str, list[int]],
                      compiled: PipelineResult, method) -> StructureStats:
     after = {name: list(layer.weight.shape) for name, layer in prunable_layers(model)}
+    transposed = {name for name, layer in prunable_layers(model) if isinstance(layer, nn.modules.conv._ConvTransposeNd)}
     macs = count_macs(model, shape)
+    facts = method.facts()
     return StructureStats(
         macs_removed=1 - macs / dense.macs,
         params_removed=1 - count_params(model) / dense.params,
         removed_units=compiled.notes("RemoveDeadSkipUnits")["removed_units"],
-        layers=[LayerShape(name, before, after.get(name)) for name, before in shapes_before.items()],
-        predicted_macs_removed=method.facts().get("predicted", {}).get("macs_removed"),
+        layers=[LayerShape(name, before, after.get(name), name in transposed) for name, before in shapes_before.items()],
+        predicted_macs_removed=facts.get("predicted", {}).get("macs_removed"),
+        left_whole=facts.get("left_whole", []),
     )
 
 

@@ -61,11 +61,13 @@ class LayerShape:
     name: str
     before: list[int]
     after: list[int] | None
+    transposed: bool = False  # a transposed convolution: output channels are the weight's second axis
 
     @property
     def kept(self) -> float:
         """Fraction of the layer's output channels that remain."""
-        return 0.0 if self.after is None else self.after[0] / self.before[0]
+        axis = 1 if self.transposed else 0
+        return 0.0 if self.after is None else self.after[axis] / self.before[axis]
 
 
 @dataclass
@@ -77,6 +79,7 @@ class StructureStats:
     removed_units: list[str]
     layers: list[LayerShape]
     predicted_macs_removed: float | None = None
+    left_whole: list[dict[str, str]] = field(default_factory=list)  # {"layer", "reason"}: channels kept whole
 
 
 @dataclass
@@ -243,6 +246,9 @@ def _structure_section(structure: StructureStats) -> list[str]:
         "",
         f"Skip-units removed: {', '.join(f'`{u}`' for u in structure.removed_units) or 'none'}.",
         "",
+        *([markdown_table(["channels left whole (produced by)", "why"],
+                          [[f"`{item['layer']}`", item["reason"]] for item in structure.left_whole]), ""]
+          if structure.left_whole else []),
         "![output channels kept per layer](channels.png)",
         "",
         markdown_table(["layer", "weight before", "weight after", "output channels kept"], rows),

@@ -102,6 +102,7 @@ class ChannelMethod(Method):
         if self.config.round_to not in ROUNDINGS:
             raise CompressorError(f"round_to must be one of {', '.join(map(str, ROUNDINGS))}, not {self.config.round_to}")
         self.predicted: dict[str, float] = {}
+        self.left_whole: list[dict[str, str]] = []
 
     @property
     def round_to(self) -> int:
@@ -131,6 +132,7 @@ class ChannelMethod(Method):
         """
         analysis = analyse_channels(model, input_shape)
         groups = analysis.groups
+        self.left_whole = [{"layer": item.layer, "reason": item.reason} for item in analysis.left_whole]
         if not groups:
             why = f": {analysis.explain()}" if analysis.left_whole else ""
             raise CompressorError(f"the model has no channels that can be removed without changing its output width{why}")
@@ -235,4 +237,5 @@ class ChannelMethod(Method):
     def facts(self) -> dict[str, Any]:
         facts = super().facts()
         facts["predicted"] = dict(self.predicted)
+        facts["left_whole"] = list(self.left_whole)
         return facts
