@@ -25,7 +25,7 @@ from compressor.counting import count_layer_macs, count_macs, count_params, laye
 from compressor.data import DataBundle, load_data
 from compressor.errors import CompressorError, VerificationError
 from compressor.files import StagedFolder, atomic_write_bytes, check_writable_destination
-from compressor.loading import load_model, save_checkpoint
+from compressor.loading import load_model, module_pickler, save_checkpoint
 from compressor.methods import create_method
 from compressor.models import create_model
 from compressor.options import parse_fraction
@@ -185,9 +185,14 @@ def _compress_into(staging: Path, source, compression, data_spec, epochs, lr, ba
                    input_shape, seed, bench_batch, threads, bench_runs, progress, resume, timings) -> Report:
     with _timed(timings, "load", announce=False):
         # A module passed in is copied: methods attach masks in place, and the caller's model stays as it was.
-        model = copy_model(source) if isinstance(source, nn.Module) else load_model(source, arch=arch,
-                                                                                    trust=trust_model,
-                                                                                    input_shape=input_shape)
+        # model.pt is written last: a model that cannot be saved is refused now, before any work (a module
+        # passed in is checked before copying, which fails on the same objects).
+        if isinstance(source, nn.Module):
+            module_pickler(source)
+            model = copy_model(source)
+        else:
+            model = load_model(source, arch=arch, trust=trust_model, input_shape=input_shape)
+            module_pickler(model)
         if input_shape is not None:
             model.input_shape = tuple(input_shape)
         if getattr(model, "input_shape", None) is None:
