@@ -295,3 +295,12 @@ def test_a_model_that_cannot_be_saved_is_refused_before_any_work(tmp_path, monke
     with pytest.raises(CompressorError, match="cannot be saved.*generator"):
         compress(model, "magnitude", "50%", epochs=1, out=tmp_path / "o", progress=False)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_torchscript_archive_is_refused_as_such(tmp_path):
+    # Checked before the save check, which a ScriptModule fails too but with a message that misleads.
+    traced = torch.jit.trace(create_model("lenet300_100").eval(), torch.randn(1, 1, 28, 28))
+    torch.jit.save(traced, str(tmp_path / "ts.pt"))
+    with pytest.raises(CompressorError, match="TorchScript archive"):
+        compress(tmp_path / "ts.pt", "magnitude", "50%", out=tmp_path / "o", input_shape=(1, 28, 28), progress=False)
+    assert [p.name for p in tmp_path.iterdir()] == ["ts.pt"]
