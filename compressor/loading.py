@@ -245,8 +245,9 @@ def _is_our_package(former: str, current: str) -> bool:
         spec = importlib.util.find_spec(former)
     except (ImportError, ValueError):  # a broken package of that name, or a module without a spec
         return False
-    ours = importlib.import_module(current).__file__
-    return spec is not None and spec.origin is not None and os.path.samefile(spec.origin, ours)
+    if spec is None or spec.origin is None:
+        return False
+    return Path(spec.origin).resolve() == Path(importlib.import_module(current).__file__).resolve()
 
 
 class _PickleWithFormerNames:
