@@ -25,7 +25,7 @@ from compressor.counting import count_layer_macs, count_macs, count_params, laye
 from compressor.data import DataBundle, load_data
 from compressor.errors import CompressorError, VerificationError
 from compressor.files import StagedFolder, atomic_write_bytes, check_writable_destination
-from compressor.loading import load_model, save_checkpoint
+from compressor.loading import load_model, module_pickler, save_checkpoint
 from compressor.methods import create_method
 from compressor.models import create_model
 from compressor.options import parse_fraction
@@ -184,18 +184,20 @@ def _timed(timings: dict[str, float], stage: str, announce: bool = True):
 def _compress_into(staging: Path, source, compression, data_spec, epochs, lr, batch_size, arch, trust_model,
                    input_shape, seed, bench_batch, threads, bench_runs, progress, resume, timings) -> Report:
     with _timed(timings, "load", announce=False):
+        loaded = source if isinstance(source, nn.Module) else load_model(source, arch=arch, trust=trust_model,
+                                                                        input_shape=input_shape)
+        if isinstance(loaded, torch.jit.ScriptModule):
+            raise CompressorError("a TorchScript archive can be loaded and exported, but methods need the eager "
+                                  "module: give a checkpoint, a state_dict with --arch, or a pickled nn.Module "
+                                  "with --trust-model")
+        # model.pt is written last: a model that cannot be saved is refused now, before any work.
+        module_pickler(loaded)
         # A module passed in is copied: methods attach masks in place, and the caller's model stays as it was.
-        model = copy_model(source) if isinstance(source, nn.Module) else load_model(source, arch=arch,
-                                                                                    trust=trust_model,
-                                                                                    input_shape=input_shape)
+        model = copy_model(loaded) if loaded is source else loaded
         if input_shape is not None:
             model.input_shape = tuple(input_shape)
         if getattr(model, "input_shape", None) is None:
             raise CompressorError("the model's input shape is unknown; give it with --input-shape C,H,W")
-        if isinstance(model, torch.jit.ScriptModule):
-            raise CompressorError("a TorchScript archive can be loaded and exported, but methods need the eager "
-                                  "module: give a checkpoint, a state_dict with --arch, or a pickled nn.Module "
-                                  "with --trust-model")
         shape = tuple(model.input_shape)
         outputs = _output_classes(model, shape)
         bundle = load_data(data_spec, shape, batch_size=batch_size, seed=seed, num_classes=outputs)

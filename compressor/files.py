@@ -10,6 +10,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from types import ModuleType
 from typing import Callable
 
 import torch
@@ -51,9 +52,10 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
-def atomic_torch_save(obj: object, path: str | os.PathLike) -> Path:
-    """`torch.save` to `path` atomically."""
-    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+def atomic_torch_save(obj: object, path: str | os.PathLike, pickle_module: ModuleType | None = None) -> Path:
+    """`torch.save` to `path` atomically, with `pickle_module` (torch's default, pickle, when None)."""
+    options = {} if pickle_module is None else {"pickle_module": pickle_module}
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp, **options))
 
 
 def check_writable_destination(path: str | os.PathLike, force: bool, what: str = "output") -> Path:

@@ -4,21 +4,31 @@ Loading never runs code from a file unless the user says they trust it: checkpoi
 with `torch.load(weights_only=True)`, TorchScript with `torch.jit.load` (its own restricted format), and a
 whole pickled `nn.Module` only with `trust=True`, because unpickling executes whatever the file contains.
 Every loaded model carries `input_shape` (C, H, W); zoo models also carry `arch` and `num_classes`.
+
+A model from outside the zoo is written back as a pickled module: with pickle, or with cloudpickle when it
+holds what pickle cannot write (a lambda, a class defined in a script). Pickled modules written by 0.1.0, when
+the zoo, the passes and the runtime installed as the top-level packages `models`, `passes` and `runtime`, read
+back with those names mapped to their places under `compressor`.
 """
 
 from __future__ import annotations
 
-import os
+import importlib
+import importlib.util
 import io
+import os
 import pickle
 import pickletools
 import warnings
 import zipfile
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
+import cloudpickle
 import torch
 import torch.nn as nn
+from torch.serialization import DEFAULT_PROTOCOL
 
 from compressor.counting import prunable_layers
 from compressor.errors import CompressorError, first_line
@@ -48,10 +58,10 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, extra: dict[str, 
 
     Zoo models are stored as (arch, num_classes, input shape, state_dict, extra facts). A model from outside the
     zoo (loaded from a trusted pickle) has no architecture to rebuild from, so it is stored as a pickled module
-    again and reading it back needs the same trust it needed the first time.
+    again (see `module_pickler`) and reading it back needs the same trust it needed the first time.
     """
     if getattr(model, "arch", None) is None:
-        return atomic_torch_save(model, path)
+        return atomic_torch_save(model, path, pickle_module=module_pickler(model))
     payload = {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
@@ -63,6 +73,48 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, extra: dict[str, 
         "extra": extra or {},
     }
     return atomic_torch_save(payload, path)
+
+
+def module_pickler(model: nn.Module) -> ModuleType | None:
+    """The pickle module that `save_checkpoint` writes `model` with: None for a zoo model (stored as a state_dict),
+    pickle where it can, cloudpickle where only it can; a CompressorError when neither can.
+
+    `compress` asks before any work, so a model that cannot be saved is refused up front rather than after
+    training. Each candidate pickles the model into a sink that discards the bytes, with tensors left out as
+    torch.save leaves them out of its pickle, so the check costs little on a large model.
+    """
+    if getattr(model, "arch", None) is not None:
+        return None
+    for module, probe in ((pickle, _PickleProbe), (cloudpickle, _CloudPickleProbe)):
+        try:
+            probe(_Discard(), protocol=DEFAULT_PROTOCOL).dump(model)
+            return module
+        except Exception as error:  # pickling runs the model's own __reduce__/__getstate__: anything can fail
+            reason = first_line(error)
+    raise CompressorError(f"the model cannot be saved: neither pickle nor cloudpickle can write it ({reason}); "
+                          "remove what it holds that cannot be pickled (an open file, a generator, a lock)")
+
+
+class _Discard:
+    """A binary file that forgets what is written to it."""
+
+    def write(self, data: bytes) -> int:
+        return len(data)
+
+
+class _LeavesOutTensors:
+    """Pickler mixin: tensors and storages become references, as torch.save keeps them out of its pickle."""
+
+    def persistent_id(self, obj: Any) -> int | None:
+        return id(obj) if isinstance(obj, torch.Tensor) or torch.is_storage(obj) else None
+
+
+class _PickleProbe(_LeavesOutTensors, pickle.Pickler):
+    pass
+
+
+class _CloudPickleProbe(_LeavesOutTensors, cloudpickle.Pickler):
+    pass
 
 
 def load_model(path: str | os.PathLike, arch: str | None = None, trust: bool = False,
@@ -150,12 +202,62 @@ def _load_trusted_pickle(path: Path, trust: bool) -> nn.Module:
             f"{path} is a pickled Python object and loading it would run code from the file; "
             "pass --trust-model only if you trust where it came from")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
+        obj = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_PickleWithFormerNames)
     except Exception as error:  # arbitrary code ran inside; report whatever it raised, in one line
         raise CompressorError(f"{path}: unpickling failed ({first_line(error)})") from None
     if not isinstance(obj, nn.Module):
         raise CompressorError(f"{path} holds a {type(obj).__name__}, not a torch.nn.Module")
     return obj
+
+
+# Where 0.1.0's top-level packages live now.
+_FORMER_PACKAGES = {"models": "compressor.models", "passes": "compressor.passes", "runtime": "compressor.runtime"}
+
+
+class _FormerNamesUnpickler(pickle.Unpickler):
+    """An unpickler that finds our classes under the module names 0.1.0 pickled them with (models.units...).
+
+    The name as written wins whenever it resolves to someone else's code: a user's own `models` package (with
+    the user's model class in it) is never shadowed. It is read at our package's new place when it does not
+    resolve, or when it resolves to our own folder (a run from a source checkout, whose root holds models/):
+    importing our files a second time under the old name would make classes that our passes do not recognise.
+    """
+
+    def find_class(self, module: str, name: str) -> Any:
+        package, dot, rest = module.partition(".")
+        current = _FORMER_PACKAGES.get(package)
+        if current is not None and _is_our_package(package, current):
+            module = current + dot + rest
+        try:
+            return super().find_class(module, name)
+        except (ImportError, AttributeError) as error:
+            if current is None or module.startswith(current):
+                raise
+            try:
+                return super().find_class(current + dot + rest, name)
+            except (ImportError, AttributeError):
+                raise error from None
+
+
+def _is_our_package(former: str, current: str) -> bool:
+    """Whether the top-level name `former` finds our package `current`'s folder (found without importing it)."""
+    try:
+        spec = importlib.util.find_spec(former)
+    except (ImportError, ValueError):  # a broken package of that name, or a module without a spec
+        return False
+    if spec is None or spec.origin is None:
+        return False
+    return Path(spec.origin).resolve() == Path(importlib.import_module(current).__file__).resolve()
+
+
+class _PickleWithFormerNames:
+    """The pickle module `torch.load` is given for trusted pickles: it needs `Unpickler` and `load`."""
+
+    Unpickler = _FormerNamesUnpickler
+
+    @staticmethod
+    def load(file: Any, **kwargs: Any) -> Any:
+        return _FormerNamesUnpickler(file, **kwargs).load()
 
 
 def _is_our_checkpoint(payload: Any) -> bool:

@@ -8,6 +8,10 @@ torch, because on a shared 2-core machine a second busy process makes torch's Op
 from __future__ import annotations
 
 import contextlib
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -141,3 +145,53 @@ class EncoderDecoderNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.decoder(self.encoder(x)).mean((2, 3)))
+
+
+# A user's script: its model class lives in `__main__` and holds a lambda, so plain pickle cannot write it and
+# cloudpickle (which writes both by value) is how the user saved it.
+_LAMBDA_MODEL_SCRIPT = """
+import sys
+
+import cloudpickle
+import torch
+import torch.nn as nn
+
+
+class LambdaNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 3, padding=1)
+        self.activation = lambda x: torch.relu(x) - 0.1
+        self.fc = nn.Linear(8 * 8 * 8, 10)
+
+    def forward(self, x):
+        return self.fc(self.activation(self.conv(x)).flatten(1))
+
+
+torch.manual_seed(0)
+torch.save(LambdaNet(), sys.argv[1], pickle_module=cloudpickle)
+"""
+
+
+def write_cloudpickled_lambda_model(path: str | os.PathLike) -> Path:
+    """Write, in a separate Python process as a user's script would, a cloudpickled model (input 1x8x8) whose
+    class and lambda exist nowhere but in the file."""
+    subprocess.run([sys.executable, "-c", _LAMBDA_MODEL_SCRIPT, str(path)], check=True, timeout=120)
+    return Path(path)
+
+
+class ReopensLogNet(nn.Module):
+    """A model that opens its log when it is unpickled: once loaded it holds an open file, which neither pickle
+    nor cloudpickle can write. Input 1x8x8."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(64, 10)
+        self.log = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.flatten(1))
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self.log = open(os.devnull, "w")

@@ -309,3 +309,46 @@ def test_structured_run_resumes_to_the_same_model(lenet5_checkpoint, tmp_path, m
     first, second = load_model(tmp_path / "a" / "model.pt"), load_model(tmp_path / "b" / "model.pt")
     for (name, a), (_, b) in zip(first.state_dict().items(), second.state_dict().items()):
         assert torch.equal(a, b), name
+
+
+def test_a_model_only_cloudpickle_can_write_gets_all_its_outputs(tmp_path):
+    from shared import write_cloudpickled_lambda_model
+
+    source = write_cloudpickled_lambda_model(tmp_path / "lambda.pt")
+    out = tmp_path / "o"
+    compress(source, "magnitude", "50%", epochs=1, out=out, trust_model=True, input_shape=(1, 8, 8), bench_runs=2,
+             progress=False)
+    assert {"model.onnx", "model.pt", "report.json", "report.md"} <= {p.name for p in out.iterdir()}
+    with pytest.raises(CompressorError, match="--trust-model"):
+        load_model(out / "model.pt")
+    model = load_model(out / "model.pt", trust=True)
+    assert model.input_shape == (1, 8, 8) and model.activation.__name__ == "<lambda>"
+    x = torch.randn(3, 1, 8, 8)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    actual = OrtBackend(out / "model.onnx").run(x.numpy())
+    assert np.max(np.abs(actual - expected)) <= 1e-4 * np.max(np.abs(expected))
+
+
+def test_a_model_that_cannot_be_saved_is_refused_before_any_work(tmp_path, monkeypatch):
+    from shared import UserNet
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started on a model that cannot be saved")
+
+    monkeypatch.setattr("compressor.api.load_data", no_work)
+    model = UserNet()
+    model.input_shape = (1, 8, 8)
+    model.batches = (batch for batch in range(3))
+    with pytest.raises(CompressorError, match="cannot be saved.*generator"):
+        compress(model, "magnitude", "50%", epochs=1, out=tmp_path / "o", progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_torchscript_archive_is_refused_as_such(tmp_path):
+    # Checked before the save check, which a ScriptModule fails too but with a message that misleads.
+    traced = torch.jit.trace(create_model("lenet300_100").eval(), torch.randn(1, 1, 28, 28))
+    torch.jit.save(traced, str(tmp_path / "ts.pt"))
+    with pytest.raises(CompressorError, match="TorchScript archive"):
+        compress(tmp_path / "ts.pt", "magnitude", "50%", out=tmp_path / "o", input_shape=(1, 28, 28), progress=False)
+    assert [p.name for p in tmp_path.iterdir()] == ["ts.pt"]

@@ -4,6 +4,7 @@ import json
 import pickle
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -221,3 +222,36 @@ def test_structured_flags_reach_the_method(tmp_path, capsys):
     saved = json.loads((tmp_path / "o" / "report.json").read_text())
     assert saved["method_config"] == {"scope": "uniform", "target_params": 0.3, "round_to": 16}
     assert saved["structure"]["macs_removed"] >= 0.4 and saved["structure"]["params_removed"] >= 0.3
+
+
+def test_a_model_only_cloudpickle_can_write_runs_through_the_command(tmp_path):
+    from shared import write_cloudpickled_lambda_model
+
+    from compressor.loading import load_model
+    from compressor.runtime.ort_backend import OrtBackend
+
+    source = write_cloudpickled_lambda_model(tmp_path / "lambda.pt")
+    command = Path(sys.executable).with_name("compress")
+    result = subprocess.run([command, source, "--target", "50%", "--epochs", "1", "--trust-model", "--input-shape",
+                             "1,8,8", "--out", tmp_path / "o", "--no-progress"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    model = load_model(tmp_path / "o" / "model.pt", trust=True)
+    x = torch.randn(3, 1, 8, 8)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    actual = OrtBackend(tmp_path / "o" / "model.onnx").run(x.numpy())
+    assert np.max(np.abs(actual - expected)) <= 1e-4 * np.max(np.abs(expected))
+
+
+def test_a_model_that_cannot_be_saved_is_refused_up_front(tmp_path, capsys, monkeypatch):
+    from shared import ReopensLogNet
+
+    torch.save(ReopensLogNet(), tmp_path / "logging.pt")
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(["logging.pt", "--target", "50%", "--trust-model", "--input-shape", "1,8,8", "--out", "o",
+                        "--no-progress"], capsys)
+    assert_one_line_error(code, err)
+    assert "cannot be saved" in err
+    assert [p.name for p in tmp_path.iterdir()] == ["logging.pt"]

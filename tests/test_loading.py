@@ -1,14 +1,24 @@
 """Every model form loads, and nothing runs code from a file without --trust-model."""
 
+import itertools
+import os
 import pickle
+import pickletools
+import sys
+import zipfile
+from pathlib import Path
 
+import cloudpickle
 import pytest
 import torch
 import torch.nn as nn
 
 from compressor.errors import CompressorError
-from compressor.loading import load_model, parse_input_shape, save_checkpoint
+from compressor.loading import load_model, module_pickler, parse_input_shape, save_checkpoint
 from compressor.models import create_model
+from compressor.models.units import PadShortcut, ResidualUnit
+
+DATA = Path(__file__).parent / "data"
 
 
 class Evil:
@@ -121,3 +131,88 @@ def test_bad_input_shape_text(text):
     with pytest.raises(CompressorError):
         parse_input_shape(text)
     assert parse_input_shape("3,32,32") == (3, 32, 32)
+
+
+def pickled_globals(path):
+    """The module names a torch.save file's pickle imports from, read without unpickling."""
+    with zipfile.ZipFile(path) as archive:
+        data = next(archive.read(name) for name in archive.namelist() if name.endswith("data.pkl"))
+    return {arg.split(" ")[0] for op, arg, _ in pickletools.genops(data) if op.name == "GLOBAL"}
+
+
+@pytest.fixture
+def users_models_package(tmp_path, monkeypatch):
+    """A user's own top-level `models` package, first on the path (the name our zoo had in 0.1.0)."""
+    package = tmp_path / "site" / "models"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text('KIND = "the user\'s models"\n')
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    for name in [name for name in sys.modules if name.split(".")[0] == "models"]:
+        monkeypatch.delitem(sys.modules, name)
+    yield package
+    for name in [name for name in sys.modules if name.split(".")[0] == "models"]:
+        del sys.modules[name]
+
+
+def test_a_v01_pickled_module_loads_and_computes_its_recorded_output():
+    # Written by 0.1.0's compress (see tests/data/make_v01_pickle.py): a channel-sliced residual unit with an
+    # option-A shortcut, pickled under the module name models.units.
+    path = DATA / "v01_residual_net.pt"
+    assert "models.units" in pickled_globals(path)
+    with pytest.raises(CompressorError, match="--trust-model"):
+        load_model(path)
+    model = load_model(path, trust=True)
+    assert isinstance(model[3], ResidualUnit) and isinstance(model[3].shortcut, PadShortcut)
+    recorded = torch.load(DATA / "v01_residual_net_io.pt", weights_only=True)
+    with torch.no_grad():
+        torch.testing.assert_close(model(recorded["input"]), recorded["output"], rtol=1e-5, atol=1e-6)
+
+
+def test_a_v01_pickled_module_loads_beside_a_users_models_package(users_models_package):
+    import models
+
+    model = load_model(DATA / "v01_residual_net.pt", trust=True)
+    assert isinstance(model[3], ResidualUnit)
+    assert sys.modules["models"] is models and models.KIND == "the user's models"
+
+
+def test_a_users_class_under_our_former_module_name_wins(users_models_package, tmp_path):
+    (users_models_package / "units.py").write_text(
+        "import torch.nn as nn\n\n\n"
+        "class ResidualUnit(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.fc = nn.Linear(64, 10)\n\n"
+        "    def forward(self, x):\n"
+        "        return self.fc(x.flatten(1))\n")
+    from models.units import ResidualUnit as UsersUnit
+
+    torch.save(UsersUnit(), tmp_path / "user.pt")
+    assert type(load_model(tmp_path / "user.pt", trust=True, input_shape=(1, 8, 8))) is UsersUnit
+
+
+def test_save_checkpoint_uses_cloudpickle_only_where_pickle_cannot(tmp_path):
+    plain = UserNet()
+    assert module_pickler(plain) is pickle and module_pickler(create_model("lenet5")) is None
+    held = UserNet()
+    held.activation = lambda x: torch.relu(x)
+    assert module_pickler(held) is cloudpickle
+    save_checkpoint(held, tmp_path / "held.pt")
+    assert "cloudpickle.cloudpickle" in pickled_globals(tmp_path / "held.pt")
+    with pytest.raises(CompressorError, match="--trust-model"):
+        load_model(tmp_path / "held.pt", input_shape=(1, 8, 8))
+    loaded = load_model(tmp_path / "held.pt", trust=True, input_shape=(1, 8, 8))
+    assert loaded.activation(torch.tensor([-1.0, 2.0])).tolist() == [0.0, 2.0]
+    assert same_outputs(held, loaded, (1, 8, 8))
+
+
+@pytest.mark.parametrize("unpicklable", [lambda: (n for n in itertools.count()), lambda: open(os.devnull, "w")])
+def test_a_model_neither_pickle_can_write_is_a_one_line_error(tmp_path, unpicklable):
+    model = UserNet()
+    model.source = unpicklable()
+    with pytest.raises(CompressorError, match="cannot be saved") as error:
+        save_checkpoint(model, tmp_path / "m.pt")
+    if hasattr(model.source, "close"):
+        model.source.close()
+    assert "\n" not in str(error.value)
+    assert list(tmp_path.iterdir()) == []
