@@ -195,3 +195,14 @@ class ReopensLogNet(nn.Module):
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
         self.log = open(os.devnull, "w")
+
+
+def assert_onnx_matches_torch(model: nn.Module, onnx_path: str | Path, batch: int = 3) -> None:
+    """The exported ONNX computes what the torch model computes on a random batch (within 1e-4 × max |output|)."""
+    from compressor.runtime.ort_backend import OrtBackend
+
+    x = torch.randn(batch, *model.input_shape)
+    with torch.no_grad():
+        expected = model.eval()(x).numpy()
+    actual = OrtBackend(onnx_path).run(x.numpy())
+    assert np.max(np.abs(actual - expected)) <= 1e-4 * np.max(np.abs(expected))

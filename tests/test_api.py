@@ -16,6 +16,7 @@ from compressor.methods.magnitude import MagnitudeMethod
 from compressor.passes.check_onnx_sparsity import read_onnx_sparsity
 from compressor.passes.write_onnx_metadata import read_onnx_metadata
 from compressor.runtime.ort_backend import OrtBackend
+from shared import assert_onnx_matches_torch
 
 REPORT_KEYS = {"method", "target", "pattern", "dense", "compressed", "layers", "onnx", "latency"}
 
@@ -56,11 +57,7 @@ def test_onnx_zeros_equal_the_report_and_metadata(unstructured):
 def test_checkpoint_reloads_and_matches_onnx(unstructured):
     out, _ = unstructured
     model = load_model(out / "model.pt")
-    x = torch.randn(3, *model.input_shape)
-    with torch.no_grad():
-        expected = model(x).numpy()
-    actual = OrtBackend(out / "model.onnx").run(x.numpy())
-    assert np.max(np.abs(actual - expected)) <= 1e-4 * np.max(np.abs(expected))
+    assert_onnx_matches_torch(model, out / "model.onnx")
 
 
 def test_two_four_run(lenet5_checkpoint, tmp_path):
@@ -88,11 +85,7 @@ def test_two_four_run_on_a_user_model_with_bias_free_linears(tmp_path):
         assert rows[f"{layer.name}.weight"].two_four is (layer.pattern == "2:4"), layer.name
         assert rows[f"{layer.name}.weight"].zeros == layer.zeros, layer.name
     model = load_model(tmp_path / "o" / "model.pt", trust=True)
-    x = torch.randn(3, 1, 8, 8)
-    with torch.no_grad():
-        expected = model(x).numpy()
-    actual = OrtBackend(tmp_path / "o" / "model.onnx").run(x.numpy())
-    assert np.max(np.abs(actual - expected)) <= 1e-4 * np.max(np.abs(expected))
+    assert_onnx_matches_torch(model, tmp_path / "o" / "model.onnx")
     assert report.onnx.max_abs_diff <= report.onnx.tolerance
 
 
@@ -113,11 +106,7 @@ def test_magnitude_run_prunes_and_counts_a_conv_transpose_decoder(tmp_path):
     assert report.compressed.macs_nonzero == sum(m.macs_nonzero for m in layer_macs.values())
     rows = {row.name: row for row in read_onnx_sparsity(onnx.load(tmp_path / "o" / "model.onnx"))}
     assert rows["decoder.0.weight"].op_type == "ConvTranspose" and rows["decoder.0.weight"].zeros == decoder.zeros
-    x = torch.randn(3, 1, 8, 8)
-    with torch.no_grad():
-        expected = model(x).numpy()
-    actual = OrtBackend(tmp_path / "o" / "model.onnx").run(x.numpy())
-    assert np.max(np.abs(actual - expected)) <= 1e-4 * np.max(np.abs(expected))
+    assert_onnx_matches_torch(model, tmp_path / "o" / "model.onnx")
     assert report.onnx.max_abs_diff <= report.onnx.tolerance
 
 
@@ -290,11 +279,7 @@ def test_structured_run_on_a_user_model(tmp_path):
     assert model.left[0].in_channels == model.right[0].in_channels == model.separable[3].out_channels
     assert model.branch[0].in_channels == model.left[0].out_channels + model.right[0].out_channels
     assert model.head[1].in_features == model.branch[3].out_channels * 16
-    x = torch.randn(3, 1, 8, 8)
-    with torch.no_grad():
-        expected = model(x).numpy()
-    actual = OrtBackend(tmp_path / "o" / "model.onnx").run(x.numpy())
-    assert np.max(np.abs(actual - expected)) <= 1e-4 * np.max(np.abs(expected))
+    assert_onnx_matches_torch(model, tmp_path / "o" / "model.onnx")
 
 
 def test_structured_run_resumes_to_the_same_model(lenet5_checkpoint, tmp_path, monkeypatch):
@@ -323,11 +308,7 @@ def test_a_model_only_cloudpickle_can_write_gets_all_its_outputs(tmp_path):
         load_model(out / "model.pt")
     model = load_model(out / "model.pt", trust=True)
     assert model.input_shape == (1, 8, 8) and model.activation.__name__ == "<lambda>"
-    x = torch.randn(3, 1, 8, 8)
-    with torch.no_grad():
-        expected = model(x).numpy()
-    actual = OrtBackend(out / "model.onnx").run(x.numpy())
-    assert np.max(np.abs(actual - expected)) <= 1e-4 * np.max(np.abs(expected))
+    assert_onnx_matches_torch(model, out / "model.onnx")
 
 
 def test_a_model_that_cannot_be_saved_is_refused_before_any_work(tmp_path, monkeypatch):

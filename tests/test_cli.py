@@ -13,6 +13,7 @@ import torch
 from compressor.cli import main
 from compressor.models import create_model, list_models
 from compressor.runtime.trt_backend import tensorrt_unavailable
+from shared import assert_onnx_matches_torch
 
 
 class Evil:
@@ -228,7 +229,6 @@ def test_a_model_only_cloudpickle_can_write_runs_through_the_command(tmp_path):
     from shared import write_cloudpickled_lambda_model
 
     from compressor.loading import load_model
-    from compressor.runtime.ort_backend import OrtBackend
 
     source = write_cloudpickled_lambda_model(tmp_path / "lambda.pt")
     command = Path(sys.executable).with_name("compress")
@@ -238,11 +238,7 @@ def test_a_model_only_cloudpickle_can_write_runs_through_the_command(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     model = load_model(tmp_path / "o" / "model.pt", trust=True)
-    x = torch.randn(3, 1, 8, 8)
-    with torch.no_grad():
-        expected = model(x).numpy()
-    actual = OrtBackend(tmp_path / "o" / "model.onnx").run(x.numpy())
-    assert np.max(np.abs(actual - expected)) <= 1e-4 * np.max(np.abs(expected))
+    assert_onnx_matches_torch(model, tmp_path / "o" / "model.onnx")
 
 
 def test_a_model_that_cannot_be_saved_is_refused_up_front(tmp_path, capsys, monkeypatch):

@@ -8,7 +8,7 @@ hold a few thousand to about 50k parameters, so that a compression run on the CP
   fcs as Linear or 1x1 convolutions, with or without bias.
 - `GroupNormNet`: a plain CNN normalised by GroupNorm (4 groups), or by BatchNorm with `norm="batch"`.
 - `ResNeXtNet`: bottleneck blocks around a grouped 3x3 convolution (4 and 8 groups of 8 channels).
-- `ChunkNet` / `SplitNet`: channels split by `torch.chunk` / `torch.split`, convolved apart, concatenated.
+- `SplitNet`: channels split by `torch.chunk` or `torch.split`, convolved apart, concatenated.
 - `ShuffleNet`: a ShuffleNet unit (grouped 1x1 convolutions, channel shuffle, depthwise 3x3, residual add).
 - `EncoderDecoder`: strided convolution down, `nn.ConvTranspose2d` up, global pooling and a Linear head.
 - `BiasFreeMLP`: bias-free Linear layers of widths that are multiples of 4.
@@ -168,40 +168,25 @@ class ResNeXtNet(nn.Module):
 # ------------------------------------------------------------------------------------------ split channels
 
 
-class ChunkNet(nn.Module):
-    """Stem of 32 channels cut in two halves by `torch.chunk`, a conv on each, concatenated, conv, head."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.input_shape = DIGITS_SHAPE
-        self.stem = conv_bn(1, 32)
-        self.left = conv_bn(16, 16)
-        self.right = conv_bn(16, 16, kernel=1)
-        self.mix = conv_bn(32, 32, stride=2)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.head = nn.Linear(32, CLASSES)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        first, second = torch.chunk(self.stem(x), 2, dim=1)
-        x = torch.cat([self.left(first), self.right(second)], dim=1)
-        return self.head(self.pool(self.mix(x)).flatten(1))
-
-
 class SplitNet(nn.Module):
-    """Stem of 32 channels cut 8 + 24 by `torch.split`, a conv on each, concatenated, conv, head."""
+    """Stem of 32 channels cut in two by `torch.chunk` (halves), or by `torch.split` into fixed `sizes`, a conv
+    on each part, concatenated, conv, head."""
 
-    def __init__(self) -> None:
+    def __init__(self, sizes: tuple[int, int] | None = None) -> None:
         super().__init__()
         self.input_shape = DIGITS_SHAPE
+        self.sizes = sizes
+        first, second = sizes or (16, 16)
         self.stem = conv_bn(1, 32)
-        self.left = conv_bn(8, 16)
-        self.right = conv_bn(24, 16, kernel=1)
+        self.left = conv_bn(first, 16)
+        self.right = conv_bn(second, 16, kernel=1)
         self.mix = conv_bn(32, 32, stride=2)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.head = nn.Linear(32, CLASSES)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        first, second = torch.split(self.stem(x), [8, 24], dim=1)
+        x = self.stem(x)
+        first, second = torch.chunk(x, 2, dim=1) if self.sizes is None else torch.split(x, list(self.sizes), dim=1)
         x = torch.cat([self.left(first), self.right(second)], dim=1)
         return self.head(self.pool(self.mix(x)).flatten(1))
 
@@ -361,8 +346,8 @@ USER_MODELS: dict[str, Callable[[], nn.Module]] = {
     "groupnorm": GroupNormNet,
     "batchnorm": lambda: GroupNormNet(norm="batch"),
     "resnext": ResNeXtNet,
-    "chunk": ChunkNet,
-    "split": SplitNet,
+    "chunk": SplitNet,
+    "split": lambda: SplitNet((8, 24)),
     "shuffle": ShuffleNet,
     "encoder-decoder": EncoderDecoder,
     "bias-free-mlp": BiasFreeMLP,
