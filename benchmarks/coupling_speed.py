@@ -70,20 +70,21 @@ class Bottleneck(nn.Module):
         self.conv3, self.bn3 = _conv_bn(width, out_channels, 1)
         self.downsample = (_conv_bn(in_channels, out_channels, 1, stride)
                            if stride != 1 or in_channels != out_channels else None)
+        self.relu = nn.ReLU(inplace=True)  # one module called three times, as in torchvision
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        identity = x if self.downsample is None else self.downsample(x)
-        return F.relu(out + identity)
+        out += x if self.downsample is None else self.downsample(x)
+        return self.relu(out)
 
 
 class ResNet50(nn.Module):
     def __init__(self, num_classes: int = 1000) -> None:
         super().__init__()
         self.input_shape = (3, 224, 224)
-        self.stem = nn.Sequential(*_conv_bn(3, 64, 7, 2, 3), nn.ReLU(), nn.MaxPool2d(3, 2, 1))
+        self.stem = nn.Sequential(*_conv_bn(3, 64, 7, 2, 3), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1))
         layers, channels = [], 64
         for width, blocks, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
             for block in range(blocks):
@@ -107,8 +108,8 @@ class DenseLayer(nn.Module):
         self.conv2 = nn.Conv2d(bottleneck * growth, growth, 3, padding=1, bias=False)
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
-        out = self.conv1(F.relu(self.norm1(torch.cat(features, 1))))
-        return self.conv2(F.relu(self.norm2(out)))
+        out = self.conv1(F.relu(self.norm1(torch.cat(features, 1)), inplace=True))
+        return self.conv2(F.relu(self.norm2(out), inplace=True))
 
 
 class DenseBlock(nn.ModuleList):
@@ -124,15 +125,15 @@ class DenseNet121(nn.Module):
         super().__init__()
         self.input_shape = (3, 224, 224)
         channels = 64
-        parts: list[nn.Module] = [*_conv_bn(3, channels, 7, 2, 3), nn.ReLU(), nn.MaxPool2d(3, 2, 1)]
+        parts: list[nn.Module] = [*_conv_bn(3, channels, 7, 2, 3), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1)]
         for index, units in enumerate(blocks):
             parts.append(DenseBlock([DenseLayer(channels + i * growth, growth, 4) for i in range(units)]))
             channels += units * growth
             if index < len(blocks) - 1:
-                parts += [nn.BatchNorm2d(channels), nn.ReLU(), nn.Conv2d(channels, channels // 2, 1, bias=False),
-                          nn.AvgPool2d(2)]
+                parts += [nn.BatchNorm2d(channels), nn.ReLU(inplace=True),
+                          nn.Conv2d(channels, channels // 2, 1, bias=False), nn.AvgPool2d(2)]
                 channels //= 2
-        parts += [nn.BatchNorm2d(channels), nn.ReLU()]
+        parts += [nn.BatchNorm2d(channels), nn.ReLU(inplace=True)]
         self.features = nn.Sequential(*parts)
         self.classifier = nn.Linear(channels, num_classes)
 
@@ -144,7 +145,7 @@ class BasicConv(nn.Sequential):
     """Inception-v3's conv → BatchNorm (eps 0.001) → ReLU."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel, stride=1, padding=0) -> None:
-        super().__init__(*_conv_bn(in_channels, out_channels, kernel, stride, padding, eps=0.001), nn.ReLU())
+        super().__init__(*_conv_bn(in_channels, out_channels, kernel, stride, padding, eps=0.001), nn.ReLU(inplace=True))
 
 
 class InceptionA(nn.Module):
@@ -252,6 +253,8 @@ def stage_seconds(model: nn.Module, target: float) -> dict[str, float]:
     """Seconds per stage (see the module docstring) on `model`, which is left gated."""
     shape = tuple(model.input_shape)
     seconds: dict[str, float] = {}
+    with torch.no_grad():  # the first forward pays for allocations that no stage should be charged with
+        model(torch.zeros(1, *shape))
     graph = _timed(seconds, "dependency graph", lambda: dependency_graph(model, shape))
     _timed(seconds, "TP get_all_groups",
            lambda: list(graph.get_all_groups(root_module_types=(nn.Conv2d, nn.Linear, PadShortcut))))
