@@ -23,6 +23,7 @@ from typing import Iterable, Sequence
 import torch
 import torch.nn as nn
 import torch_pruning as tp
+from torch_pruning.dependency import index_mapping as tp_index_mapping
 from torch.nn.utils import parametrize
 
 from compressor.counting import NORM_TYPES, count_layer_macs
@@ -110,6 +111,52 @@ class ChannelGroup:
         )
 
 
+_update_index_mapping = tp_index_mapping.update_index_mapping
+
+
+def _update_index_mapping_when_stale(graph: tp.DependencyGraph) -> None:
+    if not getattr(graph, "index_mapping_current", False):
+        _update_index_mapping(graph)
+
+
+# Installed once for every graph; graphs other than `CouplingGraph` never set the flag and update as before.
+tp_index_mapping.update_index_mapping = _update_index_mapping_when_stale
+
+
+class CouplingGraph(tp.DependencyGraph):
+    """Torch-Pruning's dependency graph, with its index mappings recomputed only after a prune.
+
+    Torch-Pruning recomputes the index mapping of every concatenation, split and reshape at the start of
+    each `get_pruning_group`, so enumerating the groups of a network of concatenations (a DenseNet, an
+    Inception) costs roots × concatenations × their inputs², most of the analysis. The mappings follow from
+    the layers' widths alone, which change only when a group of this graph prunes: such a group marks the
+    mappings stale and the next query brings them up to date once.
+    """
+
+    index_mapping_current = False
+
+    def build_dependency(self, *args, **kwargs) -> CouplingGraph:
+        self.index_mapping_current = False
+        super().build_dependency(*args, **kwargs)
+        self.index_mapping_current = True  # Torch-Pruning's build ends by updating them
+        return self
+
+    def get_pruning_group(self, module: nn.Module, pruning_fn, idxs: Sequence[int]) -> tp.dependency.Group:
+        group = super().get_pruning_group(module, pruning_fn, idxs)
+        self.index_mapping_current = True
+        prune = group.prune
+
+        def prune_and_mark_stale(*args, **kwargs):
+            self.index_mapping_current = False
+            try:
+                return prune(*args, **kwargs)
+            finally:
+                self.index_mapping_current = False
+
+        group.prune = prune_and_mark_stale
+        return group
+
+
 def dependency_graph(model: nn.Module, input_shape: Sequence[int]) -> tp.DependencyGraph:
     """Torch-Pruning's dependency graph of `model` (traced once on a zero input), with our custom pruners."""
     example = torch.zeros(1, *input_shape)
@@ -117,7 +164,7 @@ def dependency_graph(model: nn.Module, input_shape: Sequence[int]) -> tp.Depende
     model.eval()
     try:
         with torch.enable_grad():
-            graph = tp.DependencyGraph().build_dependency(
+            graph = CouplingGraph().build_dependency(
                 model, example, customized_pruners={PadShortcut: PadShortcutPruner()}, verbose=False
             )
     except Exception as error:  # the trace runs the user's forward and Torch-Pruning's index mapping on it
