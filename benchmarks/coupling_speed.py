@@ -11,46 +11,48 @@ and times on each, in the order `compress --method channel` runs them:
 
 | stage | what is timed |
 |---|---|
-| dependency graph | Torch-Pruning's trace (`compressor.passes.coupling.dependency_graph`) |
-| TP get_all_groups | Torch-Pruning's group enumeration on that graph |
-| channel_groups | `channel_groups` as a whole (trace, enumeration and our per-group processing) |
-| per-group processing | channel_groups less the two stages above |
+| channel_groups | one `compressor.passes.coupling.channel_groups` call on the dense model, split into: |
+| · dependency graph | Torch-Pruning's trace inside it (`dependency_graph`) |
+| · TP group queries | Torch-Pruning's group enumeration inside it (time in `get_pruning_group`, index mappings included) |
+| · per-group processing | the rest: turning Torch-Pruning's groups into `ChannelGroup`s |
 | select | `ChannelMethod.select` (global scope, `--target`, round_to 8), its own channel_groups included |
 | gating | `gate_group` on every group with the selected channels |
 | FoldGates, RemoveDeadSkipUnits, RoundChannels | each pass of `compile_model` on the gated model |
 | compile_model | the whole pipeline, its final output check included |
 | total | select + gating + compile_model, what `ChannelMethod.prepare` costs |
 
-Weights are random (seeded): the time does not depend on their values. The machine's load matters, so the
-table says how many torch threads ran.
+Weights are random (seeded): the time does not depend on their values. The machine's load matters: the
+table says how many torch threads ran, and `--repeats N` reports each stage's fastest of N runs on fresh models.
 
     python benchmarks/coupling_speed.py                              # all three models, 2 threads
-    python benchmarks/coupling_speed.py --models resnet50 --threads 1
+    python benchmarks/coupling_speed.py --models resnet50 --threads 1 --repeats 3
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import time
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch_pruning as tp
+
+from compressor.passes import coupling
 
 from compressor.counting import count_macs, count_params
 from compressor.gates import gate_group
 from compressor.methods.channel import ChannelMethod
-from compressor.models.units import PadShortcut
 from compressor.passes.base import copy_model
-from compressor.passes.coupling import channel_groups, dependency_graph
 from compressor.passes.pipeline import compile_model
 from compressor.tables import text_table
 
 SEED = 0
 ROUND_TO = 8
-STAGES = ("dependency graph", "TP get_all_groups", "channel_groups", "per-group processing", "select", "gating",
+STAGES = ("channel_groups", "· dependency graph", "· TP group queries", "· per-group processing", "select", "gating",
           "FoldGates", "RemoveDeadSkipUnits", "RoundChannels", "compile_model", "total")
 
 
@@ -249,18 +251,40 @@ def _timed(seconds: dict[str, float], stage: str, work: Callable):
     return result
 
 
+@contextlib.contextmanager
+def _inside_channel_groups() -> Iterator[dict[str, float]]:
+    """Seconds spent, while the block runs, in Torch-Pruning's trace and in its group queries."""
+    spent = {"trace": 0.0, "queries": 0.0}
+    trace, query = coupling.dependency_graph, tp.DependencyGraph.get_pruning_group
+
+    def timed(key: str, function: Callable) -> Callable:
+        def wrapper(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                spent[key] += time.perf_counter() - start
+        return wrapper
+
+    coupling.dependency_graph = timed("trace", trace)
+    tp.DependencyGraph.get_pruning_group = timed("queries", query)
+    try:
+        yield spent
+    finally:
+        coupling.dependency_graph, tp.DependencyGraph.get_pruning_group = trace, query
+
+
 def stage_seconds(model: nn.Module, target: float) -> dict[str, float]:
     """Seconds per stage (see the module docstring) on `model`, which is left gated."""
     shape = tuple(model.input_shape)
     seconds: dict[str, float] = {}
     with torch.no_grad():  # the first forward pays for allocations that no stage should be charged with
         model(torch.zeros(1, *shape))
-    graph = _timed(seconds, "dependency graph", lambda: dependency_graph(model, shape))
-    _timed(seconds, "TP get_all_groups",
-           lambda: list(graph.get_all_groups(root_module_types=(nn.Conv2d, nn.Linear, PadShortcut))))
-    _timed(seconds, "channel_groups", lambda: channel_groups(model, shape))
-    seconds["per-group processing"] = (
-        seconds["channel_groups"] - seconds["dependency graph"] - seconds["TP get_all_groups"])
+    with _inside_channel_groups() as spent:
+        _timed(seconds, "channel_groups", lambda: coupling.channel_groups(model, shape))
+    seconds["· dependency graph"] = spent["trace"]
+    seconds["· TP group queries"] = spent["queries"]
+    seconds["· per-group processing"] = seconds["channel_groups"] - spent["trace"] - spent["queries"]
     method = ChannelMethod(target, config=ChannelMethod.Config(round_to=ROUND_TO))
     plan = _timed(seconds, "select", lambda: method.select(model, shape))
 
@@ -285,9 +309,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument("--target", type=float, default=0.5, help="fraction of the MACs to remove")
     parser.add_argument("--inception-size", type=int, default=299, help="inception_v3's input height and width")
+    parser.add_argument("--repeats", type=int, default=1, help="runs per model; each stage's fastest is shown")
     args = parser.parse_args()
-    if args.threads < 1 or not 0 < args.target < 1:
-        parser.error("need --threads >= 1 and 0 < --target < 1")
+    if args.threads < 1 or args.repeats < 1 or not 0 < args.target < 1:
+        parser.error("need --threads >= 1, --repeats >= 1 and 0 < --target < 1")
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
 
@@ -298,10 +323,12 @@ def main() -> None:
         shape = tuple(model.input_shape)
         facts.append(f"{name}: {'x'.join(map(str, shape))}, {count_params(model) / 1e6:.1f}M parameters, "
                      f"{count_macs(model, shape) / 1e9:.2f} GMACs")
-        columns[name] = stage_seconds(model, args.target)
+        runs = [stage_seconds(model if run == 0 else build(name, args.inception_size), args.target)
+                for run in range(args.repeats)]
+        columns[name] = {stage: min(run[stage] for run in runs) for stage in runs[0]}
     rows = [[stage, *(f"{columns[name].get(stage, 0.0):.2f}" for name in names)] for stage in STAGES]
     title = (f"channel method, {args.target:.0%} of the MACs, round_to {ROUND_TO}: seconds per stage, "
-             f"{args.threads} torch threads")
+             f"{args.threads} torch threads, fastest of {args.repeats}")
     print(text_table(["stage", *names], rows, title=title, left_columns=1))
     print("\n" + "\n".join(facts))
 
