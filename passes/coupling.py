@@ -26,7 +26,7 @@ import torch_pruning as tp
 from torch_pruning.dependency import index_mapping as tp_index_mapping
 from torch.nn.utils import parametrize
 
-from compressor.counting import NORM_TYPES, count_layer_macs
+from compressor.counting import NORM_TYPES, LayerMacs, count_layer_macs, recording_layer_macs
 from compressor.errors import CompressorError
 from compressor.models.units import PadShortcut
 from compressor.passes.base import copy_model, unparametrize
@@ -131,9 +131,12 @@ class CouplingGraph(tp.DependencyGraph):
     Inception) costs roots × concatenations × their inputs², most of the analysis. The mappings follow from
     the layers' widths alone, which change only when a group of this graph prunes: such a group marks the
     mappings stale and the next query brings them up to date once.
+
+    `layer_macs` is `count_layer_macs` of the traced model, recorded during the trace (see `dependency_graph`).
     """
 
     index_mapping_current = False
+    layer_macs: dict[str, LayerMacs]
 
     def build_dependency(self, *args, **kwargs) -> CouplingGraph:
         self.index_mapping_current = False
@@ -158,15 +161,20 @@ class CouplingGraph(tp.DependencyGraph):
 
 
 def dependency_graph(model: nn.Module, input_shape: Sequence[int]) -> tp.DependencyGraph:
-    """Torch-Pruning's dependency graph of `model` (traced once on a zero input), with our custom pruners."""
+    """Torch-Pruning's dependency graph of `model` (traced once on a zero input), with our custom pruners.
+
+    The trace is a forward of one sample in eval mode, so it also records the model's per-layer MACs
+    (`graph.layer_macs`), which spares a caller that needs both a second forward.
+    """
     example = torch.zeros(1, *input_shape)
     was_training = model.training
     model.eval()
     try:
-        with torch.enable_grad():
+        with torch.enable_grad(), recording_layer_macs(model) as layer_macs:
             graph = CouplingGraph().build_dependency(
                 model, example, customized_pruners={PadShortcut: PadShortcutPruner()}, verbose=False
             )
+        graph.layer_macs = layer_macs
     except Exception as error:  # the trace runs the user's forward and Torch-Pruning's index mapping on it
         raise _analysis_error(error) from error
     finally:

@@ -131,7 +131,11 @@ class ChannelMethod(Method):
             raise CompressorError("the model has no channels that can be removed without changing its output width")
         scores = [filter_l1(group) for group in groups]
         orders = [score.argsort().tolist() for score in scores]
-        layer_macs = count_layer_macs(model, input_shape)
+        # The groups' trace ran the forward that counting needs; on a plain copy of a gated model it has the
+        # same layer names and weight values, so its count is the model's.
+        layer_macs = getattr(groups[0].dependency_graph, "layer_macs", None)
+        if layer_macs is None:
+            layer_macs = count_layer_macs(model, input_shape)
         dense_params = count_params(model)
         dense_macs = sum(layer.macs for layer in layer_macs.values())
         predict = CountPredictor(model, input_shape, groups, layer_macs=layer_macs)
