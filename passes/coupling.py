@@ -495,8 +495,10 @@ class CountPredictor:
 
     def __call__(self, removed_channels: Sequence[Iterable[int]]) -> tuple[int, int]:
         touched = set()
-        for index, channels in zip(range(len(self._groups)), removed_channels):
-            channels = frozenset(channels)
+        plan = list(removed_channels)
+        for index in range(len(self._groups)):
+            # A group the plan does not reach loses nothing.
+            channels = frozenset(plan[index]) if index < len(plan) else frozenset()
             if channels == self._plan[index]:
                 continue
             keys, multiplicity = self._groups[index]
