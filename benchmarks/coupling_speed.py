@@ -21,8 +21,11 @@ and times on each, in the order `compress --method channel` runs them:
 | compile_model | the whole pipeline, its final output check included |
 | total | select + gating + compile_model, what `ChannelMethod.prepare` costs |
 
-Weights are random (seeded): the time does not depend on their values. The machine's load matters: the
-table says how many torch threads ran, and `--repeats N` reports each stage's fastest of N runs on fresh models.
+Weights are random (seeded): what the stages do depends on the layers' shapes far more than on the weights'
+values. The machine's load matters: the table says how many torch threads ran, and `--repeats N` reports each
+stage's fastest of N runs on fresh models. On a 2-core machine that other processes share, forwards on 2
+threads (traces, output checks) slow down many times over whenever both cores are busy; `--threads 1` gives
+steadier numbers.
 
     python benchmarks/coupling_speed.py                              # all three models, 2 threads
     python benchmarks/coupling_speed.py --models resnet50 --threads 1 --repeats 3
