@@ -7,7 +7,9 @@ Sparsity is counted from the weights themselves (zeros ÷ weights), never estima
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 import torch.nn as nn
@@ -40,8 +42,13 @@ def _effective_weight(module: nn.Module) -> torch.Tensor:
     return module.weight.detach()
 
 
-def count_layer_macs(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, LayerMacs]:
-    """Per-layer multiply-accumulates of the prunable layers for one sample of `input_shape` (C, H, W)."""
+@contextlib.contextmanager
+def recording_layer_macs(model: nn.Module) -> Iterator[dict[str, LayerMacs]]:
+    """Per-layer multiply-accumulates of the prunable layers, recorded during the forward that runs in the block.
+
+    The forward must be of one sample. It lets an analysis that runs the model anyway (a trace) count the
+    MACs on the way instead of paying for a forward of its own.
+    """
     results: dict[str, LayerMacs] = {}
     handles = []
 
@@ -64,15 +71,23 @@ def count_layer_macs(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str
 
     for name, module in prunable_layers(model):
         handles.append(module.register_forward_hook(hook_for(name)))
-    was_training = model.training
-    model.eval()
     try:
-        device = next((p.device for p in model.parameters()), torch.device("cpu"))
-        with torch.no_grad():
-            model(torch.zeros((1, *input_shape), device=device))
+        yield results
     finally:
         for handle in handles:
             handle.remove()
+
+
+def count_layer_macs(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, LayerMacs]:
+    """Per-layer multiply-accumulates of the prunable layers for one sample of `input_shape` (C, H, W)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with recording_layer_macs(model) as results:
+            device = next((p.device for p in model.parameters()), torch.device("cpu"))
+            with torch.no_grad():
+                model(torch.zeros((1, *input_shape), device=device))
+    finally:
         model.train(was_training)
     return results
 

@@ -29,9 +29,10 @@ from typing import Iterable, Sequence
 import torch
 import torch.nn as nn
 import torch_pruning as tp
+from torch_pruning.dependency import index_mapping as tp_index_mapping
 from torch.nn.utils import parametrize
 
-from compressor.counting import count_layer_macs
+from compressor.counting import LayerMacs, count_layer_macs, recording_layer_macs
 from compressor.errors import CompressorError
 from compressor.models.units import PadShortcut
 from compressor.passes.base import copy_model, unparametrize
@@ -160,16 +161,71 @@ class ChannelGroup:
         )
 
 
+_update_index_mapping = tp_index_mapping.update_index_mapping
+
+
+def _update_index_mapping_when_stale(graph: tp.DependencyGraph) -> None:
+    if not getattr(graph, "index_mapping_current", False):
+        _update_index_mapping(graph)
+
+
+# Installed once for every graph; graphs other than `CouplingGraph` never set the flag and update as before.
+tp_index_mapping.update_index_mapping = _update_index_mapping_when_stale
+
+
+class CouplingGraph(tp.DependencyGraph):
+    """Torch-Pruning's dependency graph, with its index mappings recomputed only after a prune.
+
+    Torch-Pruning recomputes the index mapping of every concatenation, split and reshape at the start of
+    each `get_pruning_group`, so enumerating the groups of a network of concatenations (a DenseNet, an
+    Inception) costs roots × concatenations × their inputs², most of the analysis. The mappings follow from
+    the layers' widths alone, which change only when a group of this graph prunes: such a group marks the
+    mappings stale and the next query brings them up to date once.
+
+    `layer_macs` is `count_layer_macs` of the traced model, recorded during the trace (see `dependency_graph`).
+    """
+
+    index_mapping_current = False
+    layer_macs: dict[str, LayerMacs]
+
+    def build_dependency(self, *args, **kwargs) -> CouplingGraph:
+        self.index_mapping_current = False
+        super().build_dependency(*args, **kwargs)
+        self.index_mapping_current = True  # Torch-Pruning's build ends by updating them
+        return self
+
+    def get_pruning_group(self, module: nn.Module, pruning_fn, idxs: Sequence[int]) -> tp.dependency.Group:
+        group = super().get_pruning_group(module, pruning_fn, idxs)
+        self.index_mapping_current = True
+        prune = group.prune
+
+        def prune_and_mark_stale(*args, **kwargs):
+            self.index_mapping_current = False
+            try:
+                return prune(*args, **kwargs)
+            finally:
+                self.index_mapping_current = False
+
+        group.prune = prune_and_mark_stale
+        return group
+
+
 def dependency_graph(model: nn.Module, input_shape: Sequence[int]) -> tp.DependencyGraph:
-    """Torch-Pruning's dependency graph of `model` (traced once on a zero input), with our custom pruners."""
+    """Torch-Pruning's dependency graph of `model` (traced once on a zero input), with our custom pruners.
+
+    The trace is a forward of one sample in eval mode, so it also records the model's per-layer MACs
+    (`graph.layer_macs`), which spares a caller that needs both a second forward.
+    """
     example = torch.zeros(1, *input_shape)
     was_training = model.training
     model.eval()
     try:
-        with torch.enable_grad():
-            graph = tp.DependencyGraph().build_dependency(
-                model, example, customized_pruners={PadShortcut: PadShortcutPruner(), nn.GroupNorm: GroupNormPruner()}, verbose=False
+        with torch.enable_grad(), recording_layer_macs(model) as layer_macs:
+            graph = CouplingGraph().build_dependency(
+                model, example, customized_pruners={PadShortcut: PadShortcutPruner(), nn.GroupNorm: GroupNormPruner()},
+                verbose=False,
             )
+        graph.layer_macs = layer_macs
     except Exception as error:  # the trace runs the user's forward and Torch-Pruning's index mapping on it
         raise _analysis_error(error) from error
     finally:
@@ -550,24 +606,29 @@ def realizable(groups: Sequence[ChannelGroup], plan: Sequence[Iterable[int]]) ->
     """
     removed = [set(channels) for channels in plan]
     copied_from: dict[nn.Module, tuple[int, GroupMember]] = {}
+    copies: list[tuple[int, GroupMember]] = []
+    # Only the shortcuts' members can drop a channel, so they are collected once rather than searched for in
+    # every group on every repetition (methods call this once per step of their search).
     for index, group in enumerate(groups):
         for member in group.members:
-            if isinstance(member.module, PadShortcut) and not member.produces:
-                copied_from[member.module] = (index, member)
-    changed = True
+            if isinstance(member.module, PadShortcut):
+                if member.produces:
+                    copies.append((index, member))
+                else:
+                    copied_from[member.module] = (index, member)
+    copies = [(index, member) for index, member in copies if member.module in copied_from]
+    changed = bool(copies)
     while changed:
         changed = False
-        for group, channels in zip(groups, removed):
-            for member in group.members:
-                if not (isinstance(member.module, PadShortcut) and member.produces) or member.module not in copied_from:
-                    continue
-                source_index, source_member = copied_from[member.module]
-                source_root = dict(zip(source_member.idxs, source_member.root_idxs))
-                for idx, root in zip(member.idxs, member.root_idxs):
-                    source = member.module.sources[idx]
-                    if root in channels and source >= 0 and source_root.get(source) not in removed[source_index]:
-                        channels.discard(root)
-                        changed = True
+        for index, member in copies:
+            channels = removed[index]
+            source_index, source_member = copied_from[member.module]
+            source_root = dict(zip(source_member.idxs, source_member.root_idxs))
+            for idx, root in zip(member.idxs, member.root_idxs):
+                source = member.module.sources[idx]
+                if root in channels and source >= 0 and source_root.get(source) not in removed[source_index]:
+                    channels.discard(root)
+                    changed = True
     return [sorted(channels) for channels in removed]
 
 
@@ -598,49 +659,110 @@ def predict_counts(
 
     `removed_modules` are layers that disappear entirely (a removed unit's branch). The prediction is
     analytic: every Conv/Linear/ConvTranspose/norm keeps `alive_out × alive_in` of its weights and MACs.
-    `layer_macs` (from `count_layer_macs`) saves a forward pass when predicting many times.
+    `layer_macs` (from `count_layer_macs`) saves a forward pass; to predict many plans on one model, build
+    a `CountPredictor` once instead.
     """
-    gone = set(removed_modules)
-    lost_out: dict[nn.Module, int] = {}
-    lost_in: dict[nn.Module, int] = {}
-    for group, channels in zip(groups, removed_channels):
-        channels = set(channels)
-        for member in group.members:
-            count = len(group.member_channels(member, channels))
-            target = lost_out if member.produces else lost_in
-            target[member.module] = target.get(member.module, 0) + count
-    layer_macs = layer_macs if layer_macs is not None else count_layer_macs(model, tuple(input_shape))
-    names = {module: name for name, module in model.named_modules()}
-    params = macs = 0
-    for module in model.modules():
-        if isinstance(module, parametrize.ParametrizationList) or module in gone:
-            continue  # a gated layer's weights are counted with the layer, at their gated shape
-        direct = [p for p in module.parameters(recurse=False)]
-        if parametrize.is_parametrized(module):
-            direct += [getattr(module, name) for name in module.parametrizations]
-        if not direct and not isinstance(module, WEIGHT_LAYERS):
-            continue
-        if isinstance(module, WEIGHT_LAYERS):
-            transposed = isinstance(module, nn.ConvTranspose2d)
-            groups = getattr(module, "groups", 1)
-            # Weights are [out, in / groups, ...], or [in, out / groups, ...] for a transposed convolution.
-            out_total = module.weight.shape[1] * groups if transposed else module.weight.shape[0]
-            in_total = module.weight.shape[0] if transposed else module.weight.shape[1] * groups
-            alive_out = out_total - lost_out.get(module, 0)
-            alive_in = in_total - lost_in.get(module, 0)
-            if groups > 1 and not transposed:
+    return CountPredictor(model, input_shape, groups, removed_modules, layer_macs)(removed_channels)
+
+
+class CountPredictor:
+    """`predict_counts` for many plans on one model and one list of groups, as a search asks for them.
+
+    The model is walked once; each call then recounts only the groups whose channels differ from the
+    previous call's and the layers those groups touch, so a search that moves one group per step pays for
+    that group alone. The model's shapes must not change while the predictor is in use.
+    """
+
+    def __init__(self, model: nn.Module, input_shape: Sequence[int], groups: Sequence[ChannelGroup],
+                 removed_modules: Iterable[nn.Module] = (), layer_macs: dict | None = None) -> None:
+        gone = set(removed_modules)
+        layer_macs = layer_macs if layer_macs is not None else count_layer_macs(model, tuple(input_shape))
+        names = {module: name for name, module in model.named_modules()}
+        self._fixed_params = 0
+        self._layers: dict[nn.Module, tuple] = {}
+        for module in model.modules():
+            if isinstance(module, parametrize.ParametrizationList) or module in gone:
+                continue  # a gated layer's weights are counted with the layer, at their gated shape
+            direct = [p for p in module.parameters(recurse=False)]
+            if parametrize.is_parametrized(module):
+                direct += [getattr(module, name) for name in module.parametrizations]
+            if not direct and not isinstance(module, WEIGHT_LAYERS):
+                continue
+            if isinstance(module, WEIGHT_LAYERS):
+                transposed = isinstance(module, nn.ConvTranspose2d)
+                conv_groups = getattr(module, "groups", 1)
+                # Weights are [out, in / groups, ...], or [in, out / groups, ...] for a transposed convolution.
+                out_total = module.weight.shape[1] * conv_groups if transposed else module.weight.shape[0]
+                in_total = module.weight.shape[0] if transposed else module.weight.shape[1] * conv_groups
                 # A depthwise filter reads one channel; a grouped convolution keeps its groups, each filter
                 # reading its group's remaining channels.
-                alive_in = 1 if is_depthwise(module) else alive_in // groups
-                in_total = module.weight.shape[1]
-            per_pair = module.weight[0, 0].numel()
-            params += alive_out * alive_in * per_pair + (alive_out if module.bias is not None else 0)
-            layer = layer_macs.get(names[module])
-            if layer is not None:  # layers the forward never calls do no work
-                macs += layer.macs // (out_total * in_total) * alive_out * alive_in
-        elif isinstance(module, NORM_LAYERS):
-            channels = module.num_channels if isinstance(module, nn.GroupNorm) else module.num_features
-            params += sum(p.numel() for p in direct) // channels * (channels - lost_out.get(module, 0))
-        else:
-            params += sum(p.numel() for p in direct)
-    return params, macs
+                reading = ("depthwise" if is_depthwise(module) else
+                           "grouped" if conv_groups > 1 and not transposed else "all")
+                per_filter = module.weight.shape[0 if transposed else 1]
+                layer = layer_macs.get(names[module])
+                # Layers the forward never calls do no work.
+                macs_per_pair = layer.macs // (out_total * per_filter) if layer is not None else 0
+                self._layers[module] = ("layer", out_total, in_total, reading, conv_groups,
+                                        module.weight[0, 0].numel(), module.bias is not None, macs_per_pair)
+            elif isinstance(module, NORM_LAYERS):
+                channels = module.num_channels if isinstance(module, nn.GroupNorm) else module.num_features
+                self._layers[module] = ("norm", sum(p.numel() for p in direct), channels)
+            else:
+                self._fixed_params += sum(p.numel() for p in direct)
+        self._lost = {(module, produces): 0 for module in self._layers for produces in (True, False)}
+        self._terms = {module: self._term(module) for module in self._layers}
+        self._params = self._fixed_params + sum(params for params, _ in self._terms.values())
+        self._macs = sum(macs for _, macs in self._terms.values())
+        # Per group: the (layer, produces) pairs it touches and, for each, how many of its indices carry each
+        # root channel (a member may list a root channel more than once: the features after flatten→linear).
+        self._groups = []
+        for group in groups:
+            keys = list(dict.fromkeys((m.module, m.produces) for m in group.members))
+            rows = {key: row for row, key in enumerate(keys)}
+            multiplicity = torch.zeros(len(keys), group.size, dtype=torch.long)
+            for member in group.members:
+                roots = torch.as_tensor(member.root_idxs, dtype=torch.long)
+                multiplicity[rows[(member.module, member.produces)]].index_add_(
+                    0, roots, torch.ones_like(roots))
+            self._groups.append((keys, multiplicity))
+        self._plan: list[frozenset[int]] = [frozenset() for _ in groups]
+        self._counts: list[list[int]] = [[0] * len(keys) for keys, _ in self._groups]
+
+    def _term(self, module: nn.Module) -> tuple[int, int]:
+        """(parameters, MACs) of one layer at its current lost output and input channels."""
+        layer = self._layers[module]
+        lost_out = self._lost[(module, True)]
+        if layer[0] == "norm":
+            _, total, features = layer
+            return total // features * (features - lost_out), 0
+        _, out_total, in_total, reading, groups, per_pair, has_bias, macs_per_pair = layer
+        alive_out = out_total - lost_out
+        alive_in = in_total - self._lost[(module, False)]
+        alive_in = 1 if reading == "depthwise" else alive_in // groups if reading == "grouped" else alive_in
+        params = alive_out * alive_in * per_pair + (alive_out if has_bias else 0)
+        return params, macs_per_pair * alive_out * alive_in
+
+    def __call__(self, removed_channels: Sequence[Iterable[int]]) -> tuple[int, int]:
+        touched = set()
+        plan = list(removed_channels)
+        for index in range(len(self._groups)):
+            # A group the plan does not reach loses nothing.
+            channels = frozenset(plan[index]) if index < len(plan) else frozenset()
+            if channels == self._plan[index]:
+                continue
+            keys, multiplicity = self._groups[index]
+            # Channels outside the group carry nothing, as in `ChannelGroup.member_channels`.
+            inside = sorted(c for c in channels if 0 <= c < multiplicity.shape[1])
+            counts = multiplicity[:, inside].sum(dim=1).tolist() if inside else [0] * len(keys)
+            for key, old, new in zip(keys, self._counts[index], counts):
+                if key in self._lost and old != new:
+                    self._lost[key] += new - old
+                    touched.add(key[0])
+            self._plan[index], self._counts[index] = channels, counts
+        for module in touched:
+            params, macs = self._term(module)
+            old_params, old_macs = self._terms[module]
+            self._params += params - old_params
+            self._macs += macs - old_macs
+            self._terms[module] = (params, macs)
+        return self._params, self._macs

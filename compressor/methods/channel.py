@@ -28,7 +28,7 @@ from compressor.gates import gate_group
 from compressor.methods.base import Method, register_method
 from compressor.options import method_flag, parse_fraction
 from compressor.passes.base import copy_model
-from compressor.passes.coupling import ChannelGroup, analyse_channels, predict_counts, realizable
+from compressor.passes.coupling import ChannelGroup, CountPredictor, analyse_channels, realizable
 from compressor.passes.pipeline import compile_model
 
 SCOPES = ("global", "uniform")
@@ -139,9 +139,14 @@ class ChannelMethod(Method):
         scores = [filter_l1(group) for group in groups]
         orders = [group.unit_order(score) for group, score in zip(groups, scores)]
         self._multiples = [math.lcm(self.round_to, group.unit_size) for group in groups]
-        layer_macs = count_layer_macs(model, input_shape)
+        # The groups' trace ran the forward that counting needs; on a plain copy of a gated model it has the
+        # same layer names and weight values, so its count is the model's.
+        layer_macs = getattr(groups[0].dependency_graph, "layer_macs", None)
+        if layer_macs is None:
+            layer_macs = count_layer_macs(model, input_shape)
         dense_params = count_params(model)
         dense_macs = sum(layer.macs for layer in layer_macs.values())
+        predict = CountPredictor(model, input_shape, groups, layer_macs=layer_macs)
 
         def plan_for(level: float) -> list[list[int]]:
             # `level` is a fraction per group (uniform) or a normalised-score threshold (global).
@@ -156,7 +161,7 @@ class ChannelMethod(Method):
             return self._rounded(groups, orders, realizable(groups, plan))
 
         def meets(plan: list[list[int]]) -> bool:
-            params, macs = predict_counts(model, input_shape, groups, plan, layer_macs=layer_macs)
+            params, macs = predict(plan)
             met_macs = self.target is None or 1 - macs / dense_macs >= self.target
             met_params = self.config.target_params is None or 1 - params / dense_params >= self.config.target_params
             return met_macs and met_params
@@ -179,7 +184,7 @@ class ChannelMethod(Method):
                 else:
                     low = middle
             plan = plan_for(high)
-        params, macs = predict_counts(model, input_shape, groups, plan, layer_macs=layer_macs)
+        params, macs = predict(plan)
         self.predicted = {"macs_removed": 1 - macs / dense_macs, "params_removed": 1 - params / dense_params,
                           "channels_removed": sum(map(len, plan)), "channels": sum(g.size for g in groups)}
         return list(zip(groups, plan))

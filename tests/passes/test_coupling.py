@@ -13,8 +13,9 @@ from compressor.gates import gate_group
 from compressor.models import create_model, list_models
 from compressor.models.units import PadShortcut
 from compressor.passes.base import copy_model
-from compressor.passes.coupling import (PadShortcutPruner, analyse_channels, channel_groups, dead_channels, predict_counts,
-                                        reader_importance, realizable)
+from compressor.counting import count_layer_macs
+from compressor.passes.coupling import (CountPredictor, PadShortcutPruner, analyse_channels, channel_groups, dead_channels,
+                                        dependency_graph, predict_counts, reader_importance, realizable)
 
 
 def groups_of(model: nn.Module):
@@ -217,6 +218,44 @@ def test_prediction_on_a_gated_model_equals_the_prediction_before_gating(name):
         gate_group(group, torch.ones(group.size))
     gated_groups = groups_of(model)
     assert predict_counts(model, model.input_shape, gated_groups, plan) == before
+
+
+@pytest.mark.parametrize("name", ["resnet20", "lenet5", "densenet40"])
+def test_a_count_predictor_gives_what_predict_counts_gives_plan_after_plan(name):
+    model = create_model(name).eval()
+    groups = groups_of(model)
+    predict = CountPredictor(model, model.input_shape, groups)
+    generator = torch.Generator().manual_seed(0)
+    for step in range(12):
+        plan = [torch.randperm(g.size, generator=generator)[: int(torch.randint(g.size, (1,), generator=generator))]
+                .tolist() if (step + index) % 3 else [] for index, g in enumerate(groups)]
+        plan = plan[: len(plan) - step % 2]  # groups left out of a plan lose nothing
+        assert predict(plan) == predict_counts(model, model.input_shape, groups, plan), step
+    assert predict([]) == (count_params(model), count_macs(model, model.input_shape))
+
+
+def test_group_queries_see_the_index_mappings_a_prune_changed():
+    model = create_model("densenet40").eval()
+    groups = groups_of(model)
+    pruned_once = copy_model(model)
+    first, second = groups_of(pruned_once)[:2]
+    first.prune([0, 1])
+    after = [(item.dep.target.name, list(item.idxs)) for item in second.dependency_graph.get_pruning_group(
+        second.members[0].module, second.tp_group[0].dep.handler, list(range(second.size)))]
+    fresh = copy_model(model)
+    fresh_first, fresh_second = groups_of(fresh)[:2]
+    fresh_first.prune([0, 1])
+    retraced = dependency_graph(fresh, model.input_shape)
+    expected = [(item.dep.target.name, list(item.idxs)) for item in retraced.get_pruning_group(
+        fresh.get_submodule(second.root), second.tp_group[0].dep.handler, list(range(second.size)))]
+    assert after == expected
+    assert len(groups) == len(groups_of(model))
+
+
+@pytest.mark.parametrize("name", ["resnet20", "densenet40", "mobilenet_v1"])
+def test_the_trace_records_the_layer_macs_a_forward_counts(name):
+    model = create_model(name).eval()
+    assert dependency_graph(model, model.input_shape).layer_macs == count_layer_macs(model, model.input_shape)
 
 
 # ---------------------------------------------------------------------------------------------- reader importance
