@@ -23,6 +23,7 @@ structured method can say why it cannot remove more.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
@@ -111,17 +112,17 @@ class ChannelGroup:
     flow: ZeroFlow | None = field(default=None, repr=False)
     units: torch.Tensor | None = field(default=None, repr=False)  # per root channel, the unit it is removed with
 
-    @property
+    @functools.cached_property
     def unit_size(self) -> int:
         """Channels per unit: 1 unless a GroupNorm, a grouped convolution or an equal split ties channels."""
         return self.size // (int(self.units.max()) + 1) if self.units is not None and self.size else 1
 
     def whole_units(self, channels: Iterable[int]) -> list[int]:
         """The channels among `channels` whose whole unit is among them (only those can be removed)."""
+        if self.units is None or self.unit_size == 1:
+            return sorted(set(channels))
         chosen = torch.zeros(self.size, dtype=torch.bool)
         chosen[torch.as_tensor(sorted(set(channels)), dtype=torch.long)] = True
-        if self.units is None:
-            return torch.nonzero(chosen).flatten().tolist()
         count = int(self.units.max()) + 1
         total = torch.bincount(self.units, minlength=count)
         picked = torch.bincount(self.units[chosen], minlength=count)

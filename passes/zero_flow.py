@@ -71,7 +71,9 @@ def _touches_channel_axis(node: tp.dependency.Node, op: str) -> bool:
     grad_fn = node.grad_fn
     rank = _rank(node)
     if op in _AXIS_OPS:
-        dims = getattr(grad_fn, "_saved_dim", ())
+        dims = getattr(grad_fn, "_saved_dim", None)
+        if dims is None:
+            return op in ("Mean", "Sum")  # x.mean() and x.sum() reduce every axis
         dims = dims if isinstance(dims, (tuple, list)) else (dims,)
         return any(int(d) % rank == 1 for d in dims)
     if op == "ConstantPadNd":
