@@ -217,7 +217,7 @@ def dependency_graph(model: nn.Module, input_shape: Sequence[int]) -> tp.Depende
     The trace is a forward of one sample in eval mode, so it also records the model's per-layer MACs
     (`graph.layer_macs`), which spares a caller that needs both a second forward.
     """
-    example = torch.zeros(1, *input_shape)
+    example = torch.zeros(1, *input_shape, device=_device_of(model))
     was_training = model.training
     model.eval()
     try:
@@ -232,6 +232,10 @@ def dependency_graph(model: nn.Module, input_shape: Sequence[int]) -> tp.Depende
     finally:
         model.train(was_training)
     return graph
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
 
 
 def _analysis_error(error: Exception) -> CompressorError:
@@ -350,7 +354,7 @@ def _splits_that_do_not_follow(traced: nn.Module, input_shape: Sequence[int],
                     pruner = graph.get_pruner_of_module(root)
                     fn = pruner.prune_out_channels if graph.is_out_channel_pruning_fn(handler) else pruner.prune_in_channels
                     graph.get_pruning_group(root, fn, unit).prune(record_history=False)
-                copy(torch.zeros(1, *input_shape))
+                copy(torch.zeros(1, *input_shape, device=_device_of(copy)))
         except Exception:  # any failure of the shrunken copy's forward means the split sizes are fixed
             return True
         return False
@@ -568,7 +572,7 @@ def zero_channels(module: nn.Module, idxs: Sequence[int]) -> torch.Tensor:
     if isinstance(module, NORM_LAYERS):
         if not module.affine:
             return torch.zeros(len(idxs), dtype=torch.bool)
-        return (module.weight.detach()[index] == 0) & (module.bias.detach()[index] == 0)
+        return ((module.weight.detach()[index] == 0) & (module.bias.detach()[index] == 0)).cpu()
     if not isinstance(module, WEIGHT_LAYERS):
         return torch.zeros(len(idxs), dtype=torch.bool)
     weight = module.weight.detach()
@@ -577,7 +581,7 @@ def zero_channels(module: nn.Module, idxs: Sequence[int]) -> torch.Tensor:
     zero = (weight == 0).all(dim=1)
     if module.bias is not None:
         zero &= module.bias.detach()[index] == 0
-    return zero
+    return zero.cpu()  # the analysis keeps its bookkeeping on the CPU, wherever the model is
 
 
 def dead_channels(group: ChannelGroup) -> list[int]:
