@@ -1,5 +1,6 @@
 """Every model form loads, and nothing runs code from a file without --trust-model."""
 
+import importlib
 import itertools
 import os
 import pickle
@@ -19,6 +20,8 @@ from compressor.models import create_model
 from compressor.models.units import PadShortcut, ResidualUnit
 
 DATA = Path(__file__).parent / "data"
+# The top-level name of a user's own package that our zoo also had in 0.1.0.
+USERS_PACKAGE = "models"
 
 
 class Evil:
@@ -143,14 +146,14 @@ def pickled_globals(path):
 @pytest.fixture
 def users_models_package(tmp_path, monkeypatch):
     """A user's own top-level `models` package, first on the path (the name our zoo had in 0.1.0)."""
-    package = tmp_path / "site" / "models"
+    package = tmp_path / "site" / USERS_PACKAGE
     package.mkdir(parents=True)
     (package / "__init__.py").write_text('KIND = "the user\'s models"\n')
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
-    for name in [name for name in sys.modules if name.split(".")[0] == "models"]:
+    for name in [name for name in sys.modules if name.split(".")[0] == USERS_PACKAGE]:
         monkeypatch.delitem(sys.modules, name)
     yield package
-    for name in [name for name in sys.modules if name.split(".")[0] == "models"]:
+    for name in [name for name in sys.modules if name.split(".")[0] == USERS_PACKAGE]:
         del sys.modules[name]
 
 
@@ -169,11 +172,11 @@ def test_a_v01_pickled_module_loads_and_computes_its_recorded_output():
 
 
 def test_a_v01_pickled_module_loads_beside_a_users_models_package(users_models_package):
-    import models
+    users = importlib.import_module(USERS_PACKAGE)
 
     model = load_model(DATA / "v01_residual_net.pt", trust=True)
     assert isinstance(model[3], ResidualUnit)
-    assert sys.modules["models"] is models and models.KIND == "the user's models"
+    assert sys.modules[USERS_PACKAGE] is users and users.KIND == "the user's models"
 
 
 def test_a_users_class_under_our_former_module_name_wins(users_models_package, tmp_path):
@@ -185,7 +188,7 @@ def test_a_users_class_under_our_former_module_name_wins(users_models_package, t
         "        self.fc = nn.Linear(64, 10)\n\n"
         "    def forward(self, x):\n"
         "        return self.fc(x.flatten(1))\n")
-    from models.units import ResidualUnit as UsersUnit
+    UsersUnit = importlib.import_module(f"{USERS_PACKAGE}.units").ResidualUnit
 
     torch.save(UsersUnit(), tmp_path / "user.pt")
     assert type(load_model(tmp_path / "user.pt", trust=True, input_shape=(1, 8, 8))) is UsersUnit

@@ -11,6 +11,7 @@ compiled model's output on it. Run from the repository root with the 0.1.0 sourc
     git worktree remove --force /tmp/old01
 """
 
+import importlib
 import shutil
 import tempfile
 from pathlib import Path
@@ -19,7 +20,10 @@ import torch
 import torch.nn as nn
 
 from compressor.api import compress
-from models.units import PadShortcut, ResidualUnit
+
+# 0.1.0 installed its zoo as the top-level package `models`: this script runs against those sources only.
+_FORMER_UNITS = importlib.import_module("models.units")
+PadShortcut, ResidualUnit = _FORMER_UNITS.PadShortcut, _FORMER_UNITS.ResidualUnit
 
 HERE = Path(__file__).resolve().parent
 
