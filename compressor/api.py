@@ -21,7 +21,8 @@ import torch
 import torch.nn as nn
 
 import compressor
-from compressor.counting import count_layer_macs, count_macs, count_params, layer_sparsity, prunable_layers
+from compressor.counting import (CONV_TRANSPOSE_TYPES, count_layer_macs, count_macs, count_params, layer_sparsity,
+                                 prunable_layers)
 from compressor.data import DataBundle, load_data
 from compressor.errors import CompressorError, VerificationError
 from compressor.files import StagedFolder, atomic_write_bytes, check_writable_destination
@@ -284,8 +285,9 @@ def _compress_into(staging: Path, source, compression, data_spec, epochs, lr, ba
 
 def _structure_stats(model: nn.Module, shape: tuple[int, ...], dense: DenseStats, shapes_before: dict[str, list[int]],
                      compiled: PipelineResult, method) -> StructureStats:
-    after = {name: list(layer.weight.shape) for name, layer in prunable_layers(model)}
-    transposed = {name for name, layer in prunable_layers(model) if isinstance(layer, nn.modules.conv._ConvTransposeNd)}
+    layers = prunable_layers(model)
+    after = {name: list(layer.weight.shape) for name, layer in layers}
+    transposed = {name for name, layer in layers if isinstance(layer, CONV_TRANSPOSE_TYPES)}
     macs = count_macs(model, shape)
     facts = method.facts()
     return StructureStats(

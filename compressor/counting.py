@@ -19,6 +19,11 @@ PRUNABLE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, *CONV_TRANSPOSE_TYPES, nn.Lin
 NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 
+def output_axis(module: nn.Module) -> int:
+    """The weight axis of a layer's output channels: 1 for a transposed convolution ([in, out/groups, ...]), else 0."""
+    return 1 if isinstance(module, CONV_TRANSPOSE_TYPES) else 0
+
+
 def prunable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """The Conv/ConvTranspose/Linear layers whose weights methods may prune, in module order."""
     return [(name, module) for name, module in model.named_modules() if isinstance(module, PRUNABLE_TYPES)]

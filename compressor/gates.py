@@ -24,7 +24,7 @@ import torch.nn as nn
 import torch_pruning as tp
 from torch.nn.utils import parametrize
 
-from compressor.counting import NORM_TYPES
+from compressor.counting import NORM_TYPES, output_axis
 from compressor.models.units import DenseUnit, ResidualUnit
 from compressor.passes.coupling import ChannelGroup, channel_groups
 
@@ -96,16 +96,9 @@ def _gated_tensors(module: nn.Module) -> list[str]:
     return ["weight"] + (["bias"] if getattr(module, "bias", None) is not None else [])
 
 
-def output_channels(module: nn.Module) -> int:
-    """How many output channels a BatchNorm, GroupNorm, Conv, ConvTranspose or Linear layer has."""
-    if isinstance(module, nn.ConvTranspose2d):
-        return module.weight.shape[1] * module.groups
-    return module.weight.shape[0]
-
-
 def attach_channel_gate(module: nn.Module, scale: torch.Tensor) -> ChannelGate:
     """Gate the output channels of `module` (a BatchNorm, GroupNorm, Conv, ConvTranspose or Linear) with `scale`."""
-    gate = ChannelGate(scale, axis=1 if isinstance(module, nn.ConvTranspose2d) else 0)
+    gate = ChannelGate(scale, axis=output_axis(module))
     for tensor_name in _gated_tensors(module):
         parametrize.register_parametrization(module, tensor_name, gate, unsafe=True)
     return gate
@@ -115,7 +108,8 @@ def gate_group(group: ChannelGroup, scale: torch.Tensor) -> list[ChannelGate]:
     """Gate every root channel r of `group` with `scale[r]`, at each of the group's gate points."""
     gates = []
     for member in group.gate_points:
-        per_member = torch.ones(output_channels(member.module))
+        # The analysis slices only ungrouped transposed convolutions, whose weight holds every output channel.
+        per_member = torch.ones(member.module.weight.shape[output_axis(member.module)])
         per_member[torch.as_tensor(member.idxs)] = scale[torch.as_tensor(member.root_idxs)].float()
         gates.append(attach_channel_gate(member.module, per_member))
     return gates

@@ -33,7 +33,7 @@ import torch_pruning as tp
 from torch_pruning.dependency import index_mapping as tp_index_mapping
 from torch.nn.utils import parametrize
 
-from compressor.counting import LayerMacs, count_layer_macs, recording_layer_macs
+from compressor.counting import LayerMacs, count_layer_macs, output_axis, recording_layer_macs
 from compressor.errors import CompressorError
 from compressor.models.units import PadShortcut
 from compressor.passes.base import copy_model, unparametrize
@@ -134,9 +134,10 @@ class ChannelGroup:
             return scores.argsort().tolist()
         count = int(self.units.max()) + 1
         unit_score = torch.zeros(count).index_add_(0, self.units, scores.float()) / torch.bincount(self.units)
-        order = sorted(range(self.size), key=lambda c: (float(unit_score[self.units[c]]), int(self.units[c]),
-                                                         float(scores[c])))
-        return order
+        # Sorted by the last key first: score, then unit (so a unit's channels stay together), then unit score.
+        order = scores.float().argsort(stable=True)
+        order = order[self.units[order].argsort(stable=True)]
+        return order[unit_score[self.units[order]].argsort(stable=True)].tolist()
 
     def node(self, name: str) -> tp.dependency.Node:
         """The dependency-graph node of the layer called `name`."""
@@ -311,11 +312,11 @@ def analyse_channels(model: nn.Module, input_shape: Sequence[int]) -> ChannelAna
             continue
         size = len(tp_group[0].idxs)
         flow = ZeroFlow(list(tp_group), graph, size, names, describe)
-        members = [] if flow.problem else _members(tp_group, graph, names, model)
-        problem = flow.problem or _unit_problem(members, tp_group, size, names)
+        problem = flow.problem or _unequal_split(tp_group, names[root])
         if problem is None:
-            group = ChannelGroup(members[0].name, size, members, graph, tp_group, traced, traced is model, flow)
-            group.units = _units(members, tp_group, size)
+            members = _members(tp_group, graph, names, model)
+            group = ChannelGroup(members[0].name, size, members, graph, tp_group, traced, traced is model, flow,
+                                 _units(members, tp_group, size))
             problem = _mark_gate_points(group, graph, traced)
         if problem is not None:
             left_whole.append(LeftWhole(names[root], problem))
@@ -330,7 +331,7 @@ def analyse_channels(model: nn.Module, input_shape: Sequence[int]) -> ChannelAna
 
 
 def _splits(group: ChannelGroup) -> bool:
-    return any(item.dep.target.type in (tp.ops.OPTYPE.SPLIT, tp.ops.OPTYPE.UNBIND) for item in group.tp_group)
+    return any(True for _ in _split_sizes(group.tp_group))
 
 
 def _splits_that_do_not_follow(traced: nn.Module, input_shape: Sequence[int],
@@ -456,15 +457,19 @@ def _segments(member: GroupMember) -> int:
     return 1
 
 
-def _unit_problem(members: list[GroupMember], tp_group, size: int, names) -> str | None:
-    for item in tp_group:
-        node = item.dep.target
-        if node.type in (tp.ops.OPTYPE.SPLIT, tp.ops.OPTYPE.UNBIND):
-            sizes = list(getattr(node.module, "split_sizes", None) or [])
-            if len(set(sizes)) > 1:
-                return (f"torch.split into unequal parts {sizes} after {members[0].name if members else 'it'}: "
-                        "parts of fixed sizes cannot lose channels")
+def _unequal_split(tp_group, root: str) -> str | None:
+    """Why the group's channels cannot shrink when a split cuts them into unequal parts, else None."""
+    for _, sizes in _split_sizes(tp_group):
+        if len(set(sizes)) > 1:
+            return f"torch.split into unequal parts {sizes} after {root}: parts of fixed sizes cannot lose channels"
     return None
+
+
+def _split_sizes(tp_group):
+    """(item, part sizes) of every split of the group's channels, as Torch-Pruning recorded them."""
+    for item in tp_group:
+        if item.dep.target.type in (tp.ops.OPTYPE.SPLIT, tp.ops.OPTYPE.UNBIND):
+            yield item, list(getattr(item.dep.target.module, "split_sizes", None) or [])
 
 
 def _units(members: list[GroupMember], tp_group, size: int) -> torch.Tensor:
@@ -503,12 +508,9 @@ def _units(members: list[GroupMember], tp_group, size: int) -> torch.Tensor:
             total = (module.num_channels if isinstance(module, nn.GroupNorm) else
                      module.out_channels if member.produces else module.in_channels)
             blocks(member.idxs, member.root_idxs, total, count, whole=isinstance(module, nn.GroupNorm))
-    for item in tp_group:
-        node = item.dep.target
-        if node.type in (tp.ops.OPTYPE.SPLIT, tp.ops.OPTYPE.UNBIND):
-            sizes = list(getattr(node.module, "split_sizes", None) or [])
-            if len(sizes) > 1:
-                blocks(list(item.idxs), list(item.root_idxs), sum(sizes), len(sizes), whole=False)
+    for item, sizes in _split_sizes(tp_group):
+        if len(sizes) > 1:
+            blocks(list(item.idxs), list(item.root_idxs), sum(sizes), len(sizes), whole=False)
     roots = torch.as_tensor([find(i) for i in range(size)])
     return torch.unique(roots, return_inverse=True)[1]
 
@@ -532,14 +534,14 @@ def _mark_gate_points(group: ChannelGroup, graph: tp.DependencyGraph, traced: nn
                 continue
         candidates.append(member)
 
+    # A padding shortcut's copies die with the channels they copy, which `realizable` follows across groups.
+    shortcuts = {m.name for m in group.members if isinstance(m.module, PadShortcut) and m.produces}
+    everything = torch.ones(group.size, dtype=torch.bool)
+    nothing = torch.zeros(group.size, dtype=torch.bool)
+
     def killed(gated: list[GroupMember]) -> bool:
-        names = {m.name for m in gated}
-        shortcut_names = {m.name for m in group.members if isinstance(m.module, PadShortcut) and m.produces}
-        everything = torch.ones(group.size, dtype=torch.bool)
-        nothing = torch.zeros(group.size, dtype=torch.bool)
-        # A padding shortcut's copies die with the channels they copy, which `realizable` follows across groups.
-        return bool(group.flow.zero_at_readers(
-            lambda name: everything if name in names or name in shortcut_names else nothing).all())
+        zeroed = shortcuts | {m.name for m in gated}
+        return bool(group.flow.zero_at_readers(lambda name: everything if name in zeroed else nothing).all())
 
     if not killed(candidates):
         return "gating every layer that produces these channels still leaves them non-zero where they are read " \
@@ -575,9 +577,7 @@ def zero_channels(module: nn.Module, idxs: Sequence[int]) -> torch.Tensor:
         return ((module.weight.detach()[index] == 0) & (module.bias.detach()[index] == 0)).cpu()
     if not isinstance(module, WEIGHT_LAYERS):
         return torch.zeros(len(idxs), dtype=torch.bool)
-    weight = module.weight.detach()
-    # A transposed convolution stores its output channels on the second axis.
-    weight = (weight.transpose(0, 1) if isinstance(module, nn.ConvTranspose2d) else weight)[index].flatten(1)
+    weight = module.weight.detach().transpose(0, output_axis(module))[index].flatten(1)
     zero = (weight == 0).all(dim=1)
     if module.bias is not None:
         zero &= module.bias.detach()[index] == 0
@@ -637,18 +637,27 @@ def realizable(groups: Sequence[ChannelGroup], plan: Sequence[Iterable[int]]) ->
     return [sorted(channels) for channels in removed]
 
 
+def channel_l1(module: nn.Module, output: bool) -> torch.Tensor:
+    """Per output channel (or per input channel) of a Conv/ConvTranspose/Linear layer, the L1 norm of its weights.
+
+    An input channel of a grouped convolution is read by its own group's filters only.
+    """
+    weight = module.weight.detach().abs().transpose(0, output_axis(module))  # [out, in / groups, ...]
+    per_pair = weight.flatten(2).sum(dim=2) if weight.dim() > 2 else weight
+    if output:
+        return per_pair.sum(dim=1)
+    groups = getattr(module, "groups", 1)
+    return per_pair.reshape(groups, -1, per_pair.shape[1]).sum(dim=1).flatten()
+
+
 def reader_importance(group: ChannelGroup) -> torch.Tensor:
     """L1 norm of the weights that read each root channel (the layers consuming the group's channels)."""
     importance = torch.zeros(group.size)
     for member in group.members:
-        module = member.module
-        if member.produces or not isinstance(module, WEIGHT_LAYERS):
+        if member.produces or not isinstance(member.module, WEIGHT_LAYERS):
             continue
-        weight = module.weight.detach().abs()
-        # Input channels are the weight's second axis, or its first for a transposed convolution.
-        by_input = weight if isinstance(module, nn.ConvTranspose2d) else weight.transpose(0, 1)
-        weight = by_input.flatten(1).sum(dim=1)
-        importance.index_add_(0, torch.as_tensor(member.root_idxs), weight[torch.as_tensor(member.idxs)])
+        norms = channel_l1(member.module, output=False)
+        importance.index_add_(0, torch.as_tensor(member.root_idxs), norms[torch.as_tensor(member.idxs)].cpu())
     return importance
 
 

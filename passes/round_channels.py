@@ -37,13 +37,11 @@ class RoundChannelsPass(SliceChannelsPass):
         surplus = width - alive
         if surplus <= 0:
             return super().choose(group, dead)
-        importance = reader_importance(group)
-        if group.unit_size == 1:
-            ranked = [dead[i] for i in importance[torch.as_tensor(dead, dtype=torch.long)].argsort(descending=True)]
-        else:
-            # Keep whole units, the ones whose readers weigh them most.
-            units = sorted({int(group.units[c]) for c in dead},
-                           key=lambda u: -float(importance[group.units == u].sum()))
-            ranked = [c for u in units for c in dead if int(group.units[c]) == u]
+        # Keep whole units (single channels unless channels are tied), the ones whose readers weigh them most.
+        unit_importance = torch.zeros(int(group.units.max()) + 1).index_add_(0, group.units, reader_importance(group))
+        units = group.units[torch.as_tensor(dead, dtype=torch.long)]
+        by_unit = units.argsort(stable=True)
+        ranked = by_unit[unit_importance[units[by_unit]].argsort(descending=True, stable=True)]
+        ranked = [dead[i] for i in ranked.tolist()]
         kept = set(ranked[:surplus])
         return [c for c in dead if c not in kept]

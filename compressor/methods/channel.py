@@ -28,8 +28,9 @@ from compressor.gates import gate_group
 from compressor.methods.base import Method, register_method
 from compressor.options import method_flag, parse_fraction
 from compressor.passes.base import copy_model
-from compressor.passes.coupling import ChannelGroup, CountPredictor, analyse_channels, realizable
+from compressor.passes.coupling import ChannelGroup, CountPredictor, analyse_channels, channel_l1, realizable
 from compressor.passes.pipeline import compile_model
+from compressor.passes.zero_flow import WEIGHT_LAYERS
 
 SCOPES = ("global", "uniform")
 ROUNDINGS = (1, 8, 16, 32)
@@ -66,12 +67,9 @@ def filter_l1(group: ChannelGroup) -> torch.Tensor:
     """Per root channel, the L1 norm of the filters producing it, summed over the group's Conv/Linear layers."""
     scores = torch.zeros(group.size)
     for member in group.members:
-        if member.produces and isinstance(member.module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
-            weight = member.module.weight.detach().abs()
-            # A transposed convolution's filters are indexed by its weight's second axis.
-            by_output = weight.transpose(0, 1) if isinstance(member.module, nn.ConvTranspose2d) else weight
-            norms = by_output.flatten(1).sum(dim=1)
-            scores.index_add_(0, torch.as_tensor(member.root_idxs), norms[torch.as_tensor(member.idxs)])
+        if member.produces and isinstance(member.module, WEIGHT_LAYERS):
+            norms = channel_l1(member.module, output=True)
+            scores.index_add_(0, torch.as_tensor(member.root_idxs), norms[torch.as_tensor(member.idxs)].cpu())
     return scores
 
 

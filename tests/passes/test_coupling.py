@@ -271,6 +271,16 @@ def test_reader_importance_is_the_l1_norm_of_the_reading_weights():
     torch.testing.assert_close(reader_importance(fc_group), per_channel)
 
 
+def test_reader_importance_of_a_grouped_convolution_counts_each_input_with_its_own_group():
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 8, 3, padding=1, groups=4),
+                          nn.Flatten(), nn.Linear(8 * 64, 10)).eval()
+    group = group_rooted_at(channel_groups(model, (3, 8, 8)), "0")
+    weight = model[2].weight.detach().abs().sum(dim=(2, 3))  # [8 filters, 4 inputs of their group]
+    # Input channel 4g + j is read by the 2 filters of group g, at their position j.
+    expected = weight.reshape(4, 2, 4).sum(dim=1).flatten()
+    torch.testing.assert_close(reader_importance(group), expected)
+
+
 # ----------------------------------------------------------------------------------------------- gated models
 
 

@@ -121,3 +121,19 @@ def test_compile_model_rounds_when_asked(randomize_bn, check_outputs, torch_run)
     assert {width for layer, width in widths.items() if ".stage2." in layer} == {24}
     assert {width for layer, width in widths.items() if ".stage3." in layer} == {40}
     assert {width for layer, width in widths.items() if ".stage1." in layer or ".stem." in layer} == {16}
+
+
+def test_a_grouped_convolution_rounds_by_whole_units_and_keeps_its_groups():
+    """Surplus zero channels kept to round a width are whole units: the same offset in every group."""
+    model = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+                          nn.Conv2d(32, 32, 3, padding=1, groups=4), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(32 * 64, 10)).eval()
+    model.input_shape = (3, 8, 8)
+    group = next(g for g in channel_groups(model, model.input_shape) if g.root == "0")
+    assert group.unit_size == 4
+    scale = torch.ones(group.size)
+    scale[torch.nonzero(group.units < 3).flatten()] = 0  # 3 units (12 channels) gated off
+    gate_group(group, scale)
+    compiled = compile_model(model, model.input_shape, round_to=8).model
+    # 20 live channels round up to 24: one of the three zero units is kept whole.
+    assert compiled[3].in_channels == 24 and compiled[3].groups == 4
