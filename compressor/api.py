@@ -23,9 +23,9 @@ import torch.nn as nn
 import compressor
 from compressor.counting import (CONV_TRANSPOSE_TYPES, count_layer_macs, count_macs, count_params, layer_sparsity,
                                  prunable_layers)
-from compressor.data import DataBundle, load_data
-from compressor.errors import CompressorError, VerificationError
-from compressor.files import StagedFolder, atomic_write_bytes, check_writable_destination
+from compressor.data import DataBundle, data_path, load_data
+from compressor.errors import CompressorError, VerificationError, printable
+from compressor.files import Output, atomic_write_bytes
 from compressor.loading import load_model, module_pickler, save_checkpoint
 from compressor.methods import create_method
 from compressor.models import create_model
@@ -79,25 +79,38 @@ class TrainOutcome:
 def train_model(arch: str, out: str | os.PathLike | None = None, data: str = "digits", epochs: int = 10,
                 seed: int = 0, lr: float = 0.05, batch_size: int = 64, in_channels: int | None = None,
                 num_classes: int = 10, force: bool = False, resume: bool = False, progress: bool = True) -> TrainOutcome:
-    """Train a dense zoo model on `data` and (if `out` is given) write its checkpoint atomically."""
+    """Train a dense zoo model on `data` and (if `out` is given) write its checkpoint atomically.
+
+    The checkpoint is an `Output` (see `compressor.files`): locked for the run, its resume state beside it.
+    """
     _check_settings(epochs, batch_size=batch_size, lr=lr)
-    destination = state_path = None
-    if out is not None:
-        state_path = Path(out).parent / f".{Path(out).name}.train-state"
-        # Resuming writes over the checkpoint only when there is an interrupted run of it to continue.
-        destination = check_writable_destination(out, force or (resume and state_path.exists()), "checkpoint")
-    # Seeded before the model is built, so that the initial weights, too, follow --seed.
-    torch.manual_seed(seed)
-    model = create_model(arch, num_classes=num_classes, in_channels=in_channels)
-    bundle = load_data(data, model.input_shape, batch_size=batch_size, seed=seed, num_classes=model.num_classes)
-    config = TrainConfig(epochs=epochs, lr=lr, seed=seed)
-    result = train(model, bundle.train, bundle.test, config, state_path=state_path, resume=resume,
-                   progress=progress, description=f"train {arch}")
-    if destination is not None:
-        save_checkpoint(model, destination, extra={
-            "training": {"data": bundle.name, "epochs": epochs, "seed": seed, "lr": lr,
-                         "test_accuracy": result.test_accuracy}})
-    return TrainOutcome(model.eval(), result, destination)
+    with contextlib.ExitStack() as stack:
+        output = None
+        if out is not None:
+            output = stack.enter_context(Output(out, folder=False, what="checkpoint", force=force, resume=resume,
+                                                inputs=[data_path(data)]))
+        # Seeded before the model is built, so that the initial weights, too, follow --seed.
+        torch.manual_seed(seed)
+        model = create_model(arch, num_classes=num_classes, in_channels=in_channels)
+        if output is not None:
+            output.require_space(_run_space(model))
+        bundle = load_data(data, model.input_shape, batch_size=batch_size, seed=seed, num_classes=model.num_classes)
+        config = TrainConfig(epochs=epochs, lr=lr, seed=seed)
+        result = train(model, bundle.train, bundle.test, config, state_path=output.state if output else None,
+                       resume=resume, progress=progress, description=f"train {arch}")
+        if output is not None:
+            save_checkpoint(model, output.staging, extra={
+                "training": {"data": bundle.name, "epochs": epochs, "seed": seed, "lr": lr,
+                             "test_accuracy": result.test_accuracy}})
+            output.commit()
+    return TrainOutcome(model.eval(), result, output.destination if output else None)
+
+
+def _run_space(model: nn.Module) -> int:
+    """Bytes a training run writes at its peak: the resume state (weights and momentum) saved beside its
+    previous copy, or at the end the state beside the exported model and checkpoint: about four times the
+    weights."""
+    return 4 * sum(t.numel() * t.element_size() for t in model.state_dict().values())
 
 
 def export_onnx(model: nn.Module, path: str | os.PathLike | None = None, input_shape: Sequence[int] | None = None,
@@ -139,8 +152,9 @@ def compress(model: str | os.PathLike | nn.Module, method: str = "magnitude", ta
     is compiled to a physically thinner one (see `compile_model`) before export.
 
     `epochs` and `lr` default to the method's own (see `Method.default_epochs`). Every input is validated
-    before any work starts; the output folder appears only when the run succeeded
-    (an interrupted run keeps its state in a hidden sibling folder and continues with `resume=True`).
+    before any work starts; the output folder is an `Output` (see `compressor.files`): locked for the run, it
+    appears only when the run succeeded, and an interrupted or failed run keeps its training state in a hidden
+    sibling folder and continues with `resume=True`.
     """
     timings: dict[str, float] = {}
     started = time.perf_counter()
@@ -150,23 +164,15 @@ def compress(model: str | os.PathLike | nn.Module, method: str = "magnitude", ta
     lr = compression.default_lr if lr is None else lr
     _check_settings(epochs, lr=lr, batch_size=batch_size, bench_batch=bench_batch, bench_runs=bench_runs,
                     threads=threads)
-    folder = StagedFolder(out, force=force, resume=resume)
-    try:
-        report = _compress_into(folder.staging, model, compression, data, epochs, lr, batch_size, arch, trust_model,
+    inputs = [data_path(data)] + ([] if isinstance(model, nn.Module) else [model])
+    with Output(out, folder=True, what="output folder", force=force, resume=resume, inputs=inputs) as output:
+        report = _compress_into(output, model, compression, data, epochs, lr, batch_size, arch, trust_model,
                                 input_shape, seed, bench_batch, threads, bench_runs, progress, resume, timings)
         timings["total"] = time.perf_counter() - started
         report.seconds = timings
-        report.onnx.path = str(folder.destination / "model.onnx")
-        write_report(report, folder.staging)
-        folder.commit()
-    except KeyboardInterrupt:
-        # The staging folder stays only when it holds a training state that --resume can continue from.
-        if not any(folder.staging.iterdir()):
-            folder.discard()
-        raise
-    except BaseException:
-        folder.discard()
-        raise
+        report.onnx.path = printable(output.destination / "model.onnx")
+        write_report(report, output.staging)
+        output.commit()
     return report
 
 
@@ -182,7 +188,7 @@ def _timed(timings: dict[str, float], stage: str, announce: bool = True):
         timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
 
 
-def _compress_into(staging: Path, source, compression, data_spec, epochs, lr, batch_size, arch, trust_model,
+def _compress_into(output: Output, source, compression, data_spec, epochs, lr, batch_size, arch, trust_model,
                    input_shape, seed, bench_batch, threads, bench_runs, progress, resume, timings) -> Report:
     with _timed(timings, "load", announce=False):
         loaded = source if isinstance(source, nn.Module) else load_model(source, arch=arch, trust=trust_model,
@@ -195,6 +201,7 @@ def _compress_into(staging: Path, source, compression, data_spec, epochs, lr, ba
         module_pickler(loaded)
         # A module passed in is copied: methods attach masks in place, and the caller's model stays as it was.
         model = copy_model(loaded) if loaded is source else loaded
+        output.require_space(_run_space(model))
         if input_shape is not None:
             model.input_shape = tuple(input_shape)
         if getattr(model, "input_shape", None) is None:
@@ -212,7 +219,7 @@ def _compress_into(staging: Path, source, compression, data_spec, epochs, lr, ba
         model = compression.prepare(model, bundle)
         masked = {name for name, layer in prunable_layers(model) if has_unbaked_mask(layer)}
         trained = train(model, bundle.train, bundle.test, TrainConfig(epochs=epochs, lr=lr, seed=seed),
-                        hooks=compression, state_path=staging / "train-state.pt", resume=resume, progress=progress,
+                        hooks=compression, state_path=output.state, resume=resume, progress=progress,
                         description=f"{compression.name} training")
         model = compression.finalize(model)
     structure = None
@@ -233,7 +240,7 @@ def _compress_into(staging: Path, source, compression, data_spec, epochs, lr, ba
     facts = {**compression.facts(), "tool_version": compressor.__version__, "sparsity": sparsity,
              "layers": {row.name: round(row.sparsity, 6) for row in layers}}
     with _timed(timings, "export"):
-        exported = export_onnx(model, staging / "model.onnx", shape, facts=facts, expect_two_four=two_four_names)
+        exported = export_onnx(model, output.staging / "model.onnx", shape, facts=facts, expect_two_four=two_four_names)
     with _timed(timings, "verify"):
         check = verify_onnx(model, exported.model, _real_batch(bundle))
         # A layer called twice (a shared weight) is read by two ONNX nodes but stored, and counted in torch, once.
@@ -248,11 +255,11 @@ def _compress_into(staging: Path, source, compression, data_spec, epochs, lr, ba
     with _timed(timings, "latency"):
         dense_bench = benchmark(dense_onnx, (bench_batch,), threads, bench_runs)[0]
         compressed_bench = benchmark(exported.model, (bench_batch,), threads, bench_runs)[0]
-    save_checkpoint(model, staging / "model.pt", extra={"compression": facts})
+    save_checkpoint(model, output.staging / "model.pt", extra={"compression": facts})
     macs = count_layer_macs(model, shape).values()
     return Report(
         tool_version=compressor.__version__,
-        model=str(source) if not isinstance(source, nn.Module) else type(source).__name__,
+        model=printable(source) if not isinstance(source, nn.Module) else type(source).__name__,
         arch=getattr(model, "arch", None),
         input_shape=list(shape),
         data=bundle.name,

@@ -9,11 +9,12 @@ a bad option, data that doesn't fit) is one line on stderr and exit code 2, neve
 from __future__ import annotations
 
 import argparse
+import io
 import logging
 import sys
 from typing import Sequence
 
-from compressor.errors import CompressorError
+from compressor.errors import CompressorError, printable
 
 # The verbs import the API (and with it torch) only when they run, so `compress zoo --help` and usage errors
 # of `train` answer at once; the compress parser reads the method registry for its flags, and the bench and
@@ -249,7 +250,7 @@ def _run_compress(args: argparse.Namespace) -> None:
         progress=not args.no_progress)
     print(summary_text(report))
     plot = "channels.png" if report.structure is not None else "sparsity.png"
-    print(f"\nwrote {args.out}/: model.onnx, model.pt, report.json, report.md, {plot} "
+    print(f"\nwrote {printable(args.out)}/: model.onnx, model.pt, report.json, report.md, {plot} "
           f"(ONNX vs torch max |diff| {report.onnx.max_abs_diff:.2g})")
 
 
@@ -260,11 +261,12 @@ def _run_train(args: argparse.Namespace) -> None:
                           batch_size=args.batch_size, in_channels=args.in_channels, force=args.force,
                           resume=args.resume, progress=not args.no_progress)
     print(f"{args.arch}: test accuracy {outcome.result.test_accuracy:.2%} after {args.epochs} epochs; "
-          f"wrote {outcome.path}")
+          f"wrote {printable(outcome.path)}")
 
 
 def _run_bench(args: argparse.Namespace) -> None:
-    from compressor.latency import check_outputs, compare_backends, comparison_table, parse_backends, write_comparison
+    from compressor.latency import (compare_backends, comparison_outputs, comparison_table, parse_backends,
+                                    write_comparison)
     from compressor.loading import parse_input_shape
     from compressor.verify import VerificationError
     from compressor.runtime.bench import parse_batch_sizes
@@ -276,16 +278,17 @@ def _run_bench(args: argparse.Namespace) -> None:
         raise CompressorError(f"--warmup must be 0 or more, got {args.warmup}")
     if args.threads is not None and args.threads < 1:
         raise CompressorError(f"--threads must be a positive integer, got {args.threads}")
-    check_outputs(args.json, args.plot, args.force)
-    comparison = compare_backends(
-        args.model, args.baseline, parse_backends(args.backend), parse_batch_sizes(args.batch),
-        precision=args.precision, threads=args.threads, runs=args.runs, warmup=args.warmup, arch=args.arch,
-        trust_model=args.trust_model, input_shape=parse_input_shape(args.input_shape) if args.input_shape else None)
-    print(comparison_table(comparison))
-    write_comparison(comparison, args.json, args.plot)
-    written = [p for p in (args.json, args.plot) if p]
+    with comparison_outputs(args.json, args.plot, args.force, [args.model, args.baseline]) as (document, chart):
+        comparison = compare_backends(
+            args.model, args.baseline, parse_backends(args.backend), parse_batch_sizes(args.batch),
+            precision=args.precision, threads=args.threads, runs=args.runs, warmup=args.warmup, arch=args.arch,
+            trust_model=args.trust_model,
+            input_shape=parse_input_shape(args.input_shape) if args.input_shape else None)
+        print(comparison_table(comparison))
+        write_comparison(comparison, document and document.staging, chart and chart.staging)
+        written = [output.commit() for output in (document, chart) if output is not None]
     if written:
-        print(f"\nwrote {', '.join(written)}")
+        print(f"\nwrote {', '.join(printable(path) for path in written)}")
     wrong = comparison.disagreements()
     if wrong:
         raise VerificationError(f"{len(wrong)} backend run(s) disagree with onnxruntime FP32; first: {wrong[0]}")
@@ -311,6 +314,9 @@ def _run_zoo(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # A file name with non-UTF-8 bytes must not fail a run when it is printed: escape what cannot be shown.
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(errors="backslashreplace")
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     for noisy in ("onnxscript", "onnx_ir", "onnx_graphsurgeon", "passes"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -325,7 +331,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CompressorError, _UsageError) as error:
         if error.__cause__ is not None:
             logging.getLogger(__name__).debug("cause", exc_info=error.__cause__)
-        print(str(error) if isinstance(error, _UsageError) else f"compress: error: {error}", file=sys.stderr)
+        print(printable(error) if isinstance(error, _UsageError) else f"compress: error: {printable(error)}",
+              file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as error:
+        # Whatever the checks before the work could not foresee (a disk that fills, a folder removed under
+        # the run) is the machine's state, not a bug: one line, and the outputs have cleaned up after it.
+        where = f" {error.filename}" if error.filename is not None else ""
+        print(f"compress: error:{printable(where)} {error.strerror or error}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("compress: interrupted; run the same command with --resume to continue", file=sys.stderr)

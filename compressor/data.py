@@ -132,6 +132,12 @@ def load_data(
     return _bundle(spec, split, shape, batch_size, seed)
 
 
+def data_path(spec: str) -> Path | None:
+    """The file or folder a data spec reads (`npz:PATH` → PATH), or None for the built-in and function forms."""
+    form, _, argument = spec.partition(":")
+    return Path(argument).expanduser() if form in _FILE_SOURCES and argument else None
+
+
 def _check_input_shape(input_shape: tuple[int, int, int]) -> Shape:
     shape = tuple(input_shape)
     if len(shape) != 3 or not all(isinstance(d, int) and d > 0 for d in shape):

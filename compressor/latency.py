@@ -9,6 +9,7 @@ its sparse layers, and a PNG chart of dense vs compressed latency per backend.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -16,12 +17,12 @@ import os
 import platform
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import compressor
-from compressor.errors import CompressorError
-from compressor.files import atomic_write, atomic_write_text, check_writable_destination
+from compressor.errors import CompressorError, quoted
+from compressor.files import Output, atomic_write, atomic_write_text
 from compressor.tables import text_table
 from compressor.runtime.backends import BACKENDS, Subject, backend_precision, check_backend, create_backend, unavailable
 from compressor.runtime.bench import BenchResult, benchmark, check_batch_sizes
@@ -266,10 +267,19 @@ def write_comparison(comparison: Comparison, json_path: str | os.PathLike | None
         plot_comparison(comparison, plot_path)
 
 
-def check_outputs(json_path: str | os.PathLike | None, plot_path: str | os.PathLike | None, force: bool) -> None:
-    """Refuse existing or unwritable output files, or one file for both, before any timing starts."""
-    if json_path is not None and plot_path is not None and Path(json_path).resolve() == Path(plot_path).resolve():
-        raise CompressorError(f"--json and --plot name the same file {json_path}; give each its own")
-    for path, what in ((json_path, "JSON output"), (plot_path, "chart")):
-        if path is not None:
-            check_writable_destination(path, force, what)
+@contextlib.contextmanager
+def comparison_outputs(json_path: str | os.PathLike | None, plot_path: str | os.PathLike | None, force: bool,
+                       inputs: Sequence[str | os.PathLike | None] = ()) -> Iterator[tuple[Output | None, ...]]:
+    """The --json and --plot outputs of a bench run (None where not asked for), checked and locked before any
+    timing starts; write into their `staging` paths and commit them (see `compressor.files.Output`)."""
+    if json_path is not None and plot_path is not None and os.path.realpath(json_path) == os.path.realpath(plot_path):
+        raise CompressorError(f"--json and --plot name the same file {quoted(json_path)}; give each its own")
+    with contextlib.ExitStack() as stack:
+        outputs = []
+        for path, what in ((json_path, "JSON output"), (plot_path, "chart")):
+            output = None
+            if path is not None:
+                output = stack.enter_context(Output(path, folder=False, what=what, force=force, inputs=inputs))
+                output.require_space(0)
+            outputs.append(output)
+        yield tuple(outputs)

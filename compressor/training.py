@@ -25,7 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from compressor.errors import CompressorError
+from compressor.errors import CompressorError, ResumeRefused, first_line, printable, quoted
 from compressor.files import atomic_torch_save
 
 logger = logging.getLogger(__name__)
@@ -153,9 +153,11 @@ def train(
 ) -> TrainResult:
     """Train `model` in place for `config.epochs` epochs and return the per-epoch history.
 
-    With `state_path`, the full training state is saved there after every epoch and deleted when training
-    completes; with `resume=True` as well, a state found there is checked against `config` and the model,
-    restored, and training continues from the next epoch. Shuffling is reproducible across a resume: a
+    With `state_path`, the full training state is saved there after every epoch; the caller deletes it once
+    the run's output is written (so a failure after training, a full disk say, resumes without retraining).
+    With `resume=True` as well, a state found there is checked against `config` and the model, restored, and
+    training continues from the next epoch (a state refused as not fitting is left where it was); a run
+    without `resume` discards a state found there when its training starts. Shuffling is reproducible across a resume: a
     loader (or sampler) with its own generator is reseeded from `config.seed + epoch` at every epoch, and
     one without draws from the global torch RNG, whose state is part of the saved state.
     """
@@ -166,9 +168,6 @@ def train(
         result = _train(model, train_loader, test_loader, config, hooks, state_path, resume, progress, description)
     finally:
         model.train(was_training)
-    if state_path is not None:
-        # The run is complete; the caller writes the real output, and a stale state must not be resumed later.
-        Path(state_path).unlink(missing_ok=True)
     return result
 
 
@@ -204,10 +203,15 @@ def _train(
     if state is not None:
         completed = _restore(state, state_path, fingerprint, config, model, optimizer, scheduler, hooks, device)
         history = [EpochRecord(**record) for record in state["history"]]
-        logger.info("%s: resuming from %s after epoch %d of %d", description, state_path, completed, config.epochs)
+        logger.info("%s: resuming from %s after epoch %d of %d", description, printable(state_path), completed,
+                    config.epochs)
     else:
         if resume and state_path is not None:
-            logger.info("%s: no training state at %s, starting fresh", description, state_path)
+            logger.info("%s: no training state at %s, starting fresh", description, printable(state_path))
+        elif state_path is not None and Path(state_path).exists():
+            logger.info("%s: starting fresh; discarding the training state of an interrupted run at %s",
+                        description, printable(state_path))
+            Path(state_path).unlink()
         torch.manual_seed(config.seed)
 
     step = completed * batches_per_epoch
@@ -321,6 +325,7 @@ def _save_state(
         "fingerprint": fingerprint,
         # Kept beside the hash only to say which setting differs when a resume is refused.
         "config": dataclasses.asdict(config),
+        "method": hooks.fingerprint(),
         "epoch": epoch,
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -340,10 +345,18 @@ def _load_state(path: str | os.PathLike, device: torch.device) -> dict | None:
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as error:
-        raise CompressorError(f"cannot read the training state {path}: {error}".splitlines()[0]) from error
+        raise ResumeRefused(f"cannot read the training state {quoted(path)} ({first_line(error)}); to start over, "
+                            "run without --resume (that discards it)") from None
     if not isinstance(state, dict) or state.get("format") != _STATE_FORMAT:
-        raise CompressorError(f"{path} is not a training state written by this version; delete it to start fresh")
+        raise ResumeRefused(f"{quoted(path)} is not a training state written by this version; to start over, run "
+                            "without --resume (that discards it)")
     return state
+
+
+def _changed_settings(saved: dict, current: dict) -> list[str]:
+    """`name saved -> current` for each setting that differs, for the message that refuses a resume."""
+    return [f"{key} {saved.get(key)!r} -> {value!r}" for key, value in current.items()
+            if key in saved and saved[key] != value]
 
 
 def _restore(
@@ -359,18 +372,18 @@ def _restore(
 ) -> int:
     """Load `state` into the training objects and return the number of epochs it completed."""
     if state["fingerprint"] != fingerprint:
-        saved = state["config"]
-        changed = [f"{key} {saved.get(key)!r} -> {value!r}" for key, value in dataclasses.asdict(config).items()
-                   if saved.get(key) != value]
+        changed = _changed_settings(state["config"], dataclasses.asdict(config))
+        changed += _changed_settings(state.get("method", {}), hooks.fingerprint())
         what = ", ".join(changed) if changed else "a different model, method or training data"
-        raise CompressorError(f"the training state {path} was written with different settings ({what}); "
-                              "delete it or run without resume")
+        raise ResumeRefused(f"the training state {quoted(path)} was written with different settings ({what}); "
+                            "to continue it, run with the settings of the interrupted run and --resume; to start "
+                            "over, run without --resume (that discards it)")
     try:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
     except (RuntimeError, ValueError, KeyError) as error:
-        raise CompressorError(f"the training state {path} does not fit this model or its optimizer groups: "
-                              f"{error}".splitlines()[0]) from error
+        raise ResumeRefused(f"the training state {quoted(path)} does not fit this model or its optimizer groups "
+                            f"({first_line(error)}); to start over, run without --resume (that discards it)") from None
     scheduler.load_state_dict(state["scheduler"])
     hooks.load_state_dict(state["hooks"])
     torch.set_rng_state(state["rng"].cpu())

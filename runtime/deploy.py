@@ -31,8 +31,8 @@ import numpy as np
 import onnx
 
 import compressor
-from compressor.errors import CompressorError
-from compressor.files import StagedFolder
+from compressor.errors import CompressorError, printable
+from compressor.files import Output, atomic_write_bytes, atomic_write_text
 from compressor.passes.check_onnx_sparsity import OnnxLayerSparsity, read_onnx_sparsity
 from compressor.passes.convert_float16 import convert_float16, is_float16
 from compressor.runtime.onnx_model import model_input, output_dims, read_onnx
@@ -138,10 +138,10 @@ class Bundle:
         target = self.manifest["target"]["name"]
         files = ", ".join(sorted(self.manifest["files"]))
         return "\n".join([
-            f"wrote {self.path}/ for {target} ({self.manifest['precision']}): {files}",
+            f"wrote {printable(self.path)}/ for {target} ({self.manifest['precision']}): {files}",
             f"2:4 layers: {len(sparsity['two_four'])} of {len(sparsity['two_four']) + len(sparsity['dense'])}; "
             f"{sparsity['note']}",
-            f"on the device: ./build_engine.sh, then python3 verify.py, then ./bench.sh (see {self.path}/README.md)",
+            f"on the device: ./build_engine.sh, then python3 verify.py, then ./bench.sh (see {printable(self.path)}/README.md)",
         ])
 
 
@@ -330,13 +330,11 @@ def build_bundle(onnx_path: str | os.PathLike, target: str, out: str | os.PathLi
         raise CompressorError(f"ONNX model {onnx_path} holds FP16 weights: give the FP32 model; the bundle makes its "
                               "own FP16 variant")
     io_ = _describe_io(model, batch)
-    staged = StagedFolder(out, force=force)
-    try:
-        manifest = _write_bundle(staged.staging, spec, precision, batch, dla_core, seed, model_bytes, model, io_)
-    except BaseException:
-        staged.discard()
-        raise
-    return Bundle(staged.commit(), manifest)
+    with Output(out, folder=True, what="bundle folder", force=force, inputs=[onnx_path]) as output:
+        # The FP32 model, its FP16 variant and a sample; the scripts and the manifest take the margin.
+        output.require_space(len(model_bytes) * 3 // 2)
+        manifest = _write_bundle(output.staging, spec, precision, batch, dla_core, seed, model_bytes, model, io_)
+        return Bundle(output.commit(), manifest)
 
 
 def _write_bundle(folder: Path, target: Target, precision: str, batch: int, dla_core: int | None, seed: int,
@@ -396,8 +394,7 @@ def _write_bundle(folder: Path, target: Target, precision: str, batch: int, dla_
     files["README.md"] = _readme(facts).encode()
 
     for name, data in files.items():
-        path = folder / name
-        path.write_bytes(data)
+        path = atomic_write_bytes(folder / name, data)
         os.chmod(path, 0o755 if name.endswith((".sh", ".py")) else 0o644)
 
     manifest = {
@@ -421,7 +418,7 @@ def _write_bundle(folder: Path, target: Target, precision: str, batch: int, dla_
         "files": {name: {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
                   for name, data in sorted(files.items())},
     }
-    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    atomic_write_text(folder / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest
 
 

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import onnx
+import pytest
 import torch
 import torch.nn as nn
 from onnx import TensorProto, helper, numpy_helper
@@ -206,3 +210,30 @@ def assert_onnx_matches_torch(model: nn.Module, onnx_path: str | Path, batch: in
         expected = model.eval()(x).numpy()
     actual = OrtBackend(onnx_path).run(x.numpy())
     assert np.max(np.abs(actual - expected)) <= 1e-4 * np.max(np.abs(expected))
+
+
+@contextlib.contextmanager
+def small_disk(megabytes: int) -> Iterator[Path]:
+    """A tmpfs of `megabytes` MB: a real file system that fills up. The test is skipped where mounting one is
+    not allowed (not root, or no mount command); `under_file_size_limit` covers those machines."""
+    mount = shutil.which("mount")
+    folder = Path(tempfile.mkdtemp(prefix="small-disk-"))
+    result = subprocess.run([mount, "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs", str(folder)],
+                            capture_output=True, text=True) if mount and os.geteuid() == 0 else None
+    if result is None or result.returncode != 0:
+        folder.rmdir()
+        pytest.skip("mounting a small tmpfs needs root and the mount command")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=True)
+        folder.rmdir()
+
+
+def under_file_size_limit(command: list[str], limit: int, **options) -> subprocess.CompletedProcess:
+    """Run `command` with files limited to `limit` bytes (RLIMIT_FSIZE): a larger write fails with EFBIG, as
+    a full disk fails with ENOSPC, on any machine and without privileges."""
+    def limit_writes() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return subprocess.run(command, capture_output=True, text=True, preexec_fn=limit_writes, **options)

@@ -9,7 +9,7 @@ import torch
 
 from compressor.api import export_onnx
 from compressor.errors import CompressorError
-from compressor.latency import (ALONE, COMPRESSED, DENSE, Comparison, check_outputs, compare_backends, comparison_table,
+from compressor.latency import (ALONE, COMPRESSED, DENSE, Comparison, compare_backends, comparison_outputs, comparison_table,
                                 load_subject, parse_backends, write_comparison)
 from compressor.loading import save_checkpoint
 from compressor.models import create_model
@@ -116,13 +116,19 @@ def test_json_and_chart_are_written(models, tmp_path):
     assert {r["timer"] for r in saved["results"]} == {"perf_counter"}
     assert chart.read_bytes().startswith(b"\x89PNG")
     with pytest.raises(CompressorError, match="already exists"):
-        check_outputs(document, None, force=False)
-    check_outputs(document, chart, force=True)
+        with comparison_outputs(document, None, force=False):
+            pass
+    with comparison_outputs(document, chart, force=True) as (json_output, chart_output):
+        write_comparison(comparison, json_output.staging, chart_output.staging)
+        assert [json_output.commit(), chart_output.commit()] == [document, chart]
+    assert json.loads(document.read_text()) == saved
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.json", "b.png"]
 
 
 def test_one_file_for_json_and_chart_is_refused(tmp_path):
     with pytest.raises(CompressorError, match="same file"):
-        check_outputs(tmp_path / "out", tmp_path / "." / "out", force=True)
+        with comparison_outputs(tmp_path / "out", tmp_path / "." / "out", force=True):
+            pass
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -243,7 +243,7 @@ def test_resume_after_interrupt_is_bitwise_identical(tmp_path, with_generator, i
     assert resumed_hooks.count == reference_hooks.count == 4 * BATCHES_PER_EPOCH
     assert result.test_accuracy == expected.test_accuracy
     assert without_times(result.history) == without_times(expected.history)
-    assert not state_path.exists(), "a completed run deletes its state"
+    assert state_path.exists(), "the state stays until the caller has written the run's output"
 
 
 def test_resume_without_state_starts_fresh(tmp_path, caplog):

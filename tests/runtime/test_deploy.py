@@ -590,7 +590,7 @@ def test_unwritable_output_is_refused(onnx_files, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
 
-    with pytest.raises(CompressorError, match="cannot write output folder") as caught:
+    with pytest.raises(CompressorError, match="cannot write bundle folder") as caught:
         build_bundle(onnx_files["dense"], "jetson-orin", blocker / "bundle")
     assert "\n" not in str(caught.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
