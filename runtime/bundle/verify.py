@@ -5,8 +5,12 @@ This file is copied unchanged into every bundle and runs where the bundle is dep
 onnxruntime but not the tool that made the bundle: it needs only the Python standard library, numpy and the
 chosen runtime.
 
-1. The manifest check: every file listed in manifest.json must exist with its size and sha256; a missing or
-   changed file fails, a file the manifest does not list is reported.
+1. The manifest check: manifest.json must be a JSON object with every key the checks read, each of the right
+   kind: `files` (file name -> {"size", "sha256"}, at least one file, the sample and the precision's ONNX model
+   among them, each a file of the bundle folder itself), `tolerance.relative` (> 0), `precision`, `input.name`
+   and `output.name`; a malformed manifest fails on one line naming every problem. Then every listed file must
+   exist with its size and sha256; a missing or changed file fails, a file the manifest does not list is
+   reported.
 2. The output check: the model runs on the input stored in sample.npz and its output is compared with the
    expected output stored beside it (computed by onnxruntime on the FP32 model when the bundle was made). The
    largest absolute difference may be at most `relative tolerance × max |expected|`, the rule and the fraction
@@ -16,8 +20,9 @@ Backends: `tensorrt` (default) runs model.engine, the engine build_engine.sh bui
 device memory from PyTorch when it is installed with CUDA, otherwise from cuda-python; `onnxruntime` runs the
 bundle's ONNX model (the FP16 one in an FP16 bundle) on the CPU.
 
-Exit status: 0 and a PASS line when every check passes, 1 and a FAIL line when a check fails, 2 for bad usage
-or something missing that the check needs (the manifest, the engine, a Python package).
+Exit status: 0 and a PASS line when every check passes, 1 and a FAIL line when a check fails or the manifest is
+malformed, 2 for bad usage or something missing that the check needs (the manifest, the engine, a Python
+package).
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
+import re
 import sys
 from pathlib import Path
 
@@ -34,7 +41,9 @@ BUNDLE = Path(__file__).resolve().parent
 MANIFEST = "manifest.json"
 ENGINE = "model.engine"
 ENGINE_INFO = "engine_info.txt"
+SAMPLE = "sample.npz"
 ONNX_BY_PRECISION = {"fp16": "model_fp16.onnx", "fp32": "model.onnx"}
+SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
 
 
 class Usage(Exception):
@@ -54,41 +63,141 @@ def sha256(path: Path) -> str:
 
 
 def load_manifest() -> dict:
+    """The manifest, once it has everything the checks read; a malformed one fails the bundle."""
     path = BUNDLE / MANIFEST
     if not path.is_file():
         raise Usage(f"{MANIFEST} not found in {BUNDLE}; run verify.py from inside a complete bundle")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
+        data = path.read_bytes()
+    except OSError as error:
         raise Usage(f"cannot read {MANIFEST}: {error}") from None
+    try:
+        manifest = json.loads(data)
+    except (ValueError, RecursionError) as error:
+        raise Failure(f"{MANIFEST}: not valid JSON ({error})") from None
+    problems = manifest_problems(manifest)
+    if problems:
+        raise Failure(f"{MANIFEST}: {'; '.join(problems)}")
+    return manifest
+
+
+def shown(name: str) -> str:
+    """A file name as one line of text: names may hold line breaks and other control characters."""
+    return name if name.isprintable() else repr(name)
+
+
+def is_file_name(name: str) -> bool:
+    """Whether name is a file of the bundle folder itself: bundles are flat, so no absolute path, `..` or folder."""
+    return name not in ("", ".", "..") and "/" not in name and "\\" not in name
+
+
+def is_object(value) -> bool:
+    return isinstance(value, dict)
+
+
+def is_string(value) -> bool:
+    return isinstance(value, str)
+
+
+def is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def is_positive(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def is_sha256(value) -> bool:
+    return isinstance(value, str) and SHA256_HEX.fullmatch(value) is not None
+
+
+def is_precision(value) -> bool:
+    return isinstance(value, str) and value in ONNX_BY_PRECISION
+
+
+class Problems:
+    """What is wrong with a manifest: the keys it lacks and the values of the wrong kind."""
+
+    def __init__(self):
+        self.missing: list[str] = []
+        self.wrong: list[str] = []
+
+    def get(self, holder: dict, key: str, label: str, valid, kind: str):
+        """holder[key] when it is there and valid, else None once the problem is noted under label."""
+        if key not in holder:
+            self.missing.append(label)
+        elif not valid(holder[key]):
+            self.wrong.append(f"{label} is not {kind}")
+        else:
+            return holder[key]
+        return None
+
+    def phrases(self) -> list[str]:
+        return ([f"missing {', '.join(self.missing)}"] if self.missing else []) + self.wrong
+
+
+def manifest_problems(manifest) -> list[str]:
+    """Every way the manifest falls short of what the checks read, one phrase each; empty when it has it all."""
+    if not is_object(manifest):
+        return ["not a JSON object"]
+    found = Problems()
+    files = found.get(manifest, "files", "files", is_object, "an object")
+    for name, fact in (files or {}).items():
+        if is_object(fact):
+            found.get(fact, "size", f"size of {shown(name)}", is_count, "a whole number")
+            found.get(fact, "sha256", f"sha256 of {shown(name)}", is_sha256, "64 hex digits")
+        else:
+            found.wrong.append(f"files entry {shown(name)} is not an object")
+    outside = [shown(name) for name in files or () if not is_file_name(name)]
+    if outside:
+        found.wrong.append(f"files may only name files in the bundle folder, not {', '.join(outside)}")
+    if files == {}:
+        found.wrong.append("files lists no files")
+    tolerance = found.get(manifest, "tolerance", "tolerance", is_object, "an object")
+    if tolerance is not None:
+        found.get(tolerance, "relative", "tolerance.relative", is_positive, "a number > 0")
+    precision = found.get(manifest, "precision", "precision", is_precision, f"one of {', '.join(ONNX_BY_PRECISION)}")
+    if files and precision is not None:
+        # The output check reads these two: unlisted, they would go unchecked.
+        unlisted = [name for name in (SAMPLE, ONNX_BY_PRECISION[precision]) if name not in files]
+        if unlisted:
+            found.wrong.append(f"files does not list {', '.join(unlisted)}")
+    for key in ("input", "output"):
+        tensor = found.get(manifest, key, key, is_object, "an object")
+        if tensor is not None:
+            found.get(tensor, "name", f"{key}.name", is_string, "a string")
+    outputs = manifest.get("device_outputs", [])
+    if not (isinstance(outputs, list) and all(map(is_string, outputs))):
+        found.wrong.append("device_outputs is not a list of file names")
+    return found.phrases()
 
 
 def check_files(manifest: dict) -> int:
     """Compare every listed file with its recorded size and sha256; return how many were checked."""
-    listed = manifest.get("files", {})
+    listed = manifest["files"]
     missing = sorted(name for name in listed if not (BUNDLE / name).is_file())
     changed = sorted(
         name for name, fact in listed.items()
         if name not in missing
-        and ((BUNDLE / name).stat().st_size != fact["size"] or sha256(BUNDLE / name) != fact["sha256"])
+        and ((BUNDLE / name).stat().st_size != fact["size"] or sha256(BUNDLE / name) != fact["sha256"].lower())
     )
     # Files the device writes (the engine, its build log) and the manifest itself are not part of the bundle.
     known = set(listed) | set(manifest.get("device_outputs", ())) | {MANIFEST}
     extra = sorted(p.name for p in BUNDLE.iterdir() if p.name not in known)
     if extra:
-        print(f"note: files not listed in the manifest: {', '.join(extra)}")
+        print(f"note: files not listed in the manifest: {', '.join(map(shown, extra))}")
     problems = []
     if missing:
-        problems.append(f"missing {', '.join(missing)}")
+        problems.append(f"missing {', '.join(map(shown, missing))}")
     if changed:
-        problems.append(f"sha256 or size differs for {', '.join(changed)}")
+        problems.append(f"sha256 or size differs for {', '.join(map(shown, changed))}")
     if problems:
         raise Failure(f"manifest: {'; '.join(problems)}")
     return len(listed)
 
 
 def load_sample() -> tuple[np.ndarray, np.ndarray]:
-    with np.load(BUNDLE / "sample.npz") as sample:
+    with np.load(BUNDLE / SAMPLE) as sample:
         return sample["input"], sample["expected"]
 
 

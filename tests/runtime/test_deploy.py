@@ -88,6 +88,14 @@ def _verify(bundle_path, *args, cwd=None) -> subprocess.CompletedProcess:
                           cwd=cwd or bundle_path.parent, timeout=120)
 
 
+def _edit_manifest(bundle_path, change) -> None:
+    """Let change edit the bundle's manifest in place, then write it back."""
+    path = bundle_path / "manifest.json"
+    manifest = json.loads(path.read_text())
+    change(manifest)
+    path.write_text(json.dumps(manifest))
+
+
 def _script(bundle_path, name, *args, env=None, cwd=None) -> subprocess.CompletedProcess:
     environment = {k: v for k, v in os.environ.items() if k not in ("DLA_CORE", "TRTEXEC")}
     environment.update(env or {})
@@ -261,9 +269,8 @@ def test_verify_fails_on_a_tampered_sample(bundle_copy):
     assert changed.stdout.strip().splitlines()[-1] == "FAIL manifest: sha256 or size differs for sample.npz"
 
     # With the manifest updated too, the output check itself must catch the wrong expected output.
-    manifest = json.loads((bundle_copy / "manifest.json").read_text())
-    manifest["files"]["sample.npz"] = {"sha256": _sha256(sample), "size": sample.stat().st_size}
-    (bundle_copy / "manifest.json").write_text(json.dumps(manifest))
+    _edit_manifest(bundle_copy, lambda manifest: manifest["files"].update(
+        {"sample.npz": {"sha256": _sha256(sample), "size": sample.stat().st_size}}))
     wrong = _verify(bundle_copy, "--backend", "onnxruntime")
     assert wrong.returncode == 1
     last = wrong.stdout.strip().splitlines()[-1]
@@ -290,6 +297,126 @@ def test_verify_without_manifest_is_a_usage_error(bundle_copy):
 
 def test_verify_rejects_unknown_options(orin_bundle):
     assert _verify(orin_bundle.path, "--backend", "openvino").returncode == 2
+
+
+MODES = {"manifest": ["--manifest-only"], "onnxruntime": ["--backend", "onnxruntime"]}
+
+
+def _refused(result, problems: str) -> None:
+    """verify.py failed the bundle on one line: FAIL, the manifest's problems, and nothing else."""
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stderr == ""
+    assert result.stdout.splitlines() == [f"FAIL manifest.json: {problems}"]
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("key", ["files", "tolerance", "precision", "input", "output"])
+def test_verify_refuses_a_manifest_missing_a_required_key(bundle_copy, key, mode):
+    _edit_manifest(bundle_copy, lambda manifest: manifest.pop(key))
+
+    _refused(_verify(bundle_copy, *MODES[mode]), f"missing {key}")
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_verify_refuses_a_manifest_listing_no_files(bundle_copy, mode):
+    _edit_manifest(bundle_copy, lambda manifest: manifest.update(files={}))
+
+    _refused(_verify(bundle_copy, *MODES[mode]), "files lists no files")
+
+
+def test_verify_names_every_problem_of_the_manifest_on_one_line(bundle_copy):
+    def strip(manifest):
+        del manifest["tolerance"], manifest["output"]["name"]
+        manifest.update(files={}, precision="int8")
+
+    _edit_manifest(bundle_copy, strip)
+
+    _refused(_verify(bundle_copy, "--manifest-only"),
+             "missing tolerance, output.name; files lists no files; precision is not one of fp16, fp32")
+
+
+MALFORMED = {
+    "files a list": (lambda m: m.update(files=sorted(m["files"])), "files is not an object"),
+    "entry a string": (lambda m: m["files"].update({"bench.sh": "ok"}), "files entry bench.sh is not an object"),
+    "size a string": (lambda m: m["files"]["bench.sh"].update(size="12"), "size of bench.sh is not a whole number"),
+    "size negative": (lambda m: m["files"]["bench.sh"].update(size=-1), "size of bench.sh is not a whole number"),
+    "no sha256": (lambda m: m["files"]["bench.sh"].pop("sha256"), "missing sha256 of bench.sh"),
+    "sha256 short": (lambda m: m["files"]["bench.sh"].update(sha256="abc"), "sha256 of bench.sh is not 64 hex digits"),
+    "sample unlisted": (lambda m: m["files"].pop("sample.npz"), "files does not list sample.npz"),
+    "tolerance a string": (lambda m: m.update(tolerance="0.02"), "tolerance is not an object"),
+    "no relative": (lambda m: m["tolerance"].pop("relative"), "missing tolerance.relative"),
+    "relative zero": (lambda m: m["tolerance"].update(relative=0), "tolerance.relative is not a number > 0"),
+    "relative a string": (lambda m: m["tolerance"].update(relative="0.02"), "tolerance.relative is not a number > 0"),
+    "precision unknown": (lambda m: m.update(precision="int8"), "precision is not one of fp16, fp32"),
+    "precision a list": (lambda m: m.update(precision=["fp16"]), "precision is not one of fp16, fp32"),
+    "input a string": (lambda m: m.update(input="input"), "input is not an object"),
+    "output name a number": (lambda m: m["output"].update(name=0), "output.name is not a string"),
+    "device outputs a string": (lambda m: m.update(device_outputs="model.engine"),
+                                "device_outputs is not a list of file names"),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_verify_refuses_a_malformed_manifest_without_a_traceback(bundle_copy, case):
+    change, problem = MALFORMED[case]
+    _edit_manifest(bundle_copy, change)
+
+    _refused(_verify(bundle_copy, "--backend", "onnxruntime"), problem)
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("[]", "not a JSON object"),
+    ('"files"', "not a JSON object"),
+    ('{"files": ', "not valid JSON ("),
+    ("[" * 100_000, "not valid JSON ("),
+])
+def test_verify_refuses_a_manifest_that_is_no_json_object(bundle_copy, text, problem):
+    (bundle_copy / "manifest.json").write_text(text)
+
+    result = _verify(bundle_copy, "--manifest-only")
+
+    # The JSON decoder's own words follow "not valid JSON" and differ between Python versions.
+    assert result.returncode == 1 and result.stderr == ""
+    assert len(result.stdout.splitlines()) == 1
+    assert result.stdout.startswith(f"FAIL manifest.json: {problem}")
+
+
+@pytest.mark.parametrize("where", ["relative", "absolute"])
+def test_verify_refuses_files_outside_the_bundle(bundle_copy, where):
+    # A real file with the listed size and sha256: only its place outside the bundle may fail it.
+    outside = bundle_copy.parent / "outside.txt"
+    outside.write_text("not part of the bundle")
+    name = "../outside.txt" if where == "relative" else str(outside)
+    _edit_manifest(bundle_copy, lambda manifest: manifest["files"].update(
+        {name: {"sha256": _sha256(outside), "size": outside.stat().st_size}}))
+
+    _refused(_verify(bundle_copy, "--manifest-only"), f"files may only name files in the bundle folder, not {name}")
+
+
+def test_verify_shows_file_names_with_line_breaks_on_one_line(bundle_copy):
+    (bundle_copy / "new\nline.txt").write_text("mine")
+    _edit_manifest(bundle_copy, lambda manifest: manifest["files"].update(
+        {"gone\nfile": {"sha256": "0" * 64, "size": 0}}))
+
+    result = _verify(bundle_copy, "--manifest-only")
+
+    assert result.returncode == 1
+    assert result.stdout.splitlines() == ["note: files not listed in the manifest: 'new\\nline.txt'",
+                                          "FAIL manifest: missing 'gone\\nfile'"]
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_verify_passes_a_rewritten_intact_manifest(bundle_copy, mode):
+    def rewrite(manifest):
+        for fact in manifest["files"].values():
+            fact["sha256"] = fact["sha256"].upper()
+
+    _edit_manifest(bundle_copy, rewrite)
+
+    result = _verify(bundle_copy, *MODES[mode])
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip().splitlines()[-1].startswith("PASS ")
 
 
 # --- build_engine.sh and bench.sh --------------------------------------------------------------------------------
