@@ -16,6 +16,7 @@ from compressor.methods.magnitude import MagnitudeMethod
 from compressor.passes.check_onnx_sparsity import read_onnx_sparsity
 from compressor.passes.write_onnx_metadata import read_onnx_metadata
 from compressor.runtime.ort_backend import OrtBackend
+from compressor.training import _save_state as save_state
 from shared import assert_onnx_matches_torch
 
 REPORT_KEYS = {"method", "target", "pattern", "dense", "compressed", "layers", "onnx", "latency"}
@@ -169,9 +170,50 @@ def test_target_outside_open_interval(text):
 def test_resume_refuses_a_different_target(lenet5_checkpoint, tmp_path, monkeypatch):
     interrupted_compress(monkeypatch, MagnitudeMethod, 2, lenet5_checkpoint, "magnitude", "90%", epochs=3,
                          out=tmp_path / "o", progress=False)
-    with pytest.raises(CompressorError, match="different settings"):
+    state = tmp_path / ".o.partial" / "train-state.pt"
+    saved = state.read_bytes()
+    with pytest.raises(CompressorError, match=r"different settings \(target 0.9 -> 0.3\); to continue it, run with "
+                                              "the settings of the interrupted run and --resume"):
         compress(lenet5_checkpoint, "magnitude", "30%", epochs=3, out=tmp_path / "o", resume=True, progress=False)
-    assert not (tmp_path / "o").exists()
+    assert not (tmp_path / "o").exists() and state.read_bytes() == saved
+    with pytest.raises(CompressorError, match="no such file; the training state is kept in .*: fix that and run "
+                                              "again with --resume"):
+        compress(lenet5_checkpoint, "magnitude", "90%", epochs=3, out=tmp_path / "o", resume=True, progress=False,
+                 data=f"npz:{tmp_path / 'missing.npz'}")
+    assert state.read_bytes() == saved
+
+
+def test_a_failure_after_training_resumes_without_training_again(lenet5_checkpoint, tmp_path, monkeypatch, caplog):
+    def full_disk(*args):
+        raise CompressorError("cannot write model.onnx: No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr("compressor.api.verify_onnx", full_disk)
+        with pytest.raises(CompressorError, match="the training state is kept"):
+            compress(lenet5_checkpoint, "magnitude", "70%", epochs=2, out=tmp_path / "o", progress=False)
+    assert sorted(p.name for p in (tmp_path / ".o.partial").iterdir()) == ["train-state.pt"]
+    with caplog.at_level("INFO"):
+        compress(lenet5_checkpoint, "magnitude", "70%", epochs=2, out=tmp_path / "o", resume=True, progress=False)
+    assert "resuming from" in caplog.text and "after epoch 2 of 2" in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o"]
+
+
+def test_a_refused_train_resume_keeps_its_state(tmp_path, monkeypatch):
+    def save_then_stop(*args):
+        save_state(*args)
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr("compressor.training._save_state", save_then_stop)
+        with pytest.raises(KeyboardInterrupt):
+            train_model("lenet300_100", tmp_path / "m.pt", epochs=2, progress=False)
+    state = tmp_path / ".m.pt.train-state"
+    saved = state.read_bytes()
+    with pytest.raises(CompressorError, match=r"different settings \(lr 0.05 -> 0.1\)"):
+        train_model("lenet300_100", tmp_path / "m.pt", epochs=2, lr=0.1, resume=True, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [state.name] and state.read_bytes() == saved
+    train_model("lenet300_100", tmp_path / "m.pt", epochs=2, resume=True, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]
 
 
 def test_a_module_passed_in_is_not_changed(tmp_path):
