@@ -31,6 +31,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from compressor.errors import CompressorError
+from compressor.paths import is_dir, is_file
 
 logger = logging.getLogger(__name__)
 
@@ -232,7 +233,7 @@ def _load_digits(shape: Shape) -> _Split:
 
 
 def _load_npz(name: str, path: Path, shape: Shape) -> _Split:
-    if not path.is_file():
+    if not is_file(path, "data file"):
         raise CompressorError(f"{name}: no such file")
     # np.load would try to unpickle a non-zip file and report it as "pickled data"; say what is really wrong.
     if not zipfile.is_zipfile(path):
@@ -339,10 +340,10 @@ def _load_cifar10(name: str, directory: Path, shape: Shape) -> _Split:
         raise CompressorError(
             f"{name}: CIFAR-10 samples are {_format_shape(_CIFAR_SHAPE)} but the model takes {_format_shape(shape)}"
         )
-    if not directory.is_dir():
+    if not is_dir(directory, "data folder"):
         raise CompressorError(f"{name}: no such directory")
     expected = (*_CIFAR_TRAIN_BATCHES, _CIFAR_TEST_BATCH)
-    missing = [batch for batch in expected if not (directory / batch).is_file()]
+    missing = [batch for batch in expected if not is_file(directory / batch, "data file")]
     if missing:
         raise CompressorError(
             f"{name}: missing {', '.join(missing)}; expected the python-version batches data_batch_1..5 and test_batch"
@@ -394,7 +395,7 @@ def _load_imagefolder(name: str, root: Path, shape: Shape) -> _Split:
         )
     layout = f"{root}/train/<class>/*.png and {root}/val/<class>/*.png (or .jpg, .jpeg, .bmp)"
     for split in ("train", "val"):
-        if not (root / split).is_dir():
+        if not is_dir(root / split, "data folder"):
             raise CompressorError(f"{name}: no {split}/ folder; expected {layout}")
     classes = sorted(entry.name for entry in (root / "train").iterdir() if entry.is_dir())
     val_classes = sorted(entry.name for entry in (root / "val").iterdir() if entry.is_dir())

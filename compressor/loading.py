@@ -34,6 +34,7 @@ from compressor.counting import prunable_layers
 from compressor.errors import CompressorError, first_line
 from compressor.files import atomic_torch_save
 from compressor.models import create_model, list_models
+from compressor.paths import is_file
 from compressor.structure import apply_structure, describe_structure
 
 CHECKPOINT_FORMAT = "compressor.checkpoint"
@@ -121,7 +122,7 @@ def load_model(path: str | os.PathLike, arch: str | None = None, trust: bool = F
                input_shape: tuple[int, int, int] | None = None) -> nn.Module:
     """Load a model file in any supported form; see the module docstring. The result is in eval mode."""
     path = Path(path)
-    if not path.is_file():
+    if not is_file(path, "model"):
         raise CompressorError(f"model file not found: {path}")
     if _is_torchscript(path):
         model = _load_torchscript(path)

@@ -15,6 +15,7 @@ from pathlib import Path
 import onnx
 
 from compressor.errors import CompressorError, first_line
+from compressor.paths import is_file
 
 _FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
 
@@ -31,7 +32,7 @@ def read_onnx(source: str | os.PathLike | bytes | onnx.ModelProto) -> onnx.Model
         else:
             path = Path(source)
             where = f"ONNX model {path}"
-            if not path.is_file():
+            if not is_file(path, "ONNX model"):
                 raise CompressorError(f"ONNX model not found: {path}")
             model = onnx.load(str(path))
         onnx.checker.check_model(model)

@@ -188,6 +188,25 @@ def test_bad_input_is_one_line_and_writes_nothing(bad_inputs, args, capsys, monk
     assert not (bad_inputs / "pwned").exists()
 
 
+LONG_NAME = "a" * 300
+
+
+@pytest.mark.parametrize("args, message", [
+    ([f"{LONG_NAME}.pt", "--target", "50%"], f"compress: error: cannot read model {'a' * 60}...: File name too long"),
+    (["sd.pt", "--arch", "lenet5", "--target", "50%", "--data", f"imagefolder:{LONG_NAME}"],
+     "cannot read data folder"),
+    (["bench", "lenet5.onnx", "--baseline", f"{LONG_NAME}.pt"], "cannot read model"),
+    (["bench", f"{LONG_NAME}.onnx"], "cannot read model"),
+    (["deploy", f"{LONG_NAME}.onnx", "--target", "jetson-orin", "-o", "bundle"], "cannot read ONNX model"),
+])
+def test_refused_models_and_data_are_one_line_in_our_words(bad_inputs, args, message, capsys, monkeypatch):
+    monkeypatch.chdir(bad_inputs)
+    code, _, err = run([*args, "--no-progress"] if args[0] not in ("bench", "deploy") else args, capsys)
+    assert_one_line_error(code, err)
+    assert message in err and "weights_only" not in err
+    assert not (bad_inputs / "bundle").exists() and not (bad_inputs / "compressed").exists()
+
+
 @pytest.mark.parametrize("args, message", [
     (["evil.pt", "--target", "50%"], "--trust-model"),
     (["corrupt.pt", "--target", "50%"], "not a readable PyTorch file"),

@@ -357,6 +357,14 @@ def test_imagefolder_class_folders_without_images_are_named(tmp_path):
             (3, 8, 8))
 
 
+@pytest.mark.parametrize("form, shape", [("npz", (3, 32, 32)), ("cifar10", (3, 32, 32)), ("imagefolder", (3, 8, 8))])
+@pytest.mark.parametrize("name", ["a" * 300, "d/" * 2100 + "data"])
+def test_data_paths_the_os_refuses_are_one_line_errors(tmp_path, form, shape, name):
+    what = "file" if form == "npz" else "folder"
+    _raises(rf"^cannot read data {what} .{{60}}\.\.\.: File name too long$", load_data, f"{form}:{tmp_path / name}",
+            shape)
+
+
 # --- package.module:function --------------------------------------------------------------------------------
 
 _module_names = (f"user_data_{i}" for i in itertools.count())

@@ -129,6 +129,12 @@ def test_non_model_payload(tmp_path):
         load_model(tmp_path / "list.pt")
 
 
+@pytest.mark.parametrize("name", ["a" * 300 + ".pt", "d/" * 2100 + "m.pt"])
+def test_a_path_the_os_refuses_is_a_one_line_error(tmp_path, name):
+    with pytest.raises(CompressorError, match=r"^cannot read model .{60}\.\.\.: File name too long$"):
+        load_model(tmp_path / name)
+
+
 @pytest.mark.parametrize("text", ["3,32", "a,b,c", "0,32,32", ""])
 def test_bad_input_shape_text(text):
     with pytest.raises(CompressorError):

@@ -34,6 +34,12 @@ def test_unreadable_models_are_one_line_errors(tmp_path):
     assert "\n" not in str(caught.value)
 
 
+@pytest.mark.parametrize("name", ["a" * 300 + ".onnx", "d/" * 2100 + "m.onnx"])
+def test_a_path_the_os_refuses_is_a_one_line_error(tmp_path, name):
+    with pytest.raises(CompressorError, match=r"^cannot read ONNX model .{60}\.\.\.: File name too long$"):
+        read_onnx(tmp_path / name)
+
+
 def test_input_with_dynamic_or_fixed_batch():
     dynamic = model_input(_relu(["batch", 3, 8, 8]))
     assert (dynamic.name, dynamic.sample_shape, dynamic.fixed_batch, dynamic.dynamic_batch) == (
