@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from compressor.errors import CompressorError
 from compressor.files import atomic_torch_save
+from compressor.paths import cannot_read
 
 logger = logging.getLogger(__name__)
 
@@ -339,8 +340,11 @@ def _load_state(path: str | os.PathLike, device: torch.device) -> dict | None:
         return None
     try:
         state = torch.load(path, map_location=device, weights_only=True)
-    except Exception as error:
-        raise CompressorError(f"cannot read the training state {path}: {error}".splitlines()[0]) from error
+    except OSError as error:
+        raise cannot_read("training state", path, error) from None
+    except Exception:  # a damaged file surfaces as whatever the zip/pickle readers hit first
+        # torch's message is not passed on: for some damaged files it advises loading with weights_only=False.
+        raise CompressorError(f"the training state {path} is damaged; delete it to start fresh") from None
     if not isinstance(state, dict) or state.get("format") != _STATE_FORMAT:
         raise CompressorError(f"{path} is not a training state written by this version; delete it to start fresh")
     return state
