@@ -3,9 +3,10 @@
 Loading never runs code from a file unless the user says they trust it: checkpoints and state_dicts are read
 with `torch.load(weights_only=True)`, TorchScript with `torch.jit.load` (its own restricted format), and a
 whole pickled `nn.Module` only with `trust=True`, because unpickling executes whatever the file contains.
-Every loaded model carries `input_shape` (C, H, W); zoo models also carry `arch` and `num_classes`.
-torch's own message for a file that `torch.load(weights_only=True)` cannot read is never passed on: it advises
-loading with `weights_only=False`, which for a file from anywhere means running its code.
+Every loaded model carries `input_shape` (C, H, W); zoo models also carry `arch` and `num_classes`. A model
+whose parameters or buffers hold a NaN or Inf is refused by the name of the layer that holds it. torch's own
+message for a file that `torch.load(weights_only=True)` cannot read is never passed on: it advises loading with
+`weights_only=False`, which for a file from anywhere means running its code.
 
 A model from outside the zoo is written back as a pickled module: with pickle, or with cloudpickle when it
 holds what pickle cannot write (a lambda, a class defined in a script). Pickled modules written by 0.1.0, when
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import itertools
 import os
 import pickle
 import pickletools
@@ -34,6 +36,7 @@ from torch.serialization import DEFAULT_PROTOCOL
 from compressor.counting import prunable_layers
 from compressor.errors import CompressorError, first_line
 from compressor.files import atomic_torch_save
+from compressor.finite import first_non_finite
 from compressor.models import create_model, list_models
 from compressor.paths import cannot_read, is_file
 from compressor.structure import apply_structure, describe_structure
@@ -136,11 +139,29 @@ def load_model(path: str | os.PathLike, arch: str | None = None, trust: bool = F
             model = _load_trusted_pickle(path, trust)
         else:
             model = _from_payload(payload, path, arch)
+    check_finite_weights(model, str(path))
     if input_shape is not None:
         model.input_shape = tuple(input_shape)
     if getattr(model, "input_shape", None) is None:
         raise CompressorError(f"{path}: the model's input shape is unknown; give it with --input-shape C,H,W")
     return model.eval()
+
+
+def check_finite_weights(model: nn.Module, where: str) -> None:
+    """Refuse a model with a NaN or Inf among its parameters and buffers (a BatchNorm's running variance too),
+    naming the first layer in `named_modules` order that holds one and the tensor; `where` starts the message.
+
+    Such a model could only be trained into a diverged loss; refused here, it costs one pass over the weights.
+    """
+    found = first_non_finite(
+        ((layer, f"{layer}.{name}" if layer else name), tensor)
+        for layer, module in model.named_modules()
+        for name, tensor in itertools.chain(module.named_parameters(recurse=False), module.named_buffers(recurse=False))
+        if tensor.is_floating_point())
+    if found is not None:
+        (layer, tensor_name), kind = found
+        owner = f"layer {layer}" if layer else "the top-level module"
+        raise CompressorError(f"{where}: weights of {owner} contain {kind} ({tensor_name})")
 
 
 def _not_readable(path: Path) -> CompressorError:

@@ -1,6 +1,7 @@
 """The `compress` command: verbs work, and every bad input is one line on stderr, exit code 2, nothing written."""
 
 import json
+import math
 import pickle
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import torch
 from compressor.cli import main
 from compressor.models import create_model, list_models
 from compressor.runtime.trt_backend import tensorrt_unavailable
-from shared import assert_onnx_matches_torch
+from shared import assert_onnx_matches_torch, set_values_
 
 
 class Evil:
@@ -113,8 +114,12 @@ def bad_inputs(tmp_path_factory):
     # torch takes zeros for its legacy tar format, and advises loading that with weights_only=False.
     (root / "zeros.pt").write_bytes(bytes(2**20))
     from compressor.api import export_onnx
+    from compressor.loading import save_checkpoint
 
     export_onnx(model.eval(), root / "lenet5.onnx")
+    poisoned = set_values_(create_model("lenet5"), "features.conv2.weight", [math.nan])
+    save_checkpoint(poisoned, root / "nan.pt")
+    export_onnx(poisoned.eval(), root / "nan.onnx")
     return root
 
 
@@ -202,6 +207,11 @@ LONG_NAME = "a" * 300
     (["deploy", f"{LONG_NAME}.onnx", "--target", "jetson-orin", "-o", "bundle"], "cannot read ONNX model"),
     (["zeros.pt", "--target", "50%"], "compress: error: zeros.pt is not a readable PyTorch file"),
     (["bench", "zeros.pt"], "zeros.pt is not a readable PyTorch file"),
+    (["nan.pt", "--target", "50%"],
+     "compress: error: nan.pt: weights of layer features.conv2 contain NaN (features.conv2.weight)"),
+    (["bench", "lenet5.onnx", "--baseline", "nan.pt"], "nan.pt: weights of layer features.conv2 contain NaN"),
+    (["bench", "nan.onnx"], "ONNX model nan.onnx: initializer features.conv2.weight contains NaN"),
+    (["deploy", "nan.onnx", "--target", "jetson-orin", "-o", "bundle"], "initializer features.conv2.weight"),
 ])
 def test_refused_models_and_data_are_one_line_in_our_words(bad_inputs, args, message, capsys, monkeypatch):
     monkeypatch.chdir(bad_inputs)
