@@ -26,7 +26,7 @@ from compressor.counting import (CONV_TRANSPOSE_TYPES, count_layer_macs, count_m
 from compressor.data import DataBundle, data_path, load_data
 from compressor.errors import CompressorError, VerificationError, printable
 from compressor.files import Output, atomic_write_bytes
-from compressor.loading import load_model, module_pickler, save_checkpoint
+from compressor.loading import check_finite_weights, load_model, module_pickler, save_checkpoint
 from compressor.methods import create_method
 from compressor.models import create_model
 from compressor.options import parse_fraction
@@ -191,8 +191,12 @@ def _timed(timings: dict[str, float], stage: str, announce: bool = True):
 def _compress_into(output: Output, source, compression, data_spec, epochs, lr, batch_size, arch, trust_model,
                    input_shape, seed, bench_batch, threads, bench_runs, progress, resume, timings) -> Report:
     with _timed(timings, "load", announce=False):
-        loaded = source if isinstance(source, nn.Module) else load_model(source, arch=arch, trust=trust_model,
-                                                                        input_shape=input_shape)
+        if isinstance(source, nn.Module):
+            # load_model checks what it reads; a module passed in gets the same check.
+            check_finite_weights(source, "the model passed in")
+            loaded = source
+        else:
+            loaded = load_model(source, arch=arch, trust=trust_model, input_shape=input_shape)
         if isinstance(loaded, torch.jit.ScriptModule):
             raise CompressorError("a TorchScript archive can be loaded and exported, but methods need the eager "
                                   "module: give a checkpoint, a state_dict with --arch, or a pickled nn.Module "

@@ -31,6 +31,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from compressor.errors import CompressorError
+from compressor.paths import is_dir, is_file
 
 logger = logging.getLogger(__name__)
 
@@ -238,7 +239,7 @@ def _load_digits(shape: Shape) -> _Split:
 
 
 def _load_npz(name: str, path: Path, shape: Shape) -> _Split:
-    if not path.is_file():
+    if not is_file(path, "data file"):
         raise CompressorError(f"{name}: no such file")
     # np.load would try to unpickle a non-zip file and report it as "pickled data"; say what is really wrong.
     if not zipfile.is_zipfile(path):
@@ -345,10 +346,10 @@ def _load_cifar10(name: str, directory: Path, shape: Shape) -> _Split:
         raise CompressorError(
             f"{name}: CIFAR-10 samples are {_format_shape(_CIFAR_SHAPE)} but the model takes {_format_shape(shape)}"
         )
-    if not directory.is_dir():
+    if not is_dir(directory, "data folder"):
         raise CompressorError(f"{name}: no such directory")
     expected = (*_CIFAR_TRAIN_BATCHES, _CIFAR_TEST_BATCH)
-    missing = [batch for batch in expected if not (directory / batch).is_file()]
+    missing = [batch for batch in expected if not is_file(directory / batch, "data file")]
     if missing:
         raise CompressorError(
             f"{name}: missing {', '.join(missing)}; expected the python-version batches data_batch_1..5 and test_batch"
@@ -400,7 +401,7 @@ def _load_imagefolder(name: str, root: Path, shape: Shape) -> _Split:
         )
     layout = f"{root}/train/<class>/*.png and {root}/val/<class>/*.png (or .jpg, .jpeg, .bmp)"
     for split in ("train", "val"):
-        if not (root / split).is_dir():
+        if not is_dir(root / split, "data folder"):
             raise CompressorError(f"{name}: no {split}/ folder; expected {layout}")
     classes = sorted(entry.name for entry in (root / "train").iterdir() if entry.is_dir())
     val_classes = sorted(entry.name for entry in (root / "val").iterdir() if entry.is_dir())
@@ -413,24 +414,31 @@ def _load_imagefolder(name: str, root: Path, shape: Shape) -> _Split:
             f"{name}: train/ and val/ must have the same class folders (only in train: {only_train or 'none'}, "
             f"only in val: {only_val or 'none'})"
         )
-    train_images, train_labels = _read_image_split(name, root / "train", classes, shape)
-    test_images, test_labels = _read_image_split(name, root / "val", classes, shape)
+    files = {split: _class_images(root / split, classes) for split in ("train", "val")}
+    # A class without images in one split would silently never be trained on, or never be tested.
+    empty = [f"{split}/{class_name}" for split, per_class in files.items()
+             for class_name, paths in zip(classes, per_class) if not paths]
+    if empty:
+        folders, have = ("class folder", "has") if len(empty) == 1 else ("class folders", "have")
+        raise CompressorError(f"{name}: {folders} {', '.join(empty)} {have} no {', '.join(_IMAGE_SUFFIXES)} images")
+    train_images, train_labels = _read_image_split(name, files["train"], shape)
+    test_images, test_labels = _read_image_split(name, files["val"], shape)
     return _Split(train_images, train_labels, test_images, test_labels, len(classes))
 
 
-def _read_image_split(
-    name: str, split_dir: Path, classes: list[str], shape: Shape
-) -> tuple[torch.Tensor, torch.Tensor]:
-    images, labels = [], []
-    for label, class_name in enumerate(classes):
-        for path in sorted((split_dir / class_name).iterdir()):
-            if path.is_file() and path.suffix.lower() in _IMAGE_SUFFIXES:
-                images.append(_read_image(name, path, shape))
-                labels.append(label)
-    if not images:
-        raise CompressorError(
-            f"{name}: {split_dir.name}/ has no {', '.join(_IMAGE_SUFFIXES)} images in its class folders"
-        )
+def _class_images(split_dir: Path, classes: list[str]) -> list[list[Path]]:
+    """The image files of each class folder of one split, in class order, each sorted by name."""
+    return [
+        [path for path in sorted((split_dir / class_name).iterdir())
+         if path.is_file() and path.suffix.lower() in _IMAGE_SUFFIXES]
+        for class_name in classes
+    ]
+
+
+def _read_image_split(name: str, per_class: list[list[Path]], shape: Shape) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images as uint8 NCHW at the model's size, and their labels (the index of their class)."""
+    images = [_read_image(name, path, shape) for paths in per_class for path in paths]
+    labels = [label for label, paths in enumerate(per_class) for _ in paths]
     stacked = np.stack(images).reshape(len(images), shape[1], shape[2], shape[0])
     return torch.from_numpy(stacked.transpose(0, 3, 1, 2).copy()), torch.tensor(labels, dtype=torch.int64)
 

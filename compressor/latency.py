@@ -23,6 +23,7 @@ import numpy as np
 import compressor
 from compressor.errors import CompressorError, quoted
 from compressor.files import Output, atomic_write, atomic_write_text
+from compressor.paths import is_dir, is_file
 from compressor.tables import text_table
 from compressor.runtime.backends import BACKENDS, Subject, backend_precision, check_backend, create_backend, unavailable
 from compressor.runtime.bench import BenchResult, benchmark, check_batch_sizes
@@ -114,17 +115,17 @@ def load_subject(spec: str | os.PathLike, label: str, arch: str | None = None, t
     from compressor.loading import load_model
 
     path = Path(spec)
-    if path.is_dir():
+    if is_dir(path, "model"):
         onnx_path, module_path = path / "model.onnx", path / "model.pt"
-        if not onnx_path.is_file():
+        if not is_file(onnx_path, "model"):
             raise CompressorError(f"{path} is not a compress output folder: it has no model.onnx")
         model = read_onnx(onnx_path)
-        module = load_model(module_path, arch, trust_model, input_shape) if module_path.is_file() else None
+        module = load_model(module_path, arch, trust_model, input_shape) if is_file(module_path, "model") else None
         shape = model_input(model).sample_shape
         if module is not None and tuple(module.input_shape) != shape:
             raise CompressorError(f"{path}: model.pt takes {tuple(module.input_shape)}, model.onnx takes {shape}")
         return Subject(label, model, module, shape)
-    if not path.is_file():
+    if not is_file(path, "model"):
         raise CompressorError(f"model not found: {path}")
     if path.suffix.lower() == ".onnx":
         model = read_onnx(path)

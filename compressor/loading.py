@@ -3,7 +3,10 @@
 Loading never runs code from a file unless the user says they trust it: checkpoints and state_dicts are read
 with `torch.load(weights_only=True)`, TorchScript with `torch.jit.load` (its own restricted format), and a
 whole pickled `nn.Module` only with `trust=True`, because unpickling executes whatever the file contains.
-Every loaded model carries `input_shape` (C, H, W); zoo models also carry `arch` and `num_classes`.
+Every loaded model carries `input_shape` (C, H, W); zoo models also carry `arch` and `num_classes`. A model
+whose parameters or buffers hold a NaN or Inf is refused by the name of the layer that holds it. torch's own
+message for a file that `torch.load(weights_only=True)` cannot read is never passed on: it advises loading with
+`weights_only=False`, which for a file from anywhere means running its code.
 
 A model from outside the zoo is written back as a pickled module: with pickle, or with cloudpickle when it
 holds what pickle cannot write (a lambda, a class defined in a script). Pickled modules written by 0.1.0, when
@@ -15,7 +18,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import io
+import itertools
 import os
 import pickle
 import pickletools
@@ -23,7 +26,7 @@ import warnings
 import zipfile
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, BinaryIO
 
 import cloudpickle
 import torch
@@ -33,7 +36,9 @@ from torch.serialization import DEFAULT_PROTOCOL
 from compressor.counting import prunable_layers
 from compressor.errors import CompressorError, first_line
 from compressor.files import atomic_torch_save
+from compressor.finite import first_non_finite
 from compressor.models import create_model, list_models
+from compressor.paths import cannot_read, is_file
 from compressor.structure import apply_structure, describe_structure
 
 CHECKPOINT_FORMAT = "compressor.checkpoint"
@@ -121,7 +126,7 @@ def load_model(path: str | os.PathLike, arch: str | None = None, trust: bool = F
                input_shape: tuple[int, int, int] | None = None) -> nn.Module:
     """Load a model file in any supported form; see the module docstring. The result is in eval mode."""
     path = Path(path)
-    if not path.is_file():
+    if not is_file(path, "model"):
         raise CompressorError(f"model file not found: {path}")
     if _is_torchscript(path):
         model = _load_torchscript(path)
@@ -130,10 +135,11 @@ def load_model(path: str | os.PathLike, arch: str | None = None, trust: bool = F
             payload = _load_weights_only(path)
         except pickle.UnpicklingError:
             if not _pickle_imports_code(path):
-                raise CompressorError(f"{path} is not a readable PyTorch file (damaged, or not a checkpoint)") from None
+                raise _not_readable(path) from None
             model = _load_trusted_pickle(path, trust)
         else:
             model = _from_payload(payload, path, arch)
+    check_finite_weights(model, str(path))
     if input_shape is not None:
         model.input_shape = tuple(input_shape)
     if getattr(model, "input_shape", None) is None:
@@ -141,11 +147,35 @@ def load_model(path: str | os.PathLike, arch: str | None = None, trust: bool = F
     return model.eval()
 
 
+def check_finite_weights(model: nn.Module, where: str) -> None:
+    """Refuse a model with a NaN or Inf among its parameters and buffers (a BatchNorm's running variance too),
+    naming the first layer in `named_modules` order that holds one and the tensor; `where` starts the message.
+
+    Such a model could only be trained into a diverged loss; refused here, it costs one pass over the weights.
+    """
+    found = first_non_finite(
+        ((layer, f"{layer}.{name}" if layer else name), tensor)
+        for layer, module in model.named_modules()
+        for name, tensor in itertools.chain(module.named_parameters(recurse=False), module.named_buffers(recurse=False))
+        if tensor.is_floating_point())
+    if found is not None:
+        (layer, tensor_name), kind = found
+        owner = f"layer {layer}" if layer else "the top-level module"
+        raise CompressorError(f"{where}: weights of {owner} contain {kind} ({tensor_name})")
+
+
+def _not_readable(path: Path) -> CompressorError:
+    return CompressorError(f"{path} is not a readable PyTorch file (damaged, or not a checkpoint)")
+
+
 def _is_torchscript(path: Path) -> bool:
     if not zipfile.is_zipfile(path):
         return False
-    with zipfile.ZipFile(path) as archive:
-        return any(name.endswith("constants.pkl") for name in archive.namelist())
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("constants.pkl") for name in archive.namelist())
+    except zipfile.BadZipFile:  # an end-of-archive record whose directory is damaged or missing
+        raise _not_readable(path) from None
 
 
 # Opcodes with which a pickle names Python callables to import and call: what makes unpickling run code.
@@ -156,23 +186,29 @@ def _pickle_imports_code(path: Path) -> bool:
     """Whether the file is a well-formed pickle that imports callables (rather than damaged bytes).
 
     torch reports both cases with the same error, but only the first one deserves the --trust-model hint.
-    `pickletools.genops` parses opcodes without executing any of them.
+    `pickletools.genops` parses opcodes without executing any of them, reading them from the file as it goes:
+    a file of any size is scanned in little memory.
     """
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as archive:
-            names = [name for name in archive.namelist() if name.endswith("data.pkl")]
-            streams = [archive.read(name) for name in names]
-    else:
-        streams = [path.read_bytes()]
     try:
-        for data in streams:
-            stream = io.BytesIO(data)
-            # The legacy torch.save format is several pickles back to back: scan all of them.
-            while stream.tell() < len(data):
-                if any(op.name in _CODE_OPCODES for op, _, _ in pickletools.genops(stream)):
-                    return True
+        if not zipfile.is_zipfile(path):
+            with path.open("rb") as stream:
+                return _stream_imports_code(stream, os.fstat(stream.fileno()).st_size)
+        with zipfile.ZipFile(path) as archive:
+            for member in archive.infolist():
+                if member.filename.endswith("data.pkl"):
+                    with archive.open(member) as stream:
+                        if _stream_imports_code(stream, member.file_size):
+                            return True
     except Exception:  # pickletools raises ValueError or several others on bytes that are no pickle
         return False
+    return False
+
+
+def _stream_imports_code(stream: BinaryIO, size: int) -> bool:
+    # The legacy torch.save format is several pickles back to back: scan all of them.
+    while stream.tell() < size:
+        if any(op.name in _CODE_OPCODES for op, _, _ in pickletools.genops(stream)):
+            return True
     return False
 
 
@@ -192,8 +228,11 @@ def _load_weights_only(path: Path) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         raise
-    except Exception as error:  # a corrupt file surfaces as whatever the zip/pickle readers hit first
-        raise CompressorError(f"{path} is not a readable PyTorch file ({first_line(error)})") from None
+    except OSError as error:
+        raise cannot_read("model", path, error) from None
+    except Exception:  # a corrupt file surfaces as whatever the zip/pickle readers hit first
+        # torch's message is not passed on: for some damaged files it advises loading with weights_only=False.
+        raise _not_readable(path) from None
 
 
 def _load_trusted_pickle(path: Path, trust: bool) -> nn.Module:

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from compressor.errors import CompressorError, ResumeRefused, first_line, printable, quoted
 from compressor.files import atomic_torch_save
+from compressor.paths import cannot_read
 
 logger = logging.getLogger(__name__)
 
@@ -344,9 +345,12 @@ def _load_state(path: str | os.PathLike, device: torch.device) -> dict | None:
         return None
     try:
         state = torch.load(path, map_location=device, weights_only=True)
-    except Exception as error:
-        raise ResumeRefused(f"cannot read the training state {quoted(path)} ({first_line(error)}); to start over, "
-                            "run without --resume (that discards it)") from None
+    except OSError as error:
+        raise cannot_read("training state", path, error) from None
+    except Exception:  # a damaged file surfaces as whatever the zip/pickle readers hit first
+        # torch's message is not passed on: for some damaged files it advises loading with weights_only=False.
+        raise ResumeRefused(f"the training state {quoted(path)} is damaged; to start over, run without --resume "
+                            "(that discards it)") from None
     if not isinstance(state, dict) or state.get("format") != _STATE_FORMAT:
         raise ResumeRefused(f"{quoted(path)} is not a training state written by this version; to start over, run "
                             "without --resume (that discards it)")

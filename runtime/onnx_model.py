@@ -1,9 +1,9 @@
 """Reading an ONNX classifier for the runtime: the file, its single input, and the shape of one sample.
 
 Every backend and the deploy bundle need the same three answers about a model they are handed: can it be
-read (a missing or corrupt file is a one-line error), which tensor is its input, and what does one sample
-look like. A classifier here has exactly one float input whose dimensions after the batch are fixed; the
-batch itself may be dynamic (a named dimension) or fixed.
+read (a missing or corrupt file, or one whose weights hold a NaN or Inf, is a one-line error), which tensor is
+its input, and what does one sample look like. A classifier here has exactly one float input whose dimensions
+after the batch are fixed; the batch itself may be dynamic (a named dimension) or fixed.
 """
 
 from __future__ import annotations
@@ -13,15 +13,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
+from onnx import numpy_helper
 
 from compressor.errors import CompressorError, first_line
+from compressor.finite import first_non_finite
+from compressor.paths import is_file
 
 _FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
+# The initializer types that can hold a NaN or Inf.
+_FLOAT_WEIGHTS = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
+                  onnx.TensorProto.BFLOAT16)
 
 
 def read_onnx(source: str | os.PathLike | bytes | onnx.ModelProto) -> onnx.ModelProto:
-    """The model at a path (weights in side files included), in serialized bytes, or the proto itself, checked
-    with onnx's checker; anything unreadable is a one-line `CompressorError`."""
+    """The model at a path (weights in side files included), in serialized bytes, or the proto itself; read
+    from a path or bytes, it is checked with onnx's checker and for weights that are not finite. Anything
+    unreadable is a one-line `CompressorError`."""
     if isinstance(source, onnx.ModelProto):
         return source
     where = "the ONNX model"
@@ -31,7 +38,7 @@ def read_onnx(source: str | os.PathLike | bytes | onnx.ModelProto) -> onnx.Model
         else:
             path = Path(source)
             where = f"ONNX model {path}"
-            if not path.is_file():
+            if not is_file(path, "ONNX model"):
                 raise CompressorError(f"ONNX model not found: {path}")
             model = onnx.load(str(path))
         onnx.checker.check_model(model)
@@ -39,6 +46,11 @@ def read_onnx(source: str | os.PathLike | bytes | onnx.ModelProto) -> onnx.Model
         raise
     except Exception as error:  # protobuf, the loader and the checker raise several unrelated types
         raise CompressorError(f"cannot read {where}: {first_line(error)}") from None
+    found = first_non_finite((init.name, numpy_helper.to_array(init))
+                             for init in model.graph.initializer if init.data_type in _FLOAT_WEIGHTS)
+    if found is not None:
+        name, kind = found
+        raise CompressorError(f"{where}: initializer {name} contains {kind}")
     return model
 
 

@@ -21,6 +21,7 @@ import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 from compressor.errors import CompressorError, one_line
+from compressor.paths import is_file
 from compressor.runtime.timing import Timing, time_host
 
 logger = logging.getLogger(__name__)
@@ -110,7 +111,7 @@ def _model_source(model: str | os.PathLike | bytes | onnx.ModelProto) -> str | b
     if isinstance(model, (bytes, bytearray, memoryview)):
         return bytes(model)
     path = Path(model)
-    if not path.is_file():
+    if not is_file(path, "ONNX model"):
         raise CompressorError(f"ONNX model not found: {path}")
     return str(path)
 

@@ -8,6 +8,7 @@ torch, because on a shared 2-core machine a second busy process makes torch's Op
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import resource
 import shutil
@@ -15,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import onnx
@@ -37,6 +38,15 @@ def randomize_batchnorm_(model: nn.Module, seed: int = 0) -> nn.Module:
                 if module.affine:
                     module.weight.copy_(torch.rand(n, generator=generator) + 0.5)
                     module.bias.copy_(torch.rand(n, generator=generator) - 0.5)
+    return model
+
+
+def set_values_(model: nn.Module, name: str, values: Sequence[float]) -> nn.Module:
+    """Set the first elements of `model`'s parameter or buffer `name` (e.g. "bn.running_var") to `values`, in
+    place; for weights that are not finite."""
+    tensors = dict(itertools.chain(model.named_parameters(), model.named_buffers()))
+    with torch.no_grad():
+        tensors[name].view(-1)[: len(values)] = torch.tensor(values)
     return model
 
 

@@ -1,6 +1,7 @@
 """The whole pipeline through the Python API on real digits data: files, facts and failure behaviour."""
 
 import json
+import math
 
 import numpy as np
 import onnx
@@ -17,7 +18,7 @@ from compressor.passes.check_onnx_sparsity import read_onnx_sparsity
 from compressor.passes.write_onnx_metadata import read_onnx_metadata
 from compressor.runtime.ort_backend import OrtBackend
 from compressor.training import _save_state as save_state
-from shared import assert_onnx_matches_torch
+from shared import assert_onnx_matches_torch, set_values_
 
 REPORT_KEYS = {"method", "target", "pattern", "dense", "compressed", "layers", "onnx", "latency"}
 
@@ -222,6 +223,19 @@ def test_a_module_passed_in_is_not_changed(tmp_path):
     compress(model, "magnitude", "50%", epochs=0, out=tmp_path / "o", progress=False)
     after = model.state_dict()
     assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+
+
+def test_a_module_passed_in_with_weights_that_are_not_finite_is_refused_before_any_work(tmp_path, monkeypatch):
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started on a model whose weights are not finite")
+
+    monkeypatch.setattr("compressor.api.load_data", no_work)
+    model = set_values_(create_model("lenet5"), "classifier.fc1.bias", [math.inf])
+    with pytest.raises(CompressorError) as caught:
+        compress(model, "magnitude", "50%", out=tmp_path / "o", progress=False)
+    assert str(caught.value) == ("the model passed in: weights of layer classifier.fc1 contain Inf "
+                                 "(classifier.fc1.bias)")
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("settings", [{"epochs": -1}, {"bench_batch": 0}, {"threads": 0}, {"lr": 0.0},

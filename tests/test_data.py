@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import os
 import pickle
+import re
 import sys
 import textwrap
 import zipfile
@@ -334,10 +335,34 @@ def test_imagefolder_errors(tmp_path):
     empty = tmp_path / "empty"
     for split in ("train", "val"):
         (empty / split / "only").mkdir(parents=True)
-    _raises(r"train/ has no \.png, \.jpg, \.jpeg, \.bmp images", load_data, f"imagefolder:{empty}", (3, 8, 8))
+    _raises(r"class folders train/only, val/only have no \.png, \.jpg, \.jpeg, \.bmp images$", load_data,
+            f"imagefolder:{empty}", (3, 8, 8))
     (tmp_path / "flat" / "train").mkdir(parents=True)
     (tmp_path / "flat" / "val").mkdir()
     _raises(r"train/ has no class folders", load_data, f"imagefolder:{tmp_path / 'flat'}", (3, 8, 8))
+
+
+def test_imagefolder_class_folders_without_images_are_named(tmp_path):
+    root = tmp_path / "imgs"
+    spec = f"imagefolder:{root}"
+    _write_images(root, _FOLDER)
+    (root / "train" / "dog").mkdir()
+    (root / "train" / "dog" / "notes.txt").write_text("not an image")
+    _write_images(root, {"val": {"dog": [(4, 4, ".png")]}})
+    _raises(rf"^{re.escape(spec)}: class folder train/dog has no \.png, \.jpg, \.jpeg, \.bmp images$", load_data, spec,
+            (3, 8, 8))
+    for image in (root / "val" / "ant").iterdir():
+        image.unlink()
+    _raises(r": class folders train/dog, val/ant have no \.png, \.jpg, \.jpeg, \.bmp images$", load_data, spec,
+            (3, 8, 8))
+
+
+@pytest.mark.parametrize("form, shape", [("npz", (3, 32, 32)), ("cifar10", (3, 32, 32)), ("imagefolder", (3, 8, 8))])
+@pytest.mark.parametrize("name", ["a" * 300, "d/" * 2100 + "data"])
+def test_data_paths_the_os_refuses_are_one_line_errors(tmp_path, form, shape, name):
+    what = "file" if form == "npz" else "folder"
+    _raises(rf"^cannot read data {what} .+\.\.\..+: File name too long$", load_data, f"{form}:{tmp_path / name}",
+            shape)
 
 
 # --- package.module:function --------------------------------------------------------------------------------

@@ -2,10 +2,13 @@
 
 import importlib
 import itertools
+import math
 import os
 import pickle
 import pickletools
+import struct
 import sys
+import tracemalloc
 import zipfile
 from pathlib import Path
 
@@ -18,6 +21,7 @@ from compressor.errors import CompressorError
 from compressor.loading import load_model, module_pickler, parse_input_shape, save_checkpoint
 from compressor.models import create_model
 from compressor.models.units import PadShortcut, ResidualUnit
+from shared import set_values_
 
 DATA = Path(__file__).parent / "data"
 # The top-level name of a user's own package that our zoo also had in 0.1.0.
@@ -103,14 +107,35 @@ def test_malicious_pickle_never_runs_without_trust(tmp_path):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"", "not a readable PyTorch file"),
-    (b"garbage that is no pickle or zip", "not a readable PyTorch file"),
+@pytest.mark.parametrize("content", [
+    b"",
+    b"garbage that is no pickle or zip",
+    # torch takes zeros for its legacy tar format, and advises loading that with weights_only=False.
+    bytes(2**20),
+    # An end-of-archive record whose central directory is not where it says.
+    b"x" * 100 + b"PK\x05\x06" + struct.pack("<HHHHIIH", 0, 0, 1, 1, 46, 0, 0),
 ])
-def test_corrupt_files_are_one_line_errors(tmp_path, content, message):
+def test_corrupt_files_are_one_line_errors_in_our_words(tmp_path, content):
     (tmp_path / "bad.pt").write_bytes(content)
-    with pytest.raises(CompressorError, match=message):
+    with pytest.raises(CompressorError) as caught:
         load_model(tmp_path / "bad.pt")
+    assert str(caught.value) == f"{tmp_path / 'bad.pt'} is not a readable PyTorch file (damaged, or not a checkpoint)"
+
+
+def test_a_large_damaged_file_is_scanned_in_little_memory(tmp_path):
+    # POP on an empty stack stops torch's weights-only unpickler at once; the scan for imported code then reads
+    # the 16 MiB of well-formed opcodes after it.
+    chunk = b"X" + struct.pack("<I", 2**16) + b"a" * 2**16
+    path = tmp_path / "long.pt"
+    path.write_bytes(b"\x80\x02" + b"0" + chunk * 256)
+    tracemalloc.start()
+    try:
+        with pytest.raises(CompressorError, match="not a readable PyTorch file"):
+            load_model(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < path.stat().st_size / 8
 
 
 def test_truncated_checkpoint_and_missing_file(tmp_path):
@@ -127,6 +152,56 @@ def test_non_model_payload(tmp_path):
     torch.save([1, 2, 3], tmp_path / "list.pt")
     with pytest.raises(CompressorError, match="holds no model"):
         load_model(tmp_path / "list.pt")
+
+
+@pytest.mark.parametrize("name", ["a" * 300 + ".pt", "d/" * 2100 + "m.pt"])
+def test_a_path_the_os_refuses_is_a_one_line_error(tmp_path, name):
+    with pytest.raises(CompressorError, match=r"^cannot read model .+\.\.\..+\.pt: File name too long$"):
+        load_model(tmp_path / name)
+
+
+@pytest.mark.parametrize("tensor, values, problem", [
+    ("features.stem.0.weight", [math.nan], "weights of layer features.stem.0 contain NaN (features.stem.0.weight)"),
+    ("features.stem.1.running_var", [math.inf],
+     "weights of layer features.stem.1 contain Inf (features.stem.1.running_var)"),
+    ("classifier.fc.bias", [-math.inf, math.nan],
+     "weights of layer classifier.fc contain NaN and Inf (classifier.fc.bias)"),
+])
+def test_a_checkpoint_or_state_dict_with_weights_that_are_not_finite_is_refused(tmp_path, tensor, values, problem):
+    model = set_values_(create_model("resnet20"), tensor, values)
+    save_checkpoint(model, tmp_path / "ckpt.pt")
+    torch.save(model.state_dict(), tmp_path / "sd.pt")
+    for name, options in (("ckpt.pt", {}), ("sd.pt", {"arch": "resnet20"})):
+        with pytest.raises(CompressorError) as caught:
+            load_model(tmp_path / name, **options)
+        assert str(caught.value) == f"{tmp_path / name}: {problem}"
+
+
+class ScaledNet(UserNet):
+    """UserNet with a parameter of its own, outside any layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(1))
+
+    def forward(self, x):
+        return super().forward(x) * self.scale
+
+
+@pytest.mark.parametrize("model, problem", [
+    (lambda: set_values_(set_values_(UserNet(), "fc.weight", [math.nan]), "conv.bias", [math.inf]),
+     "weights of layer conv contain Inf (conv.bias)"),
+    (lambda: set_values_(ScaledNet(), "scale", [math.nan]), "weights of the top-level module contain NaN (scale)"),
+])
+def test_a_torchscript_archive_or_pickled_module_with_weights_that_are_not_finite_is_refused(tmp_path, model,
+                                                                                               problem):
+    model = model()
+    torch.jit.save(torch.jit.trace(model, torch.randn(1, 1, 8, 8), check_trace=False), str(tmp_path / "ts.pt"))
+    torch.save(model, tmp_path / "whole.pt")
+    for name in ("ts.pt", "whole.pt"):
+        with pytest.raises(CompressorError) as caught:
+            load_model(tmp_path / name, trust=True, input_shape=(1, 8, 8))
+        assert str(caught.value) == f"{tmp_path / name}: {problem}"
 
 
 @pytest.mark.parametrize("text", ["3,32", "a,b,c", "0,32,32", ""])

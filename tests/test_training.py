@@ -287,6 +287,18 @@ def test_resume_with_a_different_model_is_refused(tmp_path):
         train(wider, train_loader, test_loader, fast(3), state_path=state_path, resume=True, progress=False)
 
 
+@pytest.mark.parametrize("content", [bytes(2**20), b"garbage that is no training state"])
+def test_a_damaged_state_is_refused_without_torchs_advice(tmp_path, content):
+    # torch's own message for a file of zeros advises loading it with weights_only=False.
+    state_path = tmp_path / "train.state"
+    state_path.write_bytes(content)
+    train_loader, test_loader = loaders()
+    with pytest.raises(CompressorError) as caught:
+        train(mlp(), train_loader, test_loader, fast(3), state_path=state_path, resume=True, progress=False)
+    assert str(caught.value) == (f"the training state {state_path} is damaged; to start over, run without --resume "
+                                 "(that discards it)")
+
+
 def test_without_resume_an_old_state_is_ignored(tmp_path):
     state_path = interrupted_state(tmp_path, fast(3))
     train_loader, test_loader = loaders()

@@ -627,22 +627,27 @@ def _two_input_model():
                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])])
 
 
-def _fp16_overflow_model():
-    """A MatMul whose weights lie beyond FP16's largest finite value (65504), which the conversion clamps."""
-    weight = np.full((4, 4), 1e5, np.float32)
+def _matmul_model(weight: np.ndarray) -> onnx.ModelProto:
+    """y = x @ w, with the 4x4 weight `w` given."""
     return _model([helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
                   [helper.make_node("MatMul", ["x", "w"], ["y"])],
                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
                   [numpy_helper.from_array(weight, "w")])
 
 
+def _fp16_overflow_model():
+    """A MatMul whose weights lie beyond FP16's largest finite value (65504), which the conversion clamps."""
+    return _matmul_model(np.full((4, 4), 1e5, np.float32))
+
+
 def _fp16_model():
+    return convert_float16(_matmul_model(np.eye(4, dtype=np.float32)))
+
+
+def _nan_weight_model():
     weight = np.eye(4, dtype=np.float32)
-    model = _model([helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
-                   [helper.make_node("MatMul", ["x", "w"], ["y"])],
-                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
-                   [numpy_helper.from_array(weight, "w")])
-    return convert_float16(model)
+    weight[2, 1] = np.nan
+    return _matmul_model(weight)
 
 
 BAD_MODELS = {
@@ -655,6 +660,7 @@ BAD_MODELS = {
     "fixed batch": (lambda: _relu_model([2, 3, 4, 4]), "fixes the batch at 2; build with batch=2"),
     "fp16 overflow": (_fp16_overflow_model, "FP16 model disagrees with the FP32 model"),
     "fp16 weights": (_fp16_model, "holds FP16 weights: give the FP32 model; the bundle makes its own FP16 variant"),
+    "NaN weight": (_nan_weight_model, r"model\.onnx: initializer w contains NaN$"),
 }
 
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from compressor.errors import CompressorError
 from compressor.runtime.onnx_model import model_input, output_dims, read_onnx
+from shared import shared_weight_matmuls
 
 
 def _relu(shape, elem_type=TensorProto.FLOAT, inputs=("x",)) -> onnx.ModelProto:
@@ -32,6 +36,28 @@ def test_unreadable_models_are_one_line_errors(tmp_path):
     with pytest.raises(CompressorError, match=r"cannot read ONNX model .*bad\.onnx") as caught:
         read_onnx(tmp_path / "bad.onnx")
     assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("name", ["a" * 300 + ".onnx", "d/" * 2100 + "m.onnx"])
+def test_a_path_the_os_refuses_is_a_one_line_error(tmp_path, name):
+    with pytest.raises(CompressorError, match=r"^cannot read ONNX model .+\.\.\..+: File name too long$"):
+        read_onnx(tmp_path / name)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64])
+@pytest.mark.parametrize("values, kind", [([math.nan], "NaN"), ([math.inf], "Inf"),
+                                         ([-math.inf, math.nan], "NaN and Inf")])
+def test_weights_that_are_not_finite_are_refused_by_initializer(tmp_path, dtype, values, kind):
+    model = shared_weight_matmuls()
+    weight = np.eye(4, dtype=dtype)
+    weight.flat[: len(values)] = values
+    model.graph.initializer[0].CopyFrom(numpy_helper.from_array(weight, "w"))
+    onnx.save(model, tmp_path / "m.onnx")
+    with pytest.raises(CompressorError) as caught:
+        read_onnx(tmp_path / "m.onnx")
+    assert str(caught.value) == f"ONNX model {tmp_path / 'm.onnx'}: initializer w contains {kind}"
+    with pytest.raises(CompressorError, match=f"^the ONNX model: initializer w contains {kind}$"):
+        read_onnx(model.SerializeToString())
 
 
 def test_input_with_dynamic_or_fixed_batch():
