@@ -25,14 +25,15 @@ from compressor.counting import (CONV_TRANSPOSE_TYPES, count_layer_macs, count_m
                                  prunable_layers)
 from compressor.data import DataBundle, data_path, load_data
 from compressor.errors import CompressorError, VerificationError, printable
-from compressor.files import Output, atomic_write_bytes
+from compressor.distributed import describe_device, group, start, together
+from compressor.files import Output, atomic_write_bytes, state_location
 from compressor.loading import check_finite_weights, load_model, module_pickler, save_checkpoint
 from compressor.methods import create_method
 from compressor.models import create_model
 from compressor.options import parse_fraction
 from compressor.report import (CompressedStats, DenseStats, LatencyStats, LayerShape, LayerStats, OnnxStats, PassStats,
                                Report, StructureStats, write_report)
-from compressor.training import TrainConfig, TrainResult, evaluate, train
+from compressor.training import TrainConfig, TrainResult, evaluate, model_device, train
 from compressor.verify import verify_onnx
 from compressor.passes.analysis import has_unbaked_mask, two_four_eligibility
 from compressor.passes.bake_masks import BakeMasksPass
@@ -78,25 +79,33 @@ class TrainOutcome:
 
 def train_model(arch: str, out: str | os.PathLike | None = None, data: str = "digits", epochs: int = 10,
                 seed: int = 0, lr: float = 0.05, batch_size: int = 64, in_channels: int | None = None,
-                num_classes: int = 10, force: bool = False, resume: bool = False, progress: bool = True) -> TrainOutcome:
-    """Train a dense zoo model on `data` and (if `out` is given) write its checkpoint atomically.
+                num_classes: int = 10, force: bool = False, resume: bool = False, progress: bool = True,
+                device: str | torch.device | None = "auto") -> TrainOutcome:
+    """Train a dense zoo model on `data` on `device` and (if `out` is given) write its checkpoint atomically.
 
     The checkpoint is an `Output` (see `compressor.files`): locked for the run, its resume state beside it.
+    Under torchrun every process trains its shard of the data and the main process writes the checkpoint (see
+    `compressor.distributed`).
     """
     _check_settings(epochs, batch_size=batch_size, lr=lr)
+    device = start(device)
     with contextlib.ExitStack() as stack:
         output = None
-        if out is not None:
-            output = stack.enter_context(Output(out, folder=False, what="checkpoint", force=force, resume=resume,
-                                                inputs=[data_path(data)]))
-        # Seeded before the model is built, so that the initial weights, too, follow --seed.
-        torch.manual_seed(seed)
-        model = create_model(arch, num_classes=num_classes, in_channels=in_channels)
-        if output is not None:
-            output.require_space(_run_space(model))
-        bundle = load_data(data, model.input_shape, batch_size=batch_size, seed=seed, num_classes=model.num_classes)
+        with together():
+            if out is not None and group().main:
+                output = stack.enter_context(Output(out, folder=False, what="checkpoint", force=force,
+                                                    resume=resume, inputs=[data_path(data)]))
+        with together():
+            # Seeded before the model is built, so that the initial weights, too, follow --seed.
+            torch.manual_seed(seed)
+            model = create_model(arch, num_classes=num_classes, in_channels=in_channels).to(device)
+            if output is not None:
+                output.require_space(_run_space(model))
+            bundle = load_data(data, model.input_shape, batch_size=batch_size, seed=seed,
+                               num_classes=model.num_classes)
         config = TrainConfig(epochs=epochs, lr=lr, seed=seed)
-        result = train(model, bundle.train, bundle.test, config, state_path=output.state if output else None,
+        result = train(model, bundle.train, bundle.test, config,
+                       state_path=state_location(out, folder=False) if out is not None else None,
                        resume=resume, progress=progress, description=f"train {arch}")
         if output is not None:
             save_checkpoint(model, output.staging, extra={
@@ -122,6 +131,9 @@ def export_onnx(model: nn.Module, path: str | os.PathLike | None = None, input_s
     the file is written (atomically) only when `path` is given.
     """
     shape = tuple(input_shape or model.input_shape)
+    if model_device(model).type != "cpu":
+        # onnxruntime runs on the CPU: the graph is traced, and checked, on a CPU copy.
+        model = copy_model(model).cpu()
     passes = [FoldBatchNormPass(), EmitOnnxPass(shape, opset), CleanOnnxPass()]
     if facts:
         passes.append(WriteOnnxMetadataPass(facts))
@@ -145,7 +157,8 @@ def compress(model: str | os.PathLike | nn.Module, method: str = "magnitude", ta
              batch_size: int = 64, out: str | os.PathLike = "compressed", force: bool = False, resume: bool = False,
              arch: str | None = None, trust_model: bool = False, input_shape: Sequence[int] | None = None,
              seed: int = 0, bench_batch: int = 1, threads: int | None = None, bench_runs: int = 50,
-             method_options: dict[str, Any] | None = None, progress: bool = True) -> Report:
+             method_options: dict[str, Any] | None = None, progress: bool = True,
+             device: str | torch.device | None = "auto") -> Report | None:
     """Compress `model` with `method`; write model.onnx, model.pt, report.json/.md and a plot to `out`.
 
     For structured methods (`method="channel"`) `target` is the fraction of MACs to remove, and the gated model
@@ -155,6 +168,11 @@ def compress(model: str | os.PathLike | nn.Module, method: str = "magnitude", ta
     before any work starts; the output folder is an `Output` (see `compressor.files`): locked for the run, it
     appears only when the run succeeded, and an interrupted or failed run keeps its training state in a hidden
     sibling folder and continues with `resume=True`.
+
+    The method (its preparation, training and finalisation) and the torch passes run with the model on `device`
+    (`auto`: the GPU when torch sees one); the ONNX export, its verification and the checkpoint use a CPU copy.
+    Under torchrun the method trains data-parallel (see `compressor.distributed`): the main process writes
+    the output and returns the report, the others return None.
     """
     timings: dict[str, float] = {}
     started = time.perf_counter()
@@ -164,10 +182,19 @@ def compress(model: str | os.PathLike | nn.Module, method: str = "magnitude", ta
     lr = compression.default_lr if lr is None else lr
     _check_settings(epochs, lr=lr, batch_size=batch_size, bench_batch=bench_batch, bench_runs=bench_runs,
                     threads=threads)
+    device = start(device)
     inputs = [data_path(data)] + ([] if isinstance(model, nn.Module) else [model])
-    with Output(out, folder=True, what="output folder", force=force, resume=resume, inputs=inputs) as output:
-        report = _compress_into(output, model, compression, data, epochs, lr, batch_size, arch, trust_model,
-                                input_shape, seed, bench_batch, threads, bench_runs, progress, resume, timings)
+    with contextlib.ExitStack() as stack:
+        output = None
+        with together():
+            if group().main:
+                output = stack.enter_context(Output(out, folder=True, what="output folder", force=force,
+                                                    resume=resume, inputs=inputs))
+        report = _compress_into(output, state_location(out, folder=True), device, model, compression, data, epochs,
+                                lr, batch_size, arch, trust_model, input_shape, seed, bench_batch, threads,
+                                bench_runs, progress, resume, timings)
+        if report is None:
+            return None
         timings["total"] = time.perf_counter() - started
         report.seconds = timings
         report.onnx.path = printable(output.destination / "model.onnx")
@@ -188,9 +215,13 @@ def _timed(timings: dict[str, float], stage: str, announce: bool = True):
         timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
 
 
-def _compress_into(output: Output, source, compression, data_spec, epochs, lr, batch_size, arch, trust_model,
-                   input_shape, seed, bench_batch, threads, bench_runs, progress, resume, timings) -> Report:
-    with _timed(timings, "load", announce=False):
+def _compress_into(output: Output | None, state_path: Path, device: torch.device, source, compression, data_spec,
+                   epochs, lr, batch_size, arch, trust_model, input_shape, seed, bench_batch, threads, bench_runs,
+                   progress, resume, timings) -> Report | None:
+    """The run itself; `output` is None on the processes of a data-parallel run that write nothing, which
+    return None once the method has trained."""
+    main = output is not None
+    with _timed(timings, "load", announce=False), together():
         if isinstance(source, nn.Module):
             # load_model checks what it reads; a module passed in gets the same check.
             check_finite_weights(source, "the model passed in")
@@ -205,27 +236,33 @@ def _compress_into(output: Output, source, compression, data_spec, epochs, lr, b
         module_pickler(loaded)
         # A module passed in is copied: methods attach masks in place, and the caller's model stays as it was.
         model = copy_model(loaded) if loaded is source else loaded
-        output.require_space(_run_space(model))
+        if main:
+            output.require_space(_run_space(model))
         if input_shape is not None:
             model.input_shape = tuple(input_shape)
         if getattr(model, "input_shape", None) is None:
             raise CompressorError("the model's input shape is unknown; give it with --input-shape C,H,W")
         shape = tuple(model.input_shape)
+        model = model.to(device)
         outputs = _output_classes(model, shape)
         bundle = load_data(data_spec, shape, batch_size=batch_size, seed=seed, num_classes=outputs)
         _check_data_fits(model, bundle)
-    with _timed(timings, "measure dense"):
-        dense = DenseStats(count_params(model), sum(l.macs for l in count_layer_macs(model, shape).values()),
-                           evaluate(model, bundle.test))
-        dense_onnx = export_onnx(model, input_shape=shape).model
+    if main:
+        with _timed(timings, "measure dense"):
+            dense = DenseStats(count_params(model), sum(l.macs for l in count_layer_macs(model, shape).values()),
+                               evaluate(model, bundle.test))
+            dense_onnx = export_onnx(model, input_shape=shape).model
     shapes_before = {name: list(layer.weight.shape) for name, layer in prunable_layers(model)}
-    with _timed(timings, "method"):
-        model = compression.prepare(model, bundle)
+    with _timed(timings, "method", announce=main):
+        with together():
+            model = compression.prepare(model, bundle)
         masked = {name for name, layer in prunable_layers(model) if has_unbaked_mask(layer)}
         trained = train(model, bundle.train, bundle.test, TrainConfig(epochs=epochs, lr=lr, seed=seed),
-                        hooks=compression, state_path=output.state, resume=resume, progress=progress,
+                        hooks=compression, state_path=state_path, resume=resume, progress=progress,
                         description=f"{compression.name} training")
         model = compression.finalize(model)
+    if not main:
+        return None
     structure = None
     with _timed(timings, "torch passes"):
         if compression.structured:
@@ -238,6 +275,9 @@ def _compress_into(output: Output, source, compression, data_spec, epochs, lr, b
         if compression.structured:
             structure = _structure_stats(model, shape, dense, shapes_before, compiled, compression)
         two_four_names = [f"{row.name}.weight" for row in layers if row.pattern == "2:4"]
+        compressed_accuracy = evaluate(model, bundle.test)
+    # Export, verification, counting and the checkpoint read the model on the CPU, where onnxruntime runs.
+    model = model.cpu()
     torch_zeros = sum(row.zeros for row in layers)
     weights = sum(row.weights for row in layers)
     sparsity = torch_zeros / weights if weights else 0.0
@@ -255,7 +295,6 @@ def _compress_into(output: Output, source, compression, data_spec, epochs, lr, b
         folded_zeros = sum(row.zeros for row in layer_sparsity(fold_batchnorm(model)))
         if onnx_zeros != folded_zeros:
             raise VerificationError(f"the ONNX holds {onnx_zeros} zero weights but the model {folded_zeros}")
-        compressed_accuracy = evaluate(model, bundle.test)
     with _timed(timings, "latency"):
         dense_bench = benchmark(dense_onnx, (bench_batch,), threads, bench_runs)[0]
         compressed_bench = benchmark(exported.model, (bench_batch,), threads, bench_runs)[0]
@@ -291,6 +330,8 @@ def _compress_into(output: Output, source, compression, data_spec, epochs, lr, b
         passes=[PassStats(s.name, s.modified, round(s.seconds, 4)) for s in compiled.steps + exported.steps],
         seconds_per_epoch=trained.seconds_per_epoch if epochs else None,
         structure=structure,
+        device=describe_device(device),
+        processes=group().size,
     )
 
 
@@ -314,7 +355,7 @@ def _structure_stats(model: nn.Module, shape: tuple[int, ...], dense: DenseStats
 def _output_classes(model: nn.Module, shape: tuple[int, ...]) -> int:
     try:
         with torch.no_grad():
-            output = model.eval()(torch.zeros((1, *shape)))
+            output = model.eval()(torch.zeros((1, *shape), device=model_device(model)))
     except Exception as error:  # a user model rejecting the declared shape raises whatever its layers raise
         raise CompressorError(f"the model does not accept inputs of shape {'x'.join(map(str, shape))}: "
                               f"{' '.join(str(error).split())[:200]}") from None
@@ -328,7 +369,7 @@ def _check_data_fits(model: nn.Module, bundle: DataBundle) -> None:
     images, _ = next(iter(bundle.test))
     try:
         with torch.no_grad():
-            model.eval()(images[:2])
+            model.eval()(images[:2].to(model_device(model)))
     except Exception as error:  # as above: the model's own layers decide what a misfit raises
         raise CompressorError(f"data {bundle.name} does not fit the model: {' '.join(str(error).split())[:200]}") from None
 

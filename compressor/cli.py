@@ -11,10 +11,11 @@ from __future__ import annotations
 import argparse
 import io
 import logging
+import os
 import sys
 from typing import Sequence
 
-from compressor.errors import CompressorError, printable
+from compressor.errors import CompressorError, PeerFailed, printable
 
 # The verbs import the API (and with it torch) only when they run, so `compress zoo --help` and usage errors
 # of `train` answer at once; the compress parser reads the method registry for its flags, and the bench and
@@ -60,6 +61,9 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=64, help="training batch size (default 64)")
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted run from its last finished epoch")
+    parser.add_argument("--device", default="auto", metavar="DEVICE",
+                        help="where to train: auto (default: the GPU when torch sees one), cpu, cuda or cuda:N; "
+                             "under torchrun each process takes the GPU of its local rank")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -247,7 +251,9 @@ def _run_compress(args: argparse.Namespace) -> None:
         trust_model=args.trust_model, input_shape=parse_input_shape(args.input_shape) if args.input_shape else None,
         seed=args.seed, bench_batch=args.bench_batch, threads=args.threads,
         method_options={**typed_options(args.method, _parse_options(args.option)), **_flag_options(args)},
-        progress=not args.no_progress)
+        progress=not args.no_progress, device=args.device)
+    if report is None:  # a process of a data-parallel run that writes nothing
+        return
     print(summary_text(report))
     plot = "channels.png" if report.structure is not None else "sparsity.png"
     print(f"\nwrote {printable(args.out)}/: model.onnx, model.pt, report.json, report.md, {plot} "
@@ -259,7 +265,9 @@ def _run_train(args: argparse.Namespace) -> None:
 
     outcome = train_model(args.arch, args.out, data=args.data, epochs=args.epochs, seed=args.seed, lr=args.lr,
                           batch_size=args.batch_size, in_channels=args.in_channels, force=args.force,
-                          resume=args.resume, progress=not args.no_progress)
+                          resume=args.resume, progress=not args.no_progress, device=args.device)
+    if outcome.path is None:  # a process of a data-parallel run that writes nothing
+        return
     print(f"{args.arch}: test accuracy {outcome.result.test_accuracy:.2%} after {args.epochs} epochs; "
           f"wrote {printable(outcome.path)}")
 
@@ -320,6 +328,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     for noisy in ("onnxscript", "onnx_ir", "onnx_graphsurgeon", "passes"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # torchrun's RANK, read without importing torch (which the distributed module needs) so that usage errors
+    # answer at once. The other processes of a torchrun run stay quiet: the main one reports for all of them.
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    if not main_process:
+        logging.getLogger().setLevel(logging.WARNING)
     verb = argv[0] if argv and argv[0] in VERBS else None
     parsers = {"train": (_train_parser, _run_train), "bench": (_bench_parser, _run_bench),
                "deploy": (_deploy_parser, _run_deploy), "zoo": (_zoo_parser, _run_zoo),
@@ -331,8 +344,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CompressorError, _UsageError) as error:
         if error.__cause__ is not None:
             logging.getLogger(__name__).debug("cause", exc_info=error.__cause__)
-        print(printable(error) if isinstance(error, _UsageError) else f"compress: error: {printable(error)}",
-              file=sys.stderr)
+        if main_process or not isinstance(error, PeerFailed):
+            print(printable(error) if isinstance(error, _UsageError) else f"compress: error: {printable(error)}",
+                  file=sys.stderr)
         return EXIT_USAGE
     except OSError as error:
         # Whatever the checks before the work could not foresee (a disk that fills, a folder removed under
@@ -341,8 +355,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"compress: error:{printable(where)} {error.strerror or error}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("compress: interrupted; run the same command with --resume to continue", file=sys.stderr)
+        if main_process:
+            print("compress: interrupted; run the same command with --resume to continue", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        if "compressor.distributed" in sys.modules:
+            sys.modules["compressor.distributed"].stop()
     return 0
 
 

@@ -186,6 +186,12 @@ def atomic_torch_save(obj: object, path: str | os.PathLike, pickle_module: Modul
     return atomic_write(path, save)
 
 
+def state_location(path: str | os.PathLike, folder: bool) -> Path:
+    """Where the resume state of the output `path` lives: inside the staging folder of a folder output, beside
+    a file output. Processes of a data-parallel run that write no output read it from here."""
+    return sibling(path, "partial") / STATE_FILE if folder else sibling(path, "train-state")
+
+
 def free_bytes(path: str | os.PathLike) -> int:
     """Bytes free to an unprivileged writer on the file system that holds `path` (or would hold it)."""
     return shutil.disk_usage(_existing_ancestor(Path(os.path.abspath(path)))).free
@@ -253,7 +259,7 @@ class Output:
         self.folder = folder
         self.what = what
         self.staging = sibling(path, "partial")
-        self.state = self.staging / STATE_FILE if folder else sibling(path, "train-state")
+        self.state = state_location(path, folder)
         self._keep_staging = False
         self._committed = False
         self._created: list[Path] = []

@@ -74,7 +74,8 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, extra: dict[str, 
         "num_classes": model.num_classes,
         "input_shape": list(model.input_shape),
         "structure": describe_structure(model),
-        "state_dict": model.state_dict(),
+        # Stored from the CPU, so the checkpoint reads back the same on a machine without the training GPU.
+        "state_dict": {name: tensor.cpu() for name, tensor in model.state_dict().items()},
         "extra": extra or {},
     }
     return atomic_torch_save(payload, path)

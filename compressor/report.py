@@ -140,6 +140,9 @@ class Report:
     seconds: dict[str, float] = field(default_factory=dict)
     seconds_per_epoch: float | None = None
     structure: StructureStats | None = None
+    # Where the method trained: the device (with the GPU's name) and how many data-parallel processes.
+    device: str = "cpu"
+    processes: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -193,7 +196,8 @@ def render_markdown(report: Report) -> str:
         "",
         f"Method **{r.method}**, target {'none' if r.target is None else f'{r.target:.2%}'}, pattern {r.pattern}, "
         f"{r.epochs} training epochs "
-        f"on `{r.data}`; input {'x'.join(map(str, r.input_shape))}; compressor {r.tool_version}.",
+        f"on `{r.data}` ({r.device}{f', {r.processes} data-parallel processes' if r.processes > 1 else ''}); "
+        f"input {'x'.join(map(str, r.input_shape))}; compressor {r.tool_version}.",
         "",
         "## Summary",
         "",

@@ -22,9 +22,10 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
+from compressor.distributed import check_replicas_agree, group, replicate, shard, total
 from compressor.errors import CompressorError, ResumeRefused, first_line, printable, quoted
 from compressor.files import atomic_torch_save
 from compressor.paths import cannot_read
@@ -158,9 +159,14 @@ def train(
     the run's output is written (so a failure after training, a full disk say, resumes without retraining).
     With `resume=True` as well, a state found there is checked against `config` and the model, restored, and
     training continues from the next epoch (a state refused as not fitting is left where it was); a run
-    without `resume` discards a state found there when its training starts. Shuffling is reproducible across a resume: a
-    loader (or sampler) with its own generator is reseeded from `config.seed + epoch` at every epoch, and
-    one without draws from the global torch RNG, whose state is part of the saved state.
+    without `resume` discards a state found there when its training starts. Shuffling is reproducible across
+    a resume: a loader (or sampler) with its own generator is reseeded from `config.seed + epoch` at every
+    epoch, and one without draws from the global torch RNG, whose state is part of the saved state.
+
+    In a process group started by torchrun (see `compressor.distributed`), each process trains on its shard of
+    every global batch under DistributedDataParallel, the epoch's loss and accuracy are summed over the
+    processes, only the main process saves the state, and the run ends by verifying that every process holds
+    the same weights.
     """
     _check_config(config)
     hooks = hooks if hooks is not None else TrainingHooks()
@@ -188,6 +194,10 @@ def _train(
                            resumed_from_epoch=0)
 
     device = model_device(model)
+    train_loader = shard(train_loader, config.seed)
+    network, replicated = model, None
+    main = group().main
+    progress = progress and main
     batches_per_epoch = len(train_loader)
     if batches_per_epoch == 0:
         raise CompressorError("cannot train: the training data is empty")
@@ -209,7 +219,7 @@ def _train(
     else:
         if resume and state_path is not None:
             logger.info("%s: no training state at %s, starting fresh", description, printable(state_path))
-        elif state_path is not None and Path(state_path).exists():
+        elif state_path is not None and main and Path(state_path).exists():
             logger.info("%s: starting fresh; discarding the training state of an interrupted run at %s",
                         description, printable(state_path))
             Path(state_path).unlink()
@@ -217,20 +227,23 @@ def _train(
 
     step = completed * batches_per_epoch
     for epoch in range(completed + 1, config.epochs + 1):
-        _seed_shuffling(train_loader, config.seed + epoch)
+        _seed_shuffling(train_loader, config.seed, epoch)
+        training = [name for name, parameter in model.named_parameters() if parameter.requires_grad]
+        if training != replicated:
+            network, replicated = replicate(model, device), training
         model.train()
         start = time.perf_counter()
         # Sums stay on the device so that, with the progress bar off, the loop never waits on the GPU.
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), dtype=torch.long, device=device)
-        seen = 0
+        seen = torch.zeros((), dtype=torch.long, device=device)
         # disable=None: tqdm draws the bar only on a terminal, so logs and CI output keep the epoch lines alone.
         with tqdm(train_loader, desc=f"{description} {epoch}/{config.epochs}", total=batches_per_epoch,
                   disable=None if progress else True, leave=True) as bar:
             for inputs, targets in bar:
                 inputs, targets = inputs.to(device), targets.to(device)
                 optimizer.zero_grad(set_to_none=True)
-                logits = model(inputs)
+                logits = network(inputs)
                 task_loss = criterion(logits, targets)
                 extra = hooks.extra_loss(model)
                 loss = task_loss if extra is None else task_loss + extra
@@ -243,9 +256,12 @@ def _train(
                 correct += (logits.detach().argmax(dim=1) == targets).sum()
                 seen += targets.numel()
                 if progress:
-                    bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.4f}")
+                    bar.set_postfix(loss=f"{loss_sum.item() / seen.item():.4f}",
+                                    acc=f"{correct.item() / seen.item():.4f}")
             seconds = time.perf_counter() - start
 
+        # Summed over the processes: every process sees the same epoch, and decides the same about divergence.
+        loss_sum, correct, seen = total(loss_sum), total(correct), total(seen).item()
         train_loss = loss_sum.item() / seen
         if not math.isfinite(train_loss):
             raise CompressorError(f"{description}: training diverged (loss {train_loss}) in epoch {epoch}; "
@@ -256,8 +272,9 @@ def _train(
         logger.info("%s epoch %d/%d: loss %.4f, train acc %.4f, test acc %.4f, %.1f s", description, epoch,
                     config.epochs, record.train_loss, record.train_accuracy, record.test_accuracy, record.seconds)
         hooks.after_epoch(model, epoch)
-        if state_path is not None:
+        if state_path is not None and main:
             _save_state(state_path, fingerprint, config, model, optimizer, scheduler, hooks, history, epoch, device)
+    check_replicas_agree(model)
 
     return TrainResult(
         history=history,
@@ -290,12 +307,15 @@ def _make_optimizer(model: nn.Module, config: TrainConfig, hooks: TrainingHooks)
     )
 
 
-def _seed_shuffling(loader: DataLoader, seed: int) -> None:
-    """Reseed the generators that decide the loader's order, so each epoch's order depends on the seed and
-    the epoch only, not on how many epochs this process has run."""
+def _seed_shuffling(loader: DataLoader, seed: int, epoch: int) -> None:
+    """Reseed what decides the loader's order, so each epoch's order depends on the seed and the epoch only,
+    not on how many epochs this process has run: the generators of the loader and its sampler get
+    `seed + epoch`, a DistributedSampler (which holds `seed` already) its epoch."""
+    if isinstance(loader.sampler, DistributedSampler):
+        loader.sampler.set_epoch(epoch)
     generators = [loader.generator, getattr(loader.sampler, "generator", None)]
     for generator in {id(g): g for g in generators if isinstance(g, torch.Generator)}.values():
-        generator.manual_seed(seed)
+        generator.manual_seed(seed + epoch)
 
 
 def _fingerprint(model: nn.Module, config: TrainConfig, batches_per_epoch: int, hooks: TrainingHooks) -> str:
@@ -306,6 +326,9 @@ def _fingerprint(model: nn.Module, config: TrainConfig, batches_per_epoch: int, 
         "batches_per_epoch": batches_per_epoch,
         "model": [[name, list(tensor.shape)] for name, tensor in model.state_dict().items()],
     }
+    if group().parallel:
+        # A state is continued by as many processes as wrote it: the shards, and so the batches, depend on it.
+        content["processes"] = group().size
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 

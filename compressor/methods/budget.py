@@ -126,6 +126,8 @@ class AdaptiveThreshold(nn.Module):
     def freeze(self, mask: torch.Tensor) -> None:
         self.mask.copy_(mask)
         self.frozen.fill_(True)
+        # A frozen threshold learns nothing more; saying so lets data-parallel training leave it out.
+        self.ratio.requires_grad_(False)
 
 
 def weight_std(weight: torch.Tensor) -> torch.Tensor:
@@ -283,6 +285,10 @@ class BudgetMethod(Method):
     def load_state_dict(self, state: dict) -> None:
         self.frozen = bool(state["frozen"])
         self.predicted = dict(state["predicted"])
+        if self.frozen:
+            # The model's state restores the masks, not which parameters train.
+            for threshold in self._thresholds():
+                threshold.ratio.requires_grad_(False)
 
     # --- finishing ------------------------------------------------------------------------------------------
 

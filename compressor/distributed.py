@@ -1,0 +1,201 @@
+"""The device a run trains on, and data-parallel training across the processes `torchrun` starts.
+
+`start(spec)` resolves `--device auto|cpu|cuda[:N]` and, in a process started by `torchrun --nproc_per_node N`,
+joins the process group (`nccl` on GPUs, `gloo` on the CPU; each process takes the GPU of its local rank).
+Training then runs under PyTorch's DistributedDataParallel: each process reads its shard of every global batch
+(a DistributedSampler reseeded per epoch, so a resumed run sees the same order), gradients are averaged across
+processes, and everything a method derives from the weights (masks, thresholds, gates) comes out the same on
+every process. Only the main process (rank 0) writes files and talks to the terminal. A run without torchrun is
+a group of one, and every function here leaves it as it is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
+
+from compressor.errors import CompressorError, PeerFailed, VerificationError, first_line
+
+logger = logging.getLogger(__name__)
+
+DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
+
+
+@dataclass(frozen=True)
+class Group:
+    """This process's place among the processes of one run."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        """Whether this process writes the outputs and the terminal output."""
+        return self.rank == 0
+
+    @property
+    def parallel(self) -> bool:
+        return self.size > 1
+
+
+def launched() -> Group:
+    """The group torchrun started this process in, from its environment (a group of one without torchrun);
+    known before the process group is joined, so the command can quiet other ranks from its first line."""
+    return Group(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+                 int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def group() -> Group:
+    """The group this process has joined (a group of one when it has joined none)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return Group()
+    return Group(dist.get_rank(), dist.get_world_size(), launched().local_rank)
+
+
+def resolve_device(spec: str | torch.device | None) -> torch.device:
+    """`auto` (or None) → the GPU when torch sees one, else the CPU; `cpu`; `cuda` or `cuda:N`, refused in one line
+    where torch sees no such GPU."""
+    text = "auto" if spec is None else str(spec).strip().lower()
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise CompressorError(f"--device must be {DEVICE_CHOICES}, not {spec!r}") from None
+    if device.type == "cpu":
+        return device
+    if device.type != "cuda":
+        raise CompressorError(f"--device must be {DEVICE_CHOICES}, not {spec!r}")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        raise CompressorError(f"--device {text}: torch sees no CUDA GPU here (torch {torch.__version__}, "
+                              f"CUDA build {torch.version.cuda or 'none'}); use --device cpu")
+    if device.index is not None and device.index >= count:
+        raise CompressorError(f"--device {text}: torch sees {count} GPU(s), cuda:0 to cuda:{count - 1}")
+    return device
+
+
+def describe_device(device: torch.device) -> str:
+    """The device for a report: `cpu`, or `cuda:0 (NVIDIA H100 80GB HBM3)`."""
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
+
+
+def start(spec: str | torch.device | None) -> torch.device:
+    """The device this process trains on; under torchrun, the process group is joined first.
+
+    Each process of a GPU run takes the GPU of its local rank, whatever index `spec` names.
+    """
+    device = resolve_device(spec)
+    place = launched()
+    if not place.parallel:
+        return device
+    if device.type == "cuda":
+        if place.local_rank >= torch.cuda.device_count():
+            raise CompressorError(f"torchrun started {place.size} processes but this machine has "
+                                  f"{torch.cuda.device_count()} GPU(s) for its local ranks")
+        device = torch.device("cuda", place.local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
+def stop() -> None:
+    """Leave the process group, if this process joined one."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def together() -> Iterator[None]:
+    """Run a block on every process and fail it on every process when it fails on any.
+
+    Without this, a process that fails (a refused output on the main process, say) would leave the others
+    waiting in their next collective call for ever. The failure of the lowest rank is raised on the main
+    process; the others raise `PeerFailed`.
+    """
+    here = group()
+    if not here.parallel:
+        yield
+        return
+    try:
+        yield
+    except BaseException as error:
+        _gather_failures(here, f"{first_line(error)}" if isinstance(error, CompressorError)
+                         else f"process {here.rank}: {type(error).__name__}: {first_line(error)}")
+        raise
+    failures = _gather_failures(here, None)
+    if failures:
+        rank, message = failures[0]
+        raise PeerFailed(message if here.main else f"process {rank} failed")
+
+
+def _gather_failures(here: Group, message: str | None) -> list[tuple[int, str]]:
+    messages: list[str | None] = [None] * here.size
+    dist.all_gather_object(messages, message)
+    return [(rank, text) for rank, text in enumerate(messages) if text is not None]
+
+
+def shard(loader: DataLoader, seed: int) -> DataLoader:
+    """The part of `loader` this process trains on: every global batch of `loader.batch_size` samples split
+    evenly across the processes, in an order that depends on `seed` and the epoch only."""
+    here = group()
+    if not here.parallel:
+        return loader
+    if loader.batch_size % here.size:
+        raise CompressorError(f"--batch-size {loader.batch_size} does not split evenly over {here.size} processes")
+    sampler = DistributedSampler(loader.dataset, num_replicas=here.size, rank=here.rank, shuffle=True, seed=seed)
+    return DataLoader(loader.dataset, batch_size=loader.batch_size // here.size, sampler=sampler,
+                      num_workers=loader.num_workers, collate_fn=loader.collate_fn, pin_memory=loader.pin_memory)
+
+
+def replicate(model: nn.Module, device: torch.device) -> nn.Module:
+    """`model` wrapped so that its backward pass averages gradients across the processes (the model itself
+    when there is one process). DistributedDataParallel copies the main process's weights to the others first.
+
+    The wrapper averages the gradients of the parameters that train when it is made: a method that stops
+    training some (budget freezing its thresholds) turns their `requires_grad` off between epochs, and the
+    training loop wraps the model anew.
+    """
+    if not group().parallel:
+        return model
+    return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def total(value: torch.Tensor) -> torch.Tensor:
+    """`value` summed over the processes (itself when there is one)."""
+    if group().parallel:
+        value = value.clone()
+        dist.all_reduce(value)
+    return value
+
+
+def check_replicas_agree(model: nn.Module) -> None:
+    """Verify that every process ends training with bit-identical weights and buffers (masks, thresholds,
+    gates among them): a method whose state drifts apart across processes would compress a model nobody
+    trained."""
+    here = group()
+    if not here.parallel:
+        return
+    digest = hashlib.sha256()
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    digests: list[str | None] = [None] * here.size
+    dist.all_gather_object(digests, digest.hexdigest())
+    if len(set(digests)) != 1:
+        differing = [rank for rank, value in enumerate(digests) if value != digests[0]]
+        raise VerificationError(f"after training, the weights of process(es) {differing} differ from process 0's")
+    logger.debug("weights identical on all %d processes", here.size)

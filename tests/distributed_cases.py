@@ -1,0 +1,69 @@
+"""Cases that run in every process of a `torchrun --nproc_per_node 2` group, for tests/test_distributed.py.
+
+`torchrun ... distributed_cases.py CASE FOLDER` joins the group on the CPU (gloo) and runs CASE; each process
+writes what the test compares into FOLDER, named by its rank.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+from compressor.data import load_data
+from compressor.distributed import check_replicas_agree, group, start, stop
+from compressor.errors import VerificationError
+from compressor.methods import create_method
+from compressor.models import create_model
+from compressor.training import TrainConfig, train
+
+SEED = 0
+BATCH = 64
+EPOCHS = 2
+
+
+def reference_setup(method: str | None):
+    """The model, data and hooks every process (and the single-process reference) starts from."""
+    torch.manual_seed(SEED)
+    model = create_model("lenet300_100")
+    bundle = load_data("digits", model.input_shape, batch_size=BATCH, seed=SEED)
+    hooks = None
+    if method is not None:
+        hooks = create_method(method, 0.8)
+        model = hooks.prepare(model, bundle)
+    return model, bundle, hooks
+
+
+def train_case(folder: Path, method: str | None) -> None:
+    model, bundle, hooks = reference_setup(method)
+    train(model, bundle.train, bundle.test, TrainConfig(epochs=EPOCHS, seed=SEED), hooks=hooks, progress=False)
+    torch.save(model.state_dict(), folder / f"rank{group().rank}.pt")
+
+
+def diverging_case(folder: Path) -> None:
+    model = create_model("lenet300_100")
+    if group().rank == 1:
+        with torch.no_grad():
+            model.classifier.fc.bias[0] += 1e-3
+    try:
+        check_replicas_agree(model)
+        outcome = "agreed"
+    except VerificationError as error:
+        outcome = str(error)
+    (folder / f"rank{group().rank}.txt").write_text(outcome)
+
+
+CASES = {
+    "dense": lambda folder: train_case(folder, None),
+    "magnitude": lambda folder: train_case(folder, "magnitude"),
+    "diverging": diverging_case,
+}
+
+if __name__ == "__main__":
+    case, out = sys.argv[1], Path(sys.argv[2])
+    start("cpu")
+    try:
+        CASES[case](out)
+    finally:
+        stop()
