@@ -14,6 +14,8 @@ from typing import Iterator
 import torch
 import torch.nn as nn
 
+from compressor.training import model_device
+
 CONV_TRANSPOSE_TYPES = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 PRUNABLE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, *CONV_TRANSPOSE_TYPES, nn.Linear)
 NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d)
@@ -89,9 +91,8 @@ def count_layer_macs(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str
     model.eval()
     try:
         with recording_layer_macs(model) as results:
-            device = next((p.device for p in model.parameters()), torch.device("cpu"))
             with torch.no_grad():
-                model(torch.zeros((1, *input_shape), device=device))
+                model(torch.zeros((1, *input_shape), device=model_device(model)))
     finally:
         model.train(was_training)
     return results

@@ -27,6 +27,7 @@ from torch.nn.utils import parametrize
 from compressor.counting import NORM_TYPES, output_axis
 from compressor.models.units import DenseUnit, ResidualUnit
 from compressor.passes.coupling import ChannelGroup, channel_groups
+from compressor.training import model_device
 
 def _per_channel(factor: torch.Tensor, like: torch.Tensor, axis: int = 0) -> torch.Tensor:
     shape = [1] * like.dim()
@@ -44,7 +45,8 @@ class ChannelGate(nn.Module):
     def __init__(self, scale: torch.Tensor, axis: int = 0) -> None:
         super().__init__()
         self.axis = axis
-        self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float32).clone())
+        # A copy on the device `scale` is on (`torch.as_tensor` would move a tensor to the default device).
+        self.register_buffer("scale", scale.detach().to(dtype=torch.float32, copy=True))
 
     def value(self) -> torch.Tensor:
         return self.scale
@@ -56,9 +58,9 @@ class ChannelGate(nn.Module):
 class UnitGate(nn.Module):
     """One scale on a whole skip-unit."""
 
-    def __init__(self, scale: float = 1.0) -> None:
+    def __init__(self, scale: float = 1.0, device: torch.device | str | None = None) -> None:
         super().__init__()
-        self.register_buffer("scale", torch.tensor(float(scale)))
+        self.register_buffer("scale", torch.tensor(float(scale), device=device))
 
     def value(self) -> torch.Tensor:
         return self.scale
@@ -97,27 +99,36 @@ def _gated_tensors(module: nn.Module) -> list[str]:
 
 
 def attach_channel_gate(module: nn.Module, scale: torch.Tensor) -> ChannelGate:
-    """Gate the output channels of `module` (a BatchNorm, GroupNorm, Conv, ConvTranspose or Linear) with `scale`."""
-    gate = ChannelGate(scale, axis=output_axis(module))
+    """Gate the output channels of `module` (a BatchNorm, GroupNorm, Conv, ConvTranspose or Linear) with `scale`.
+
+    The gate lives on the module's device, wherever `scale` is.
+    """
+    gate = ChannelGate(scale.to(model_device(module)), axis=output_axis(module))
     for tensor_name in _gated_tensors(module):
         parametrize.register_parametrization(module, tensor_name, gate, unsafe=True)
     return gate
 
 
 def gate_group(group: ChannelGroup, scale: torch.Tensor) -> list[ChannelGate]:
-    """Gate every root channel r of `group` with `scale[r]`, at each of the group's gate points."""
+    """Gate every root channel r of `group` with `scale[r]`, at each of the group's gate points.
+
+    `scale` may be on any device (the analysis keeps its bookkeeping on the CPU); each gate is built on the
+    device of the layer it gates.
+    """
     gates = []
     for member in group.gate_points:
+        device = member.module.weight.device
         # The analysis slices only ungrouped transposed convolutions, whose weight holds every output channel.
-        per_member = torch.ones(member.module.weight.shape[output_axis(member.module)])
-        per_member[torch.as_tensor(member.idxs)] = scale[torch.as_tensor(member.root_idxs)].float()
+        per_member = torch.ones(member.module.weight.shape[output_axis(member.module)], device=device)
+        roots = torch.as_tensor(member.root_idxs, dtype=torch.long, device=scale.device)
+        per_member[torch.as_tensor(member.idxs, dtype=torch.long, device=device)] = scale[roots].to(device).float()
         gates.append(attach_channel_gate(member.module, per_member))
     return gates
 
 
 def gate_unit(model: nn.Module, unit: nn.Module, scale: float, input_shape: Sequence[int]) -> UnitGate:
     """Put a unit gate of value `scale` on `unit` (a ResidualUnit or DenseUnit of `model`)."""
-    gate = UnitGate(scale)
+    gate = UnitGate(scale, device=model_device(unit))
     if isinstance(unit, ResidualUnit):
         if unit.branch is None:
             raise ValueError("this residual unit has no branch left to gate")

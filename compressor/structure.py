@@ -16,6 +16,7 @@ import torch.nn as nn
 from compressor.counting import NORM_TYPES
 from compressor.errors import CompressorError
 from compressor.models.units import PadShortcut, ResidualUnit
+from compressor.training import model_device
 
 def describe_structure(model: nn.Module) -> dict[str, dict[str, Any]]:
     """Per module path, the facts that decide its shapes (JSON-compatible)."""
@@ -39,13 +40,15 @@ def describe_structure(model: nn.Module) -> dict[str, dict[str, Any]]:
 
 def _rebuilt(old: nn.Module, record: dict[str, Any]) -> nn.Module | None:
     kind = record["type"]
+    # A rebuilt layer takes the place of the old one: on its device, with its precision.
+    place = {"device": model_device(old), "dtype": next((p.dtype for p in old.parameters()), None)}
     if kind == "conv2d" and isinstance(old, nn.Conv2d):
         return nn.Conv2d(record["in"], record["out"], old.kernel_size, old.stride, old.padding, old.dilation,
-                         record["groups"], old.bias is not None, old.padding_mode)
+                         record["groups"], old.bias is not None, old.padding_mode, **place)
     if kind == "batchnorm" and isinstance(old, NORM_TYPES):
-        return type(old)(record["features"], old.eps, old.momentum, old.affine, old.track_running_stats)
+        return type(old)(record["features"], old.eps, old.momentum, old.affine, old.track_running_stats, **place)
     if kind == "linear" and isinstance(old, nn.Linear):
-        return nn.Linear(record["in"], record["out"], old.bias is not None)
+        return nn.Linear(record["in"], record["out"], old.bias is not None, **place)
     if kind == "pad_shortcut" and isinstance(old, PadShortcut):
         old.set_sources(record["in"], record["sources"])
         return old

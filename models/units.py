@@ -89,7 +89,10 @@ class PadShortcut(nn.Module):
         # F.pad applies when the copied channels are all inputs, in order, in one contiguous run.
         self.is_padding = copied == list(range(in_channels)) and sources[first:first + len(copied)] == copied
         zero_channel = in_channels
-        gather = torch.tensor([zero_channel if s < 0 else s for s in sources], dtype=torch.long)
+        # A shortcut whose channels are sliced keeps its index on the device it is on; a new one is made where
+        # the model's modules are made.
+        device = self.gather_index.device if "gather_index" in self._buffers else None
+        gather = torch.tensor([zero_channel if s < 0 else s for s in sources], dtype=torch.long, device=device)
         self.register_buffer("gather_index", gather, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 
 from compressor.errors import CompressorError, first_line
+from compressor.training import model_device
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +103,9 @@ def check_same_function(before: nn.Module, after: nn.Module, input_shape: Sequen
     Passes that rebuild a model's structure run this on their result: a transformation the analysis got
     wrong fails here, naming `what`, instead of producing a model that computes something else.
     """
-    probe = torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(_PROBE_SEED))
+    # Drawn on the CPU, so the batch is the same on every device, and moved to where the model is.
+    generator = torch.Generator(device="cpu").manual_seed(_PROBE_SEED)
+    probe = torch.randn(2, *input_shape, generator=generator, device="cpu").to(model_device(before))
     with torch.no_grad():
         expected = before.eval()(probe)
         actual = after.eval()(probe)

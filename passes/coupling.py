@@ -17,6 +17,9 @@ at a time, and turns each Torch-Pruning group into a `ChannelGroup` that says:
   grouped convolution or every part of an equal split;
 - what a model's parameters and MACs become when given channels are removed (`predict_counts`).
 
+The analysis keeps its per-channel bookkeeping on the CPU, wherever the model is and whatever torch's default
+device, and moves indices to a layer's device where they meet its weights.
+
 `analyse_channels` also lists the groups it leaves whole (`LeftWhole`) with the layer or op responsible, so a
 structured method can say why it cannot remove more.
 """
@@ -38,6 +41,7 @@ from compressor.errors import CompressorError
 from compressor.models.units import PadShortcut
 from compressor.passes.base import copy_model, unparametrize
 from compressor.passes.zero_flow import NORM_LAYERS, WEIGHT_LAYERS, ZeroFlow, op_name
+from compressor.training import model_device
 
 
 class PadShortcutPruner(tp.pruner.BasePruningFunc):
@@ -121,8 +125,8 @@ class ChannelGroup:
         """The channels among `channels` whose whole unit is among them (only those can be removed)."""
         if self.units is None or self.unit_size == 1:
             return sorted(set(channels))
-        chosen = torch.zeros(self.size, dtype=torch.bool)
-        chosen[torch.as_tensor(sorted(set(channels)), dtype=torch.long)] = True
+        chosen = torch.zeros(self.size, dtype=torch.bool, device="cpu")
+        chosen[torch.as_tensor(sorted(set(channels)), dtype=torch.long, device="cpu")] = True
         count = int(self.units.max()) + 1
         total = torch.bincount(self.units, minlength=count)
         picked = torch.bincount(self.units[chosen], minlength=count)
@@ -133,7 +137,8 @@ class ChannelGroup:
         if self.units is None or self.unit_size == 1:
             return scores.argsort().tolist()
         count = int(self.units.max()) + 1
-        unit_score = torch.zeros(count).index_add_(0, self.units, scores.float()) / torch.bincount(self.units)
+        unit_score = (torch.zeros(count, device="cpu").index_add_(0, self.units, scores.float())
+                      / torch.bincount(self.units))
         # Sorted by the last key first: score, then unit (so a unit's channels stay together), then unit score.
         order = scores.float().argsort(stable=True)
         order = order[self.units[order].argsort(stable=True)]
@@ -218,7 +223,7 @@ def dependency_graph(model: nn.Module, input_shape: Sequence[int]) -> tp.Depende
     The trace is a forward of one sample in eval mode, so it also records the model's per-layer MACs
     (`graph.layer_macs`), which spares a caller that needs both a second forward.
     """
-    example = torch.zeros(1, *input_shape, device=_device_of(model))
+    example = torch.zeros(1, *input_shape, device=model_device(model))
     was_training = model.training
     model.eval()
     try:
@@ -233,10 +238,6 @@ def dependency_graph(model: nn.Module, input_shape: Sequence[int]) -> tp.Depende
     finally:
         model.train(was_training)
     return graph
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    return next((p.device for p in model.parameters()), torch.device("cpu"))
 
 
 def _analysis_error(error: Exception) -> CompressorError:
@@ -355,7 +356,7 @@ def _splits_that_do_not_follow(traced: nn.Module, input_shape: Sequence[int],
                     pruner = graph.get_pruner_of_module(root)
                     fn = pruner.prune_out_channels if graph.is_out_channel_pruning_fn(handler) else pruner.prune_in_channels
                     graph.get_pruning_group(root, fn, unit).prune(record_history=False)
-                copy(torch.zeros(1, *input_shape, device=_device_of(copy)))
+                copy(torch.zeros(1, *input_shape, device=model_device(copy)))
         except Exception:  # any failure of the shrunken copy's forward means the split sizes are fixed
             return True
         return False
@@ -511,7 +512,7 @@ def _units(members: list[GroupMember], tp_group, size: int) -> torch.Tensor:
     for item, sizes in _split_sizes(tp_group):
         if len(sizes) > 1:
             blocks(list(item.idxs), list(item.root_idxs), sum(sizes), len(sizes), whole=False)
-    roots = torch.as_tensor([find(i) for i in range(size)])
+    roots = torch.as_tensor([find(i) for i in range(size)], device="cpu")
     return torch.unique(roots, return_inverse=True)[1]
 
 
@@ -536,8 +537,8 @@ def _mark_gate_points(group: ChannelGroup, graph: tp.DependencyGraph, traced: nn
 
     # A padding shortcut's copies die with the channels they copy, which `realizable` follows across groups.
     shortcuts = {m.name for m in group.members if isinstance(m.module, PadShortcut) and m.produces}
-    everything = torch.ones(group.size, dtype=torch.bool)
-    nothing = torch.zeros(group.size, dtype=torch.bool)
+    everything = torch.ones(group.size, dtype=torch.bool, device="cpu")
+    nothing = torch.zeros(group.size, dtype=torch.bool, device="cpu")
 
     def killed(gated: list[GroupMember]) -> bool:
         zeroed = shortcuts | {m.name for m in gated}
@@ -568,15 +569,14 @@ def zero_channels(module: nn.Module, idxs: Sequence[int]) -> torch.Tensor:
     prove nothing.
     """
     idxs = list(idxs)
-    index = torch.as_tensor(idxs, dtype=torch.long)
     if isinstance(module, PadShortcut):
-        return torch.as_tensor([module.sources[i] < 0 for i in idxs], dtype=torch.bool)
-    if isinstance(module, NORM_LAYERS):
-        if not module.affine:
-            return torch.zeros(len(idxs), dtype=torch.bool)
+        return torch.as_tensor([module.sources[i] < 0 for i in idxs], dtype=torch.bool, device="cpu")
+    affine_norm = isinstance(module, NORM_LAYERS) and module.affine
+    if not (affine_norm or isinstance(module, WEIGHT_LAYERS)):
+        return torch.zeros(len(idxs), dtype=torch.bool, device="cpu")
+    index = torch.as_tensor(idxs, dtype=torch.long, device=module.weight.device)
+    if affine_norm:
         return ((module.weight.detach()[index] == 0) & (module.bias.detach()[index] == 0)).cpu()
-    if not isinstance(module, WEIGHT_LAYERS):
-        return torch.zeros(len(idxs), dtype=torch.bool)
     weight = module.weight.detach().transpose(0, output_axis(module))[index].flatten(1)
     zero = (weight == 0).all(dim=1)
     if module.bias is not None:
@@ -593,8 +593,8 @@ def dead_channels(group: ChannelGroup) -> list[int]:
 
     def zero_roots(name: str) -> torch.Tensor:
         member = producers[name]
-        zero = torch.zeros(group.size, dtype=torch.bool)
-        roots = torch.as_tensor(member.root_idxs, dtype=torch.long)
+        zero = torch.zeros(group.size, dtype=torch.bool, device="cpu")
+        roots = torch.as_tensor(member.root_idxs, dtype=torch.long, device="cpu")
         zero[roots] = True
         zero[roots[~zero_channels(member.module, member.idxs)]] = False  # a root is zero only if all its copies are
         return zero
@@ -650,15 +650,22 @@ def channel_l1(module: nn.Module, output: bool) -> torch.Tensor:
     return per_pair.reshape(groups, -1, per_pair.shape[1]).sum(dim=1).flatten()
 
 
+def group_l1(group: ChannelGroup, produces: bool) -> torch.Tensor:
+    """Per root channel, the summed L1 norm of the group's Conv/Linear weights that produce it (the filters, with
+    `produces`) or that read it; on the CPU."""
+    total = torch.zeros(group.size, device="cpu")
+    for member in group.members:
+        if member.produces != produces or not isinstance(member.module, WEIGHT_LAYERS):
+            continue
+        norms = channel_l1(member.module, output=produces)
+        index = torch.as_tensor(member.idxs, dtype=torch.long, device=norms.device)
+        total.index_add_(0, torch.as_tensor(member.root_idxs, dtype=torch.long, device="cpu"), norms[index].cpu())
+    return total
+
+
 def reader_importance(group: ChannelGroup) -> torch.Tensor:
     """L1 norm of the weights that read each root channel (the layers consuming the group's channels)."""
-    importance = torch.zeros(group.size)
-    for member in group.members:
-        if member.produces or not isinstance(member.module, WEIGHT_LAYERS):
-            continue
-        norms = channel_l1(member.module, output=False)
-        importance.index_add_(0, torch.as_tensor(member.root_idxs), norms[torch.as_tensor(member.idxs)].cpu())
-    return importance
+    return group_l1(group, produces=False)
 
 
 def predict_counts(
@@ -733,9 +740,9 @@ class CountPredictor:
         for group in groups:
             keys = list(dict.fromkeys((m.module, m.produces) for m in group.members))
             rows = {key: row for row, key in enumerate(keys)}
-            multiplicity = torch.zeros(len(keys), group.size, dtype=torch.long)
+            multiplicity = torch.zeros(len(keys), group.size, dtype=torch.long, device="cpu")
             for member in group.members:
-                roots = torch.as_tensor(member.root_idxs, dtype=torch.long)
+                roots = torch.as_tensor(member.root_idxs, dtype=torch.long, device="cpu")
                 multiplicity[rows[(member.module, member.produces)]].index_add_(
                     0, roots, torch.ones_like(roots))
             self._groups.append((keys, multiplicity))

@@ -38,8 +38,9 @@ class RoundChannelsPass(SliceChannelsPass):
         if surplus <= 0:
             return super().choose(group, dead)
         # Keep whole units (single channels unless channels are tied), the ones whose readers weigh them most.
-        unit_importance = torch.zeros(int(group.units.max()) + 1).index_add_(0, group.units, reader_importance(group))
-        units = group.units[torch.as_tensor(dead, dtype=torch.long)]
+        unit_importance = torch.zeros(int(group.units.max()) + 1, device="cpu").index_add_(
+            0, group.units, reader_importance(group))
+        units = group.units[torch.as_tensor(dead, dtype=torch.long, device="cpu")]
         by_unit = units.argsort(stable=True)
         ranked = by_unit[unit_importance[units[by_unit]].argsort(descending=True, stable=True)]
         ranked = [dead[i] for i in ranked.tolist()]

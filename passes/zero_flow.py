@@ -16,7 +16,8 @@ channel, whether it is zero at every reader, given which channels the group's pr
 
 Ops that mix channels (a mean, a softmax or a norm across channels, a transpose that permutes them) and layers
 this compiler does not slice make a group's channels impossible to remove: `problem` names the first one, so a
-refusal can say which layer or op keeps the channels whole.
+refusal can say which layer or op keeps the channels whole. The per-channel masks are CPU tensors, wherever the
+model is.
 """
 
 from __future__ import annotations
@@ -103,13 +104,14 @@ class ZeroFlow:
         reading: set[tp.dependency.Node] = set()
         for item in items:
             node = item.dep.target
-            mask = carried.setdefault(node, torch.zeros(size, dtype=torch.bool))
-            mask[torch.as_tensor(list(item.root_idxs), dtype=torch.long)] = True
+            mask = carried.setdefault(node, torch.zeros(size, dtype=torch.bool, device="cpu"))
+            mask[torch.as_tensor(list(item.root_idxs), dtype=torch.long, device="cpu")] = True
             if isinstance(node.module, nn.Module) and node.module in names:
                 (producing if graph.is_out_channel_pruning_fn(item.dep.handler) else reading).add(node)
         order = _topological(carried)
         index = {node: i for i, node in enumerate(order)}
-        self.carried = torch.stack([carried[node] for node in order]) if order else torch.zeros(0, size, dtype=torch.bool)
+        self.carried = (torch.stack([carried[node] for node in order]) if order
+                        else torch.zeros(0, size, dtype=torch.bool, device="cpu"))
         self.steps: list[_Step] = []
         self.readers: list[tuple[int, list[int]]] = []  # (node, the nodes whose output it reads)
         self.weights: set[int] = set()  # nodes computed from parameters alone
@@ -198,7 +200,7 @@ class ZeroFlow:
         `producer_zero(member_name)` gives, per root channel, whether that producing layer outputs zero there.
         """
         count = len(self.carried)
-        zero = torch.zeros(count, self.size, dtype=torch.bool)
+        zero = torch.zeros(count, self.size, dtype=torch.bool, device="cpu")
         for step in self.steps:
             carried = self.carried[step.node]
             operands = zero[step.inputs] if step.inputs else zero.new_zeros(0, self.size)
@@ -216,7 +218,7 @@ class ZeroFlow:
             else:
                 value = torch.zeros_like(carried)
             zero[step.node] = value & carried
-        dead = torch.ones(self.size, dtype=torch.bool)
+        dead = torch.ones(self.size, dtype=torch.bool, device="cpu")
         for _, inputs in self.readers:
             if not inputs:
                 continue

@@ -104,13 +104,15 @@ class AdaptiveThreshold(nn.Module):
     the compiler's BakeMasks pass see.
     """
 
-    def __init__(self, ratio: float, weight_shape: torch.Size, trainable: bool = True):
+    def __init__(self, ratio: float, weight_shape: torch.Size, trainable: bool = True,
+                 device: torch.device | str | None = None):
         super().__init__()
-        self.ratio = nn.Parameter(torch.tensor(float(ratio)), requires_grad=trainable)
-        self.register_buffer("mask", torch.ones(weight_shape))
-        self.register_buffer("frozen", torch.tensor(False))
+        # On the weight's device: the parametrization computes with the weight, and a frozen mask multiplies it.
+        self.ratio = nn.Parameter(torch.tensor(float(ratio), device=device), requires_grad=trainable)
+        self.register_buffer("mask", torch.ones(weight_shape, device=device))
+        self.register_buffer("frozen", torch.tensor(False, device=device))
         # An exact bound set from outside (fixed-bs); NaN while the bound comes from r.
-        self.register_buffer("exact_bound", torch.tensor(float("nan")))
+        self.register_buffer("exact_bound", torch.tensor(float("nan"), device=device))
 
     def bound(self, weight: torch.Tensor) -> torch.Tensor:
         if not torch.isnan(self.exact_bound):
@@ -142,7 +144,8 @@ def erf_sparsity(ratio: torch.Tensor) -> torch.Tensor:
 
 def ratio_for_sparsity(sparsity: float) -> float:
     """The inverse: r = √2·erfinv(s)."""
-    return math.sqrt(2) * torch.erfinv(torch.tensor(sparsity, dtype=torch.float64)).item()
+    # A number, not a model tensor: computed on the CPU whatever the default device.
+    return math.sqrt(2) * torch.erfinv(torch.tensor(sparsity, dtype=torch.float64, device="cpu")).item()
 
 
 @register_method
@@ -196,9 +199,12 @@ class BudgetMethod(Method):
         if not chosen:
             raise CompressorError(f"no layer has at least min_weights={self.config.min_weights} weights to prune")
         # Shares are of *all* prunable weights/MACs, so 1 − Σ c_i·s_i is the whole model's density, the
-        # quantity the budget and the report are about (skipped layers count as dense).
-        self.param_shares = torch.tensor([layer.weight.numel() / self.total_weights for _, layer in chosen])
-        self.mac_shares = torch.tensor([macs[name].macs / total_macs for name, _ in chosen])
+        # quantity the budget and the report are about (skipped layers count as dense). They meet the
+        # thresholds in the budget loss, so they live on the weights' device.
+        device = chosen[0][1].weight.device
+        self.param_shares = torch.tensor([layer.weight.numel() / self.total_weights for _, layer in chosen],
+                                         device=device)
+        self.mac_shares = torch.tensor([macs[name].macs / total_macs for name, _ in chosen], device=device)
         if self.target is not None and self.target >= float(self.param_shares.sum()):
             raise CompressorError(f"layers with at least min_weights={self.config.min_weights} weights hold "
                                   f"{float(self.param_shares.sum()):.1%} of the weights: {self.target:.1%} is out of reach")
@@ -206,7 +212,7 @@ class BudgetMethod(Method):
         trainable = self.config.loss not in FIXED_LOSSES
         for name, layer in chosen:
             parametrize.register_parametrization(
-                layer, "weight", AdaptiveThreshold(start_ratio, layer.weight.shape, trainable))
+                layer, "weight", AdaptiveThreshold(start_ratio, layer.weight.shape, trainable, layer.weight.device))
             self.layers[name] = layer
         if self.config.loss == "fixed-bs":
             self._set_exact_bounds()

@@ -28,9 +28,8 @@ from compressor.gates import gate_group
 from compressor.methods.base import Method, register_method
 from compressor.options import method_flag, parse_fraction
 from compressor.passes.base import copy_model
-from compressor.passes.coupling import ChannelGroup, CountPredictor, analyse_channels, channel_l1, realizable
+from compressor.passes.coupling import ChannelGroup, CountPredictor, analyse_channels, group_l1, realizable
 from compressor.passes.pipeline import compile_model
-from compressor.passes.zero_flow import WEIGHT_LAYERS
 
 SCOPES = ("global", "uniform")
 ROUNDINGS = (1, 8, 16, 32)
@@ -65,12 +64,7 @@ class ChannelConfig:
 
 def filter_l1(group: ChannelGroup) -> torch.Tensor:
     """Per root channel, the L1 norm of the filters producing it, summed over the group's Conv/Linear layers."""
-    scores = torch.zeros(group.size)
-    for member in group.members:
-        if member.produces and isinstance(member.module, WEIGHT_LAYERS):
-            norms = channel_l1(member.module, output=True)
-            scores.index_add_(0, torch.as_tensor(member.root_idxs), norms[torch.as_tensor(member.idxs)].cpu())
-    return scores
+    return group_l1(group, produces=True)
 
 
 def _removable(size: int, remove: int, multiple: int) -> int:
@@ -110,7 +104,8 @@ class ChannelMethod(Method):
         shape = tuple(model.input_shape)
         for group, channels in self.select(model, shape):
             if channels:
-                scale = torch.ones(group.size)
+                # Per root channel, bookkeeping on the CPU: gate_group puts each gate on its layer's device.
+                scale = torch.ones(group.size, device="cpu")
                 scale[list(channels)] = 0.0
                 gate_group(group, scale)
         # Compiling a copy now costs about a second and turns a plan the passes cannot realise into an error

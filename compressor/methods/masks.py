@@ -13,13 +13,16 @@ from torch.nn.utils import prune
 
 
 def attach_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
-    """Put `masks[name]` on the weight of each named layer, replacing any mask it had."""
+    """Put `masks[name]` on the weight of each named layer, replacing any mask it had.
+
+    A mask may be on any device: it is stored on its layer's, where torch's pruning multiplies it with the weight.
+    """
     for name, mask in masks.items():
         layer = model.get_submodule(name)
         if prune.is_pruned(layer) and hasattr(layer, "weight_mask"):
             layer.weight_mask.copy_(mask)
         else:
-            prune.custom_from_mask(layer, "weight", mask)
+            prune.custom_from_mask(layer, "weight", mask.to(layer.weight.device))
 
 
 def magnitude_masks(weights: dict[str, torch.Tensor], sparsity: float, scope: str) -> dict[str, torch.Tensor]:
