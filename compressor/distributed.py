@@ -174,6 +174,22 @@ def replicate(model: nn.Module, device: torch.device) -> nn.Module:
     return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
+def share_running_statistics(model: nn.Module) -> None:
+    """Give every process the main process's running statistics of its normalisation layers.
+
+    DistributedDataParallel copies the main process's buffers to the others before each forward pass, and
+    then each process updates its BatchNorm running mean and variance from its own shard: after the last step
+    they differ. The main process's statistics are the run's (as DDP treats them); copying them at the end of
+    every epoch lets every process evaluate, and end, with the same model.
+    """
+    if not group().parallel:
+        return
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._NormBase):
+            for buffer in module.buffers(recurse=False):
+                dist.broadcast(buffer, src=0)
+
+
 def total(value: torch.Tensor) -> torch.Tensor:
     """`value` summed over the processes (itself when there is one)."""
     if group().parallel:

@@ -25,7 +25,8 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from compressor.distributed import check_replicas_agree, group, replicate, shard, total
+from compressor.distributed import (check_replicas_agree, group, replicate, shard, share_running_statistics,
+                                    total)
 from compressor.errors import CompressorError, ResumeRefused, first_line, printable, quoted
 from compressor.files import atomic_torch_save
 from compressor.paths import cannot_read
@@ -260,6 +261,7 @@ def _train(
                                     acc=f"{correct.item() / seen.item():.4f}")
             seconds = time.perf_counter() - start
 
+        share_running_statistics(model)
         # Summed over the processes: every process sees the same epoch, and decides the same about divergence.
         loss_sum, correct, seen = total(loss_sum), total(correct), total(seen).item()
         train_loss = loss_sum.item() / seen

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from compressor.data import load_data
 from compressor.distributed import check_replicas_agree, group, start, stop
@@ -41,6 +42,15 @@ def train_case(folder: Path, method: str | None) -> None:
     torch.save(model.state_dict(), folder / f"rank{group().rank}.pt")
 
 
+def batchnorm_case(folder: Path) -> None:
+    """A model with BatchNorm, whose running statistics each process updates from its own shard."""
+    torch.manual_seed(SEED)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 10))
+    bundle = load_data("digits", (1, 8, 8), batch_size=BATCH, seed=SEED)
+    train(model, bundle.train, bundle.test, TrainConfig(epochs=1, seed=SEED), progress=False)
+    torch.save(model.state_dict(), folder / f"rank{group().rank}.pt")
+
+
 def diverging_case(folder: Path) -> None:
     model = create_model("lenet300_100")
     if group().rank == 1:
@@ -57,6 +67,7 @@ def diverging_case(folder: Path) -> None:
 CASES = {
     "dense": lambda folder: train_case(folder, None),
     "magnitude": lambda folder: train_case(folder, "magnitude"),
+    "batchnorm": batchnorm_case,
     "diverging": diverging_case,
 }
 

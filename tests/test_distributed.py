@@ -95,6 +95,14 @@ def test_two_processes_train_what_one_process_trains_on_the_same_global_batches(
         torch.testing.assert_close(ranks[0][name], expected, rtol=1e-4, atol=1e-5, msg=name)
 
 
+def test_processes_end_with_the_main_processs_batchnorm_statistics(tmp_path):
+    result = torchrun(CASES, "batchnorm", tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1)]
+    assert ranks[0]["1.running_var"].ne(1).any(), "the statistics were updated"
+    assert all(torch.equal(ranks[0][name], ranks[1][name]) for name in ranks[0])
+
+
 def test_processes_whose_weights_drift_apart_are_caught(tmp_path):
     result = torchrun(CASES, "diverging", tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
