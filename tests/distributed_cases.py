@@ -17,7 +17,7 @@ from compressor.distributed import check_replicas_agree, group, start, stop
 from compressor.errors import VerificationError
 from compressor.methods import create_method
 from compressor.models import create_model
-from compressor.training import TrainConfig, train
+from compressor.training import TrainConfig, TrainingHooks, train
 
 SEED = 0
 BATCH = 64
@@ -40,6 +40,35 @@ def train_case(folder: Path, method: str | None) -> None:
     model, bundle, hooks = reference_setup(method)
     train(model, bundle.train, bundle.test, TrainConfig(epochs=EPOCHS, seed=SEED), hooks=hooks, progress=False)
     torch.save(model.state_dict(), folder / f"rank{group().rank}.pt")
+
+
+class StopAfterTraining(TrainingHooks):
+    """Stops the run like Ctrl-C once `epoch` is trained, before its state is saved."""
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def after_epoch(self, model, epoch: int) -> None:
+        if epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+def resume_case(folder: Path) -> None:
+    """An uninterrupted run, and one interrupted in its second epoch and resumed: they must end the same."""
+    model, bundle, _ = reference_setup(None)
+    config = TrainConfig(epochs=3, seed=SEED)
+    train(model, bundle.train, bundle.test, config, progress=False)
+    resumed, bundle, _ = reference_setup(None)
+    state = folder / "state.pt"
+    try:
+        train(resumed, bundle.train, bundle.test, config, hooks=StopAfterTraining(2), state_path=state,
+              progress=False)
+    except KeyboardInterrupt:
+        pass
+    resumed, bundle, _ = reference_setup(None)
+    result = train(resumed, bundle.train, bundle.test, config, state_path=state, resume=True, progress=False)
+    same = all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), resumed.state_dict().values()))
+    (folder / f"rank{group().rank}.txt").write_text(f"resumed after {result.resumed_from_epoch}, same {same}")
 
 
 def batchnorm_case(folder: Path) -> None:
@@ -68,6 +97,7 @@ CASES = {
     "dense": lambda folder: train_case(folder, None),
     "magnitude": lambda folder: train_case(folder, "magnitude"),
     "batchnorm": batchnorm_case,
+    "resume": resume_case,
     "diverging": diverging_case,
 }
 

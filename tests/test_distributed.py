@@ -103,6 +103,13 @@ def test_processes_end_with_the_main_processs_batchnorm_statistics(tmp_path):
     assert all(torch.equal(ranks[0][name], ranks[1][name]) for name in ranks[0])
 
 
+def test_an_interrupted_data_parallel_run_resumes_to_the_same_weights(tmp_path):
+    result = torchrun(CASES, "resume", tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for rank in (0, 1):
+        assert (tmp_path / f"rank{rank}.txt").read_text() == "resumed after 1, same True"
+
+
 def test_processes_whose_weights_drift_apart_are_caught(tmp_path):
     result = torchrun(CASES, "diverging", tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
