@@ -12,7 +12,9 @@ import argparse
 import io
 import logging
 import os
+import signal
 import sys
+import threading
 from typing import Sequence
 
 from compressor.errors import CompressorError, PeerFailed, printable
@@ -23,6 +25,16 @@ from compressor.errors import CompressorError, PeerFailed, printable
 VERBS = ("train", "bench", "deploy", "zoo")
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (a job scheduler's stop, torchrun stopping the others when one process fails), handled as Ctrl-C
+    is: the outputs clean up after themselves and the resume state stays."""
+
+
+def _terminate(signum, frame) -> None:
+    raise _Terminated
 
 COMPRESS_EXAMPLES = """\
 examples:
@@ -338,6 +350,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                "deploy": (_deploy_parser, _run_deploy), "zoo": (_zoo_parser, _run_zoo),
                None: (_compress_parser, _run_compress)}
     make_parser, run = parsers[verb]
+    # Signal handlers belong to the main thread; main() called from another thread keeps Python's default.
+    previous = (signal.signal(signal.SIGTERM, _terminate)
+                if threading.current_thread() is threading.main_thread() else None)
     try:
         args = make_parser().parse_args(argv[1:] if verb else argv)
         run(args)
@@ -354,11 +369,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f" {error.filename}" if error.filename is not None else ""
         print(f"compress: error:{printable(where)} {error.strerror or error}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
+        terminated = isinstance(stop, _Terminated)
         if main_process:
-            print("compress: interrupted; run the same command with --resume to continue", file=sys.stderr)
-        return EXIT_INTERRUPTED
+            print(f"compress: {'terminated' if terminated else 'interrupted'}; run the same command with --resume "
+                  "to continue", file=sys.stderr)
+        return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         if "compressor.distributed" in sys.modules:
             sys.modules["compressor.distributed"].stop()
     return 0

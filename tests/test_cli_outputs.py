@@ -8,8 +8,10 @@ them or a limited file size.
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -141,3 +143,19 @@ def test_outputs_that_cannot_be_written_are_refused_before_any_work(argv, messag
     code = main([a.format(**paths) for a in argv])
     assert code == 2 and re.search(message, assert_one_line(capsys.readouterr().err))
     assert list(tmp_path.iterdir()) == [] and sorted(p.name for p in inputs.iterdir()) == ["dense.pt", "out"]
+
+
+def test_a_terminated_run_keeps_its_state_and_resumes(inputs, tmp_path):
+    # SIGTERM is how job schedulers stop a run (and how torchrun stops the others when one process fails).
+    run = subprocess.Popen(COMMAND + [str(inputs / "dense.pt"), "--target", "50%", "--epochs", "200", "--out", "out",
+                                      "--no-progress"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    state = tmp_path / ".out.partial" / "train-state.pt"
+    deadline = time.monotonic() + 120
+    while not state.exists() and time.monotonic() < deadline and run.poll() is None:
+        time.sleep(0.2)
+    run.send_signal(signal.SIGTERM)
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == 143
+    assert err.splitlines()[-1] == "compress: terminated; run the same command with --resume to continue"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.partial"]
+    assert sorted(p.name for p in (tmp_path / ".out.partial").iterdir()) == ["train-state.pt"]
