@@ -17,7 +17,7 @@ import sys
 import threading
 from typing import Sequence
 
-from compressor.errors import CompressorError, PeerFailed, printable
+from compressor.errors import CompressorError, printable
 
 # The verbs import the API (and with it torch) only when they run, so `compress zoo --help` and usage errors
 # of `train` answer at once; the compress parser reads the method registry for its flags, and the bench and
@@ -359,7 +359,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CompressorError, _UsageError) as error:
         if error.__cause__ is not None:
             logging.getLogger(__name__).debug("cause", exc_info=error.__cause__)
-        if main_process or not isinstance(error, PeerFailed):
+        # The main process reports for all: a failure of another process reaches it through `together()`.
+        if main_process:
             print(printable(error) if isinstance(error, _UsageError) else f"compress: error: {printable(error)}",
                   file=sys.stderr)
         return EXIT_USAGE

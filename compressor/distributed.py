@@ -132,6 +132,9 @@ def together() -> Iterator[None]:
         return
     try:
         yield
+    except (KeyboardInterrupt, SystemExit):
+        # An interrupt reaches every process (torchrun forwards it); waiting here for the others could hang.
+        raise
     except BaseException as error:
         _gather_failures(here, f"{first_line(error)}" if isinstance(error, CompressorError)
                          else f"process {here.rank}: {type(error).__name__}: {first_line(error)}")
@@ -154,11 +157,17 @@ def shard(loader: DataLoader, seed: int) -> DataLoader:
     here = group()
     if not here.parallel:
         return loader
+    if loader.batch_size is None:
+        raise CompressorError("under torchrun the training loader must have a batch_size (it is split over the "
+                              "processes, each with a DistributedSampler), not a batch_sampler of its own")
     if loader.batch_size % here.size:
         raise CompressorError(f"--batch-size {loader.batch_size} does not split evenly over {here.size} processes")
+    # The loader's own sampler gives way to the DistributedSampler; everything else about it is kept.
     sampler = DistributedSampler(loader.dataset, num_replicas=here.size, rank=here.rank, shuffle=True, seed=seed)
     return DataLoader(loader.dataset, batch_size=loader.batch_size // here.size, sampler=sampler,
-                      num_workers=loader.num_workers, collate_fn=loader.collate_fn, pin_memory=loader.pin_memory)
+                      num_workers=loader.num_workers, collate_fn=loader.collate_fn, pin_memory=loader.pin_memory,
+                      drop_last=loader.drop_last, worker_init_fn=loader.worker_init_fn,
+                      persistent_workers=loader.persistent_workers if loader.num_workers else False)
 
 
 def replicate(model: nn.Module, device: torch.device) -> nn.Module:

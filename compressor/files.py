@@ -208,7 +208,8 @@ class _Lock:
         self.path = path
         while True:
             try:
-                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                # O_NOFOLLOW: a link planted at the lock's name must not make us truncate what it points to.
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
             except OSError as error:
                 raise CompressorError(f"cannot write {what} {quoted(destination)}: "
                                       f"{error.strerror or error}") from None
@@ -233,8 +234,11 @@ class _Lock:
                 break
             os.close(fd)
         self.fd = fd
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode("ascii"))
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode("ascii"))
+        except OSError:  # a full disk: the lock holds without the pid, which only the refusal message shows
+            pass
 
     def release(self) -> None:
         try:
@@ -326,7 +330,8 @@ class Output:
         staging = self.staging
         try:
             if self.folder:
-                if os.path.lexists(staging) and not staging.is_dir():
+                # A link at the staging name is not ours to clear through: remove the link itself.
+                if os.path.lexists(staging) and (staging.is_symlink() or not staging.is_dir()):
                     staging.unlink()
                 staging.mkdir(exist_ok=True)
                 self._clear_staging()
@@ -355,18 +360,30 @@ class Output:
         Without --force, a destination that appeared during the run is not replaced: the result stays in
         `staging`, and the error says so.
         """
+        # The state leaves the staging folder before the move and is deleted only after it: a move that fails
+        # (a mount point, a destination that appeared) keeps both the result and the state.
+        held = sibling(self.destination, "train-state") if self.folder else self.state
         try:
-            self.state.unlink(missing_ok=True)
-            if os.path.lexists(self.destination) and not self._replace:
-                raise FileExistsError(errno.EEXIST, "exists")
-            self._move_into_place()
+            if self.folder and self.state.exists():
+                os.replace(self.state, held)
+            try:
+                if os.path.lexists(self.destination) and not self._replace:
+                    raise FileExistsError(errno.EEXIST, "exists")
+                self._move_into_place()
+            except BaseException:
+                if self.folder and held.exists():
+                    os.replace(held, self.state)
+                raise
+            held.unlink(missing_ok=True)
         except FileExistsError:
             self._keep_staging = True
             raise CompressorError(f"{self.what} {quoted(self.destination)} appeared while this run was writing "
                                   f"it and was not replaced; the result is in {quoted(self.staging)}: move it "
                                   "into place, or run again with --force") from None
         except OSError as error:
-            raise write_error(self.destination, error) from None
+            self._keep_staging = True
+            raise CompressorError(f"cannot move the result into {quoted(self.destination)}: "
+                                  f"{error.strerror or error}; it is in {quoted(self.staging)}") from None
         self._committed = True
         return self.destination
 
@@ -402,7 +419,7 @@ class Output:
         os.rename(destination, retired)
         try:
             os.rename(staging, destination)
-        except OSError:
+        except BaseException:  # an OS error, or an interrupt between the renames: the old output goes back
             os.rename(retired, destination)
             raise
         _remove(retired)
@@ -418,8 +435,8 @@ class Output:
         if error is None or self._committed:
             return
         if isinstance(error, CompressorError) and not isinstance(error, ResumeRefused) and self.state.exists():
-            raise type(error)(f"{error}; the training state is kept in {quoted(self.state)}: fix that and run "
-                              "again with --resume to continue") from error
+            raise CompressorError(f"{error}; the training state is kept in {quoted(self.state)}: fix that and run "
+                                  "again with --resume to continue") from error
 
     def _discard(self) -> None:
         """Remove what was staged, keeping a resume state."""

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from compressor.distributed import (check_replicas_agree, group, replicate, shard, share_running_statistics,
-                                    total)
+                                    together, total)
 from compressor.errors import CompressorError, ResumeRefused, first_line, printable, quoted
 from compressor.files import atomic_torch_save
 from compressor.paths import cannot_read
@@ -274,8 +274,12 @@ def _train(
         logger.info("%s epoch %d/%d: loss %.4f, train acc %.4f, test acc %.4f, %.1f s", description, epoch,
                     config.epochs, record.train_loss, record.train_accuracy, record.test_accuracy, record.seconds)
         hooks.after_epoch(model, epoch)
-        if state_path is not None and main:
-            _save_state(state_path, fingerprint, config, model, optimizer, scheduler, hooks, history, epoch, device)
+        if state_path is not None:
+            # Only the main process writes; a failure there (a full disk) stops every process cleanly.
+            with together():
+                if main:
+                    _save_state(state_path, fingerprint, config, model, optimizer, scheduler, hooks, history, epoch,
+                                device)
     check_replicas_agree(model)
 
     return TrainResult(

@@ -140,11 +140,15 @@ def test_torchrun_train_writes_the_checkpoint_once(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]
 
 
-def test_a_refusal_on_the_main_process_stops_every_process(lenet5_checkpoint, tmp_path):
+@pytest.mark.parametrize("arguments, message", [
+    (["--out", "D"], "compress: error: output folder D already exists; pass --force to replace it"),
+    (["--out", "E", "--data", "npz:missing.npz"], "compress: error: npz:missing.npz: no such file"),
+], ids=["main-process-only", "every-process"])
+def test_a_refusal_stops_every_process_and_is_printed_once(arguments, message, lenet5_checkpoint, tmp_path):
     (tmp_path / "D").mkdir()
-    result = torchrun("-m", "compressor", lenet5_checkpoint, "--target", "50%", "--out", "D", cwd=tmp_path)
+    result = torchrun("-m", "compressor", lenet5_checkpoint, "--target", "50%", *arguments, cwd=tmp_path)
     assert result.returncode != 0
-    assert result.stderr.count("compress: error: output folder D already exists; pass --force to replace it") == 1
+    assert result.stderr.count(message) == 1, result.stderr[-2000:]
     # torchrun then prints its own summary of the failed processes; the processes themselves print no traceback.
     assert "[rank0]" not in result.stderr and "[rank1]" not in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["D"]

@@ -266,3 +266,47 @@ def test_a_resumed_run_may_replace_the_output_of_the_run_it_continues(tmp_path):
         atomic_write_text(output.staging, "new")
         output.commit()
     assert listing(tmp_path) == ["m.pt"] and (tmp_path / "m.pt").read_text() == "new"
+
+
+def test_a_move_that_fails_keeps_the_result_and_the_state(tmp_path, monkeypatch):
+    with pytest.raises(CompressorError, match=r"cannot move the result into .*out: Device or resource busy; it is "
+                                              r"in .*\.out\.partial; the training state is kept"):
+        with Output(tmp_path / "out", folder=True, what="output folder") as output:
+            output.state.write_text("epoch 3")
+            (output.staging / "model.onnx").write_text("done")
+            monkeypatch.setattr(os, "rename", busy)
+            output.commit()
+    monkeypatch.undo()
+    assert listing(tmp_path) == [".out.partial"]
+    assert listing(tmp_path / ".out.partial") == ["model.onnx", STATE_FILE]
+
+
+def busy(source, destination):
+    raise OSError(errno.EBUSY, os.strerror(errno.EBUSY), str(destination))
+
+
+class PassLikeError(CompressorError):
+    """An error whose constructor takes more than a message, as the pipeline's pass errors do."""
+
+    def __init__(self, name, cause):
+        super().__init__(f"pass {name} failed: {cause}")
+
+
+def test_the_state_hint_is_added_to_any_error_without_a_traceback(tmp_path):
+    with pytest.raises(CompressorError, match=r"^pass BakeMasks failed: boom; the training state is kept"):
+        _failing_run_with_state(tmp_path / "out", PassLikeError("BakeMasks", "boom"))
+
+
+def test_links_at_the_lock_or_staging_names_are_not_followed(tmp_path):
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "keep.txt").write_text("mine")
+    (tmp_path / "work").mkdir()
+    os.symlink(precious / "keep.txt", tmp_path / "work" / ".out.lock")
+    with pytest.raises(CompressorError, match="cannot write output folder"):
+        Output(tmp_path / "work" / "out", folder=True, what="output folder")
+    os.unlink(tmp_path / "work" / ".out.lock")
+    os.symlink(precious, tmp_path / "work" / ".out.partial")
+    with Output(tmp_path / "work" / "out", folder=True, what="output folder") as output:
+        output.commit()
+    assert listing(precious) == ["keep.txt"] and (precious / "keep.txt").read_text() == "mine"
