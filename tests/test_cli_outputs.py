@@ -145,7 +145,7 @@ def test_outputs_that_cannot_be_written_are_refused_before_any_work(argv, messag
     assert list(tmp_path.iterdir()) == [] and sorted(p.name for p in inputs.iterdir()) == ["dense.pt", "out"]
 
 
-def test_a_terminated_run_keeps_its_state_and_resumes(inputs, tmp_path):
+def test_a_terminated_run_keeps_its_state_for_resume(inputs, tmp_path):
     # SIGTERM is how job schedulers stop a run (and how torchrun stops the others when one process fails).
     run = subprocess.Popen(COMMAND + [str(inputs / "dense.pt"), "--target", "50%", "--epochs", "200", "--out", "out",
                                       "--no-progress"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
