@@ -183,6 +183,19 @@ def replicate(model: nn.Module, device: torch.device) -> nn.Module:
     return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
+def check_every_parameter_trains(model: nn.Module) -> None:
+    """After the first backward pass of a data-parallel wrapper: refuse a model with a trained parameter that
+    got no gradient (its forward pass does not use it). DistributedDataParallel waits for every parameter's
+    gradient and would fail at the next step; every process sees the same model and refuses alike."""
+    if not group().parallel:
+        return
+    idle = [name for name, parameter in model.named_parameters() if parameter.requires_grad and parameter.grad is None]
+    if idle:
+        shown = ", ".join(idle[:3]) + (f" and {len(idle) - 3} more" if len(idle) > 3 else "")
+        raise CompressorError(f"under torchrun every trained parameter must take part in the forward pass, and "
+                              f"{shown} do(es) not: set requires_grad=False on it or remove it")
+
+
 def share_running_statistics(model: nn.Module) -> None:
     """Give every process the main process's running statistics of its normalisation layers.
 

@@ -25,8 +25,8 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from compressor.distributed import (check_replicas_agree, group, replicate, shard, share_running_statistics,
-                                    together, total)
+from compressor.distributed import (check_every_parameter_trains, check_replicas_agree, group, replicate, shard,
+                                    share_running_statistics, together, total)
 from compressor.errors import CompressorError, ResumeRefused, first_line, printable, quoted
 from compressor.files import atomic_torch_save
 from compressor.paths import cannot_read
@@ -196,7 +196,7 @@ def _train(
 
     device = model_device(model)
     train_loader = shard(train_loader, config.seed)
-    network, replicated = model, None
+    network, replicated, checked = model, None, True
     main = group().main
     progress = progress and main
     batches_per_epoch = len(train_loader)
@@ -231,7 +231,7 @@ def _train(
         _seed_shuffling(train_loader, config.seed, epoch)
         training = [name for name, parameter in model.named_parameters() if parameter.requires_grad]
         if training != replicated:
-            network, replicated = replicate(model, device), training
+            network, replicated, checked = replicate(model, device), training, False
         model.train()
         start = time.perf_counter()
         # Sums stay on the device so that, with the progress bar off, the loop never waits on the GPU.
@@ -249,6 +249,9 @@ def _train(
                 extra = hooks.extra_loss(model)
                 loss = task_loss if extra is None else task_loss + extra
                 loss.backward()
+                if not checked:
+                    check_every_parameter_trains(model)
+                    checked = True
                 optimizer.step()
                 scheduler.step()
                 step += 1

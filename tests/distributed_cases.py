@@ -14,7 +14,7 @@ from torch import nn
 
 from compressor.data import load_data
 from compressor.distributed import check_replicas_agree, group, start, stop
-from compressor.errors import VerificationError
+from compressor.errors import CompressorError, VerificationError
 from compressor.methods import create_method
 from compressor.models import create_model
 from compressor.training import TrainConfig, TrainingHooks, train
@@ -80,6 +80,20 @@ def batchnorm_case(folder: Path) -> None:
     torch.save(model.state_dict(), folder / f"rank{group().rank}.pt")
 
 
+def unused_parameter_case(folder: Path) -> None:
+    """A model with a trained layer its forward pass never calls."""
+    torch.manual_seed(SEED)
+    model = create_model("lenet300_100")
+    model.spare = nn.Linear(4, 4)
+    bundle = load_data("digits", model.input_shape, batch_size=BATCH, seed=SEED)
+    try:
+        train(model, bundle.train, bundle.test, TrainConfig(epochs=1, seed=SEED), progress=False)
+        outcome = "trained"
+    except CompressorError as error:
+        outcome = str(error)
+    (folder / f"rank{group().rank}.txt").write_text(outcome)
+
+
 def diverging_case(folder: Path) -> None:
     model = create_model("lenet300_100")
     if group().rank == 1:
@@ -98,6 +112,7 @@ CASES = {
     "magnitude": lambda folder: train_case(folder, "magnitude"),
     "batchnorm": batchnorm_case,
     "resume": resume_case,
+    "unused": unused_parameter_case,
     "diverging": diverging_case,
 }
 

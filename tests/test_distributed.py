@@ -110,6 +110,15 @@ def test_an_interrupted_data_parallel_run_resumes_to_the_same_weights(tmp_path):
         assert (tmp_path / f"rank{rank}.txt").read_text() == "resumed after 1, same True"
 
 
+def test_a_parameter_the_forward_pass_never_uses_is_refused_in_one_line(tmp_path):
+    result = torchrun(CASES, "unused", tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for rank in (0, 1):
+        assert (tmp_path / f"rank{rank}.txt").read_text() == (
+            "under torchrun every trained parameter must take part in the forward pass, and spare.weight, "
+            "spare.bias do(es) not: set requires_grad=False on it or remove it")
+
+
 def test_processes_whose_weights_drift_apart_are_caught(tmp_path):
     result = torchrun(CASES, "diverging", tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
