@@ -72,16 +72,25 @@ def _fitted_name(stem: str, suffix: str, limit: int) -> str:
     return stem + tag + suffix
 
 
+def located(path: str | os.PathLike) -> Path:
+    """`path` with its folder resolved as the OS resolves it (links first, then `..`), so `link/../out` is where
+    the OS would write it, not the lexical `./out`; the name itself stays (a link there is the output)."""
+    path = Path(path)
+    if path.name in ("", ".", ".."):
+        return Path(os.path.realpath(path))
+    return Path(os.path.realpath(path.parent)) / path.name
+
+
 def sibling(path: str | os.PathLike, tag: str) -> Path:
     """The hidden file or folder `.NAME.tag` beside `path`, shortened to fit the file system's name limit."""
-    path = Path(os.path.abspath(path))
+    path = located(path)
     limit = _limit(_existing_ancestor(path.parent), "PC_NAME_MAX", _DEFAULT_NAME_MAX)
     return path.parent / _fitted_name(f".{path.name}", f".{tag}", limit)
 
 
 def check_name(path: str | os.PathLike, what: str) -> None:
     """Refuse a path the OS would refuse for its length, before any work, in one line."""
-    absolute = Path(os.path.abspath(path))
+    absolute = located(path)
     folder = _existing_ancestor(absolute.parent)
     name_max = _limit(folder, "PC_NAME_MAX", _DEFAULT_NAME_MAX)
     for part in absolute.parts:
@@ -194,7 +203,7 @@ def state_location(path: str | os.PathLike, folder: bool) -> Path:
 
 def free_bytes(path: str | os.PathLike) -> int:
     """Bytes free to an unprivileged writer on the file system that holds `path` (or would hold it)."""
-    return shutil.disk_usage(_existing_ancestor(Path(os.path.abspath(path)))).free
+    return shutil.disk_usage(_existing_ancestor(located(path))).free
 
 
 class _Lock:
@@ -260,6 +269,8 @@ class Output:
     def __init__(self, path: str | os.PathLike, *, folder: bool, what: str, force: bool = False,
                  resume: bool = False, inputs: Iterable[str | os.PathLike | None] = ()):
         self.destination = Path(path)
+        # Where the OS puts it: every file operation goes here; messages show the path as the user gave it.
+        self._target = located(path)
         self.folder = folder
         self.what = what
         self.staging = sibling(path, "partial")
@@ -284,7 +295,7 @@ class Output:
             raise
 
     def _check_parent(self) -> None:
-        parent = Path(os.path.abspath(self.destination)).parent
+        parent = self._target.parent
         ancestor = _existing_ancestor(parent)
         if not ancestor.is_dir():
             raise CompressorError(f"cannot write {self.what} {quoted(self.destination)}: {quoted(ancestor)} is not "
@@ -305,14 +316,14 @@ class Output:
             self._created.append(folder)
 
     def _check_destination(self, inputs: list) -> None:
-        destination = self.destination
+        destination, shown = self._target, quoted(self.destination)
         if not os.path.lexists(destination):
             return
         if not self._replace:
-            raise CompressorError(f"{self.what} {quoted(destination)} already exists; pass --force to replace it")
+            raise CompressorError(f"{self.what} {shown} already exists; pass --force to replace it")
         if destination.is_dir() != self.folder:
             kind = "a folder" if destination.is_dir() else "not a folder"
-            raise CompressorError(f"{self.what} {quoted(destination)} exists and is {kind}; it cannot be replaced "
+            raise CompressorError(f"{self.what} {shown} exists and is {kind}; it cannot be replaced "
                                   f"by a {'folder' if self.folder else 'file'}")
         if not destination.is_dir() or destination.is_symlink():
             return
@@ -321,7 +332,7 @@ class Output:
         for path in inside:
             if path == target or target in path.parents:
                 held = "the current folder" if path == inside[0] else f"the input {quoted(path)}"
-                raise CompressorError(f"--force would replace {quoted(destination)}, which holds {held}; choose "
+                raise CompressorError(f"--force would replace {shown}, which holds {held}; choose "
                                       "another output folder")
 
     def _prepare_staging(self) -> None:
@@ -362,12 +373,12 @@ class Output:
         """
         # The state leaves the staging folder before the move and is deleted only after it: a move that fails
         # (a mount point, a destination that appeared) keeps both the result and the state.
-        held = sibling(self.destination, "train-state") if self.folder else self.state
+        held = sibling(self._target, "train-state") if self.folder else self.state
         try:
             if self.folder and self.state.exists():
                 os.replace(self.state, held)
             try:
-                if os.path.lexists(self.destination) and not self._replace:
+                if os.path.lexists(self._target) and not self._replace:
                     raise FileExistsError(errno.EEXIST, "exists")
                 self._move_into_place()
             except BaseException:
@@ -388,7 +399,7 @@ class Output:
         return self.destination
 
     def _move_into_place(self) -> None:
-        destination, staging = self.destination, self.staging
+        destination, staging = self._target, self.staging
         if not self._replace:
             if self.folder:
                 # rename(2) refuses a non-empty folder in the way; an empty one, made since the check above,

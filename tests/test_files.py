@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -310,3 +311,16 @@ def test_links_at_the_lock_or_staging_names_are_not_followed(tmp_path):
     with Output(tmp_path / "work" / "out", folder=True, what="output folder") as output:
         output.commit()
     assert listing(precious) == ["keep.txt"] and (precious / "keep.txt").read_text() == "mine"
+
+
+def test_an_output_goes_where_the_os_resolves_its_path(tmp_path, monkeypatch):
+    # `link/..` is the folder above the link's target for the OS, not the current folder.
+    (tmp_path / "elsewhere" / "inner").mkdir(parents=True)
+    (tmp_path / "here").mkdir()
+    os.symlink(tmp_path / "elsewhere" / "inner", tmp_path / "here" / "link")
+    monkeypatch.chdir(tmp_path / "here")
+    with Output("link/../out", folder=True, what="output folder") as output:
+        assert output.staging == tmp_path / "elsewhere" / ".out.partial"
+        (output.staging / "model.onnx").write_text("x")
+        assert output.commit() == Path("link/../out")
+    assert listing(tmp_path / "elsewhere") == ["inner", "out"] and listing(tmp_path / "here") == ["link"]
