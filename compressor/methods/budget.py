@@ -113,21 +113,35 @@ class AdaptiveThreshold(nn.Module):
         self.register_buffer("frozen", torch.tensor(False, device=device))
         # An exact bound set from outside (fixed-bs); NaN while the bound comes from r.
         self.register_buffer("exact_bound", torch.tensor(float("nan"), device=device))
+        # The two buffers above as Python flags, which forward reads: reading a buffer's value there would make
+        # the CPU wait for the GPU once per layer and step. Kept in step by freeze, set_exact_bound and loading.
+        self._is_frozen = False
+        self._has_exact_bound = False
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._is_frozen = bool(self.frozen)
+        self._has_exact_bound = not bool(torch.isnan(self.exact_bound))
+
+    def set_exact_bound(self, bound: float) -> None:
+        self.exact_bound.fill_(bound)
+        self._has_exact_bound = True
 
     def bound(self, weight: torch.Tensor) -> torch.Tensor:
-        if not torch.isnan(self.exact_bound):
+        if self._has_exact_bound:
             return self.exact_bound
         # σ is a constant for the gradient (the paper's choice): only r learns the bound.
         return self.ratio * weight_std(weight.detach())
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        if self.frozen:
+        if self._is_frozen:
             return weight * self.mask
         return _HardShrinkThreshold.apply(weight, self.bound(weight))
 
     def freeze(self, mask: torch.Tensor) -> None:
         self.mask.copy_(mask)
         self.frozen.fill_(True)
+        self._is_frozen = True
         # A frozen threshold learns nothing more; saying so lets data-parallel training leave it out.
         self.ratio.requires_grad_(False)
 
@@ -324,7 +338,7 @@ class BudgetMethod(Method):
                     bound = torch.kthvalue(magnitudes, count + 1).values
                 else:
                     bound = magnitudes.max() * 2
-                threshold.exact_bound.fill_(float(bound))
+                threshold.set_exact_bound(float(bound))
                 threshold.ratio.fill_(float(bound / weight_std(weight)))
 
     def _correct_and_freeze(self) -> None:

@@ -255,3 +255,18 @@ def test_unconstrained_takes_no_target_and_reports_none(lenet5_checkpoint, tmp_p
     report = compress(lenet5_checkpoint, "budget", None, epochs=1, out=tmp_path / "u", progress=False,
                       method_options={"loss": "unconstrained"})
     assert report.target is None and "target none" in (tmp_path / "u" / "report.md").read_text()
+
+
+def test_a_threshold_loaded_from_a_state_behaves_as_the_one_saved():
+    # forward reads Python flags, not the buffers (which would make the CPU wait for a GPU at every layer).
+    frozen = AdaptiveThreshold(1.0, torch.Size([4]))
+    frozen.freeze(torch.tensor([1.0, 0.0, 1.0, 0.0]))
+    exact = AdaptiveThreshold(1.0, torch.Size([4]))
+    exact.set_exact_bound(0.5)
+    weight = torch.tensor([0.2, -0.7, 0.9, 0.4])
+    for saved in (frozen, exact):
+        loaded = AdaptiveThreshold(1.0, torch.Size([4]))
+        loaded.load_state_dict(saved.state_dict())
+        assert torch.equal(loaded(weight), saved(weight))
+    assert torch.equal(frozen(weight), torch.tensor([0.2, 0.0, 0.9, 0.0]))
+    assert torch.equal(exact(weight), torch.tensor([0.0, -0.7, 0.9, 0.0]))
