@@ -95,7 +95,6 @@ def train_model(arch: str, out: str | os.PathLike | None = None, data: str = "di
             if out is not None and group().main:
                 output = stack.enter_context(Output(out, folder=False, what="checkpoint", force=force,
                                                     resume=resume, inputs=[data_path(data)]))
-        with together():
             # Seeded before the model is built, so that the initial weights, too, follow --seed.
             torch.manual_seed(seed)
             model = create_model(arch, num_classes=num_classes, in_channels=in_channels).to(device)

@@ -23,7 +23,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from compressor.errors import CompressorError, PeerFailed, VerificationError, first_line
+from compressor.errors import CompressorError, VerificationError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -123,8 +123,8 @@ def together() -> Iterator[None]:
     """Run a block on every process and fail it on every process when it fails on any.
 
     Without this, a process that fails (a refused output on the main process, say) would leave the others
-    waiting in their next collective call for ever. The failure of the lowest rank is raised on the main
-    process; the others raise `PeerFailed`.
+    waiting in their next collective call for ever. Every process that did not fail raises the failure of
+    the lowest rank that did; the main process prints it.
     """
     here = group()
     if not here.parallel:
@@ -136,19 +136,19 @@ def together() -> Iterator[None]:
         # An interrupt reaches every process (torchrun forwards it); waiting here for the others could hang.
         raise
     except BaseException as error:
-        _gather_failures(here, f"{first_line(error)}" if isinstance(error, CompressorError)
+        _gather_failures(here, first_line(error) if isinstance(error, CompressorError)
                          else f"process {here.rank}: {type(error).__name__}: {first_line(error)}")
         raise
     failures = _gather_failures(here, None)
     if failures:
-        rank, message = failures[0]
-        raise PeerFailed(message if here.main else f"process {rank} failed")
+        raise CompressorError(failures[0])
 
 
-def _gather_failures(here: Group, message: str | None) -> list[tuple[int, str]]:
+def _gather_failures(here: Group, message: str | None) -> list[str]:
+    """Every process's failure message (None where it did not fail), gathered on every process, by rank."""
     messages: list[str | None] = [None] * here.size
     dist.all_gather_object(messages, message)
-    return [(rank, text) for rank, text in enumerate(messages) if text is not None]
+    return [text for text in messages if text is not None]
 
 
 def shard(loader: DataLoader, seed: int) -> DataLoader:

@@ -23,10 +23,6 @@ class ResumeRefused(CompressorError):
     and the state is left where it was."""
 
 
-class PeerFailed(CompressorError):
-    """Another process of a data-parallel run failed; the main process prints what failed."""
-
-
 def one_line(text: object) -> str:
     """A message folded onto one line, for libraries whose messages span several."""
     return " ".join(str(text).split())
