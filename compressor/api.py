@@ -344,7 +344,8 @@ def _structure_stats(model: nn.Module, shape: tuple[int, ...], dense: DenseStats
     return StructureStats(
         macs_removed=1 - macs / dense.macs,
         params_removed=1 - count_params(model) / dense.params,
-        removed_units=compiled.notes("RemoveDeadSkipUnits")["removed_units"],
+        # Units a method removed while it trained, and those the compiler removed.
+        removed_units=facts.get("removed_units", []) + compiled.notes("RemoveDeadSkipUnits")["removed_units"],
         layers=[LayerShape(name, before, after.get(name), name in transposed) for name, before in shapes_before.items()],
         predicted_macs_removed=facts.get("predicted", {}).get("macs_removed"),
         left_whole=facts.get("left_whole", []),

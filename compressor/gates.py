@@ -126,9 +126,13 @@ def gate_group(group: ChannelGroup, scale: torch.Tensor) -> list[ChannelGate]:
     return gates
 
 
-def gate_unit(model: nn.Module, unit: nn.Module, scale: float, input_shape: Sequence[int]) -> UnitGate:
-    """Put a unit gate of value `scale` on `unit` (a ResidualUnit or DenseUnit of `model`)."""
-    gate = UnitGate(scale, device=model_device(unit))
+def gate_unit(model: nn.Module, unit: nn.Module, scale: float, input_shape: Sequence[int],
+              gate: UnitGate | None = None, groups: Sequence[ChannelGroup] | None = None) -> UnitGate:
+    """Put a unit gate of value `scale` on `unit` (a ResidualUnit or DenseUnit of `model`), or `gate` when given.
+
+    `groups` (the model's channel groups) spare a dense unit the analysis that finds its readers.
+    """
+    gate = gate if gate is not None else UnitGate(scale, device=model_device(unit))
     if isinstance(unit, ResidualUnit):
         if unit.branch is None:
             raise ValueError("this residual unit has no branch left to gate")
@@ -136,7 +140,8 @@ def gate_unit(model: nn.Module, unit: nn.Module, scale: float, input_shape: Sequ
         return gate
     if not isinstance(unit, DenseUnit):
         raise TypeError(f"unit gates go on ResidualUnit or DenseUnit, not {type(unit).__name__}")
-    for norm, start, stop in dense_unit_readers(unit, channel_groups(model, input_shape)):
+    groups = groups if groups is not None else channel_groups(model, input_shape)
+    for norm, start, stop in dense_unit_readers(unit, groups):
         for tensor_name in ("weight", "bias"):
             parametrize.register_parametrization(norm, tensor_name, FeatureRangeGate(gate, start, stop), unsafe=True)
     unit.gate = gate

@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +35,7 @@ from compressor.paths import cannot_read
 logger = logging.getLogger(__name__)
 
 # Bumped when the layout of the resume state changes, so an old file is refused instead of misread.
-_STATE_FORMAT = 1
+_STATE_FORMAT = 2
 
 
 @dataclass
@@ -56,6 +57,11 @@ class TrainingHooks:
     `step` and `epoch` count from 1 over the whole run (a resumed run continues the count), so
     `after_step(model, step)` runs after the step-th optimizer step and `after_epoch(model, epoch)` after the
     epoch-th epoch has been trained and evaluated, before the resume state is saved.
+
+    A method that removes structure while it trains does so in `restructure`, at the end of an epoch; the loop
+    then builds its optimizers anew for the new parameters, carrying the state of those that survive. The
+    structure it leaves is saved with the resume state (`structure`) and rebuilt before anything else is
+    restored (`restore_structure`).
     """
 
     def on_train_begin(self, model: nn.Module, config: TrainConfig) -> None:
@@ -70,6 +76,16 @@ class TrainingHooks:
         """
         return None
 
+    def method_optimizer(self, model: nn.Module) -> torch.optim.Optimizer | None:
+        """An optimizer of the method's own, for parameters it trains by its own rule (e.g. probabilities under
+        Adam at a constant rate, without weight decay); None when it has none.
+
+        The loop zeroes and steps it with the weights' optimizer (after it, before `after_step`), keeps its
+        parameters out of the weights' groups, and saves its state. It is asked again after each
+        `restructure` that changed the model; the method carries the state of its survivors itself.
+        """
+        return None
+
     def extra_loss(self, model: nn.Module) -> torch.Tensor | None:
         """A scalar added to the task loss at every step (e.g. a budget penalty); None adds nothing."""
         return None
@@ -79,6 +95,25 @@ class TrainingHooks:
 
     def after_epoch(self, model: nn.Module, epoch: int) -> None:
         """Called after each epoch, before the resume state is saved."""
+
+    def restructure(self, model: nn.Module, optimizer_state: dict[str, dict]) -> bool:
+        """Called after `after_epoch`: physically remove structure from `model` (in place) and return True when
+        its parameters changed.
+
+        `optimizer_state` maps each parameter's name to its state in the weights' optimizer (the momentum
+        buffer); a method that changes the model edits it to match: drops the entries of removed parameters
+        and slices those of thinner ones as it sliced the parameters.
+        """
+        return False
+
+    def structure(self) -> dict | None:
+        """The model's current structure, saved with the resume state when the method changes it (see
+        `restore_structure`); None when it never does. It must load with `torch.load(weights_only=True)`."""
+        return None
+
+    def restore_structure(self, model: nn.Module, structure: dict) -> None:
+        """On resume, before the model's weights and the optimizers' states are loaded: rebuild `model` (in
+        place) to the structure `structure()` returned."""
 
     def fingerprint(self) -> dict:
         """Settings a resumed run must share with the interrupted one (JSON-serialisable)."""
@@ -203,17 +238,20 @@ def _train(
     if batches_per_epoch == 0:
         raise CompressorError("cannot train: the training data is empty")
     hooks.on_train_begin(model, config)
-    optimizer = _make_optimizer(model, config, hooks)
-    # Stepped per batch, so that a short fine-tune of one or two epochs still anneals smoothly.
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs * batches_per_epoch)
-    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    # Taken before a resumed structure is restored: a resumed run starts from the same model as the one it continues.
     fingerprint = _fingerprint(model, config, batches_per_epoch, hooks)
+    state = _load_state(state_path, device) if resume and state_path is not None else None
+    if state is not None:
+        _check_fingerprint(state, state_path, fingerprint, config, hooks)
+        if state.get("structure") is not None:
+            hooks.restore_structure(model, state["structure"])
+    optimizers = _Optimizers(model, config, hooks, config.epochs * batches_per_epoch)
+    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
 
     history: list[EpochRecord] = []
     completed = 0
-    state = _load_state(state_path, device) if resume and state_path is not None else None
     if state is not None:
-        completed = _restore(state, state_path, fingerprint, config, model, optimizer, scheduler, hooks, device)
+        completed = _restore(state, state_path, config, model, optimizers, hooks, device)
         history = [EpochRecord(**record) for record in state["history"]]
         logger.info("%s: resuming from %s after epoch %d of %d", description, printable(state_path), completed,
                     config.epochs)
@@ -229,7 +267,7 @@ def _train(
     step = completed * batches_per_epoch
     for epoch in range(completed + 1, config.epochs + 1):
         _seed_shuffling(train_loader, config.seed, epoch)
-        training = [name for name, parameter in model.named_parameters() if parameter.requires_grad]
+        training = [(name, tuple(p.shape)) for name, p in model.named_parameters() if p.requires_grad]
         if training != replicated:
             network, replicated, checked = replicate(model, device), training, False
         model.train()
@@ -243,7 +281,7 @@ def _train(
                   disable=None if progress else True, leave=True) as bar:
             for inputs, targets in bar:
                 inputs, targets = inputs.to(device), targets.to(device)
-                optimizer.zero_grad(set_to_none=True)
+                optimizers.zero_grad()
                 logits = network(inputs)
                 task_loss = criterion(logits, targets)
                 extra = hooks.extra_loss(model)
@@ -252,8 +290,7 @@ def _train(
                 if not checked:
                     check_every_parameter_trains(model)
                     checked = True
-                optimizer.step()
-                scheduler.step()
+                optimizers.step()
                 step += 1
                 hooks.after_step(model, step)
                 loss_sum += task_loss.detach() * targets.numel()
@@ -277,12 +314,12 @@ def _train(
         logger.info("%s epoch %d/%d: loss %.4f, train acc %.4f, test acc %.4f, %.1f s", description, epoch,
                     config.epochs, record.train_loss, record.train_accuracy, record.test_accuracy, record.seconds)
         hooks.after_epoch(model, epoch)
+        optimizers.restructure(model)
         if state_path is not None:
             # Only the main process writes; a failure there (a full disk) stops every process cleanly.
             with together():
                 if main:
-                    _save_state(state_path, fingerprint, config, model, optimizer, scheduler, hooks, history, epoch,
-                                device)
+                    _save_state(state_path, fingerprint, config, model, optimizers, hooks, history, epoch, device)
     check_replicas_agree(model)
 
     return TrainResult(
@@ -302,18 +339,82 @@ def _check_config(config: TrainConfig) -> None:
         raise CompressorError(f"label smoothing must be in [0, 1), got {config.label_smoothing}")
 
 
-def _make_optimizer(model: nn.Module, config: TrainConfig, hooks: TrainingHooks) -> torch.optim.SGD:
-    groups = hooks.param_groups(model)
-    if groups is None:
-        groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
-    return torch.optim.SGD(
-        groups,
-        lr=config.lr,
-        momentum=config.momentum,
-        weight_decay=config.weight_decay,
-        # Nesterov is undefined without momentum (torch refuses it), so momentum=0 means plain SGD.
-        nesterov=config.nesterov and config.momentum > 0,
-    )
+def plain_parameter_name(name: str) -> str:
+    """A parameter's name as the layer without parametrizations calls it (`conv.weight`, not
+    `conv.parametrizations.weight.original`), which stays the same when a method adds or removes gates."""
+    return re.sub(r"\.parametrizations\.([^.]+)\.original$", r".\1", name)
+
+
+class _Optimizers:
+    """The weights' SGD with its cosine schedule, and the method's own optimizer when it has one.
+
+    After a method's `restructure` changed the model, both are built anew for the new parameters: SGD carries
+    each surviving parameter's state by name (as the method sliced it) and its schedule continues where it
+    was; the method carries its own optimizer's state.
+    """
+
+    def __init__(self, model: nn.Module, config: TrainConfig, hooks: TrainingHooks, total_steps: int) -> None:
+        self.config, self.hooks, self.total_steps = config, hooks, total_steps
+        self._build(model)
+        # Stepped per batch, so that a short fine-tune of one or two epochs still anneals smoothly.
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.sgd, T_max=total_steps)
+
+    def _build(self, model: nn.Module) -> None:
+        self.method = self.hooks.method_optimizer(model)
+        own = {id(p) for group in self.method.param_groups for p in group["params"]} if self.method else set()
+        groups = self.hooks.param_groups(model)
+        if groups is None:
+            groups = [{"params": [p for p in model.parameters() if p.requires_grad and id(p) not in own]}]
+        self.sgd = torch.optim.SGD(
+            groups,
+            lr=self.config.lr,
+            momentum=self.config.momentum,
+            weight_decay=self.config.weight_decay,
+            # Nesterov is undefined without momentum (torch refuses it), so momentum=0 means plain SGD.
+            nesterov=self.config.nesterov and self.config.momentum > 0,
+        )
+
+    def zero_grad(self) -> None:
+        self.sgd.zero_grad(set_to_none=True)
+        if self.method is not None:
+            self.method.zero_grad(set_to_none=True)
+
+    def step(self) -> None:
+        self.sgd.step()
+        if self.method is not None:
+            self.method.step()
+        self.scheduler.step()
+
+    def restructure(self, model: nn.Module) -> None:
+        """Let the method remove structure; rebuild the optimizers when it did."""
+        names = {id(p): plain_parameter_name(name) for name, p in model.named_parameters()}
+        by_name = {names[id(p)]: dict(state) for p, state in self.sgd.state.items() if id(p) in names}
+        if not self.hooks.restructure(model, by_name):
+            return
+        old_groups, schedule = self.sgd.param_groups, self.scheduler.state_dict()
+        self._build(model)
+        if len(self.sgd.param_groups) != len(old_groups):
+            raise RuntimeError("a method's restructure changed the number of optimizer groups")
+        for new, old in zip(self.sgd.param_groups, old_groups):
+            new["lr"], new["initial_lr"] = old["lr"], old.get("initial_lr", old["lr"])
+        for name, parameter in model.named_parameters():
+            if plain_parameter_name(name) in by_name:
+                self.sgd.state[parameter] = by_name[plain_parameter_name(name)]
+        # A new scheduler starts by setting the initial rate; the loaded schedule puts back the current one.
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.sgd, T_max=self.total_steps)
+        self.scheduler.load_state_dict(schedule)
+        for param_group, lr in zip(self.sgd.param_groups, self.scheduler.get_last_lr()):
+            param_group["lr"] = lr
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.sgd.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "method_optimizer": self.method.state_dict() if self.method is not None else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sgd.load_state_dict(state["optimizer"])
+        if self.method is not None:
+            self.method.load_state_dict(state["method_optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
 
 
 def _seed_shuffling(loader: DataLoader, seed: int, epoch: int) -> None:
@@ -346,8 +447,7 @@ def _save_state(
     fingerprint: str,
     config: TrainConfig,
     model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    optimizers: _Optimizers,
     hooks: TrainingHooks,
     history: list[EpochRecord],
     epoch: int,
@@ -360,9 +460,9 @@ def _save_state(
         "config": dataclasses.asdict(config),
         "method": hooks.fingerprint(),
         "epoch": epoch,
+        "structure": hooks.structure(),
         "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
+        **optimizers.state_dict(),
         "hooks": hooks.state_dict(),
         "history": [dataclasses.asdict(record) for record in history],
         "rng": torch.get_rng_state(),
@@ -395,18 +495,8 @@ def _changed_settings(saved: dict, current: dict) -> list[str]:
             if key in saved and saved[key] != value]
 
 
-def _restore(
-    state: dict,
-    path: str | os.PathLike,
-    fingerprint: str,
-    config: TrainConfig,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    hooks: TrainingHooks,
-    device: torch.device,
-) -> int:
-    """Load `state` into the training objects and return the number of epochs it completed."""
+def _check_fingerprint(state: dict, path: str | os.PathLike, fingerprint: str, config: TrainConfig,
+                       hooks: TrainingHooks) -> None:
     if state["fingerprint"] != fingerprint:
         changed = _changed_settings(state["config"], dataclasses.asdict(config))
         changed += _changed_settings(state.get("method", {}), hooks.fingerprint())
@@ -414,13 +504,25 @@ def _restore(
         raise ResumeRefused(f"the training state {quoted(path)} was written with different settings ({what}); "
                             "to continue it, run with the settings of the interrupted run and --resume; to start "
                             "over, run without --resume (that discards it)")
+
+
+def _restore(
+    state: dict,
+    path: str | os.PathLike,
+    config: TrainConfig,
+    model: nn.Module,
+    optimizers: _Optimizers,
+    hooks: TrainingHooks,
+    device: torch.device,
+) -> int:
+    """Load `state` (its fingerprint checked, its structure restored) into the training objects and return the
+    number of epochs it completed."""
     try:
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        optimizers.load_state_dict(state)
     except (RuntimeError, ValueError, KeyError) as error:
         raise ResumeRefused(f"the training state {quoted(path)} does not fit this model or its optimizer groups "
                             f"({first_line(error)}); to start over, run without --resume (that discards it)") from None
-    scheduler.load_state_dict(state["scheduler"])
     hooks.load_state_dict(state["hooks"])
     torch.set_rng_state(state["rng"].cpu())
     if device.type == "cuda" and "cuda_rng" in state:

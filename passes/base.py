@@ -79,14 +79,16 @@ def copy_model(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model, memo)
 
 
-def unparametrize(module: nn.Module) -> None:
-    """Turn every parametrized tensor of `module` back into a plain parameter holding its current value.
+def unparametrize(module: nn.Module, keep_value: bool = True) -> None:
+    """Turn every parametrized tensor of `module` back into a plain parameter holding its current value, or,
+    with `keep_value=False`, the original tensor the parametrizations computed it from.
 
     torch's `remove_parametrizations` edits the module's generated class, which a copied model shares with
     the model it was copied from; restoring the plain class on this one instance leaves the source intact.
     """
     with torch.no_grad():
-        values = {name: getattr(module, name).detach().clone() for name in module.parametrizations}
+        values = {name: (getattr(module, name) if keep_value else module.parametrizations[name].original)
+                  .detach().clone() for name in module.parametrizations}
     del module._modules["parametrizations"]
     module.__class__ = module.__class__.__bases__[0]
     for name, value in values.items():

@@ -686,6 +686,80 @@ def predict_counts(
     return CountPredictor(model, input_shape, groups, removed_modules, layer_macs)(removed_channels)
 
 
+@dataclass(frozen=True)
+class LayerCount:
+    """What a layer's parameters and MACs are made of, for counting them at other widths.
+
+    A Conv/Linear/ConvTranspose (`kind` "layer") has `out_total × in_total` channel pairs (inputs divided by
+    `groups` when `reading` is "grouped", one input per filter when "depthwise"), `per_pair` weights per pair,
+    a bias per output channel when `has_bias`, and `macs_per_pair` MACs per pair for one sample; a norm (`kind`
+    "norm") has `per_pair` parameters per channel of its `out_total`.
+    """
+
+    kind: str
+    out_total: int
+    in_total: int = 0
+    reading: str = "all"
+    groups: int = 1
+    per_pair: int = 0
+    has_bias: bool = False
+    macs_per_pair: int = 0
+
+
+def layer_counts(model: nn.Module, layer_macs: dict[str, LayerMacs], removed_modules: Iterable[nn.Module] = ()
+                 ) -> tuple[dict[nn.Module, LayerCount], dict[nn.Module, int]]:
+    """Per Conv/Linear/norm layer its `LayerCount`, and per other module its own parameter count.
+
+    A gated layer's weights are counted with the layer, at their gated shape; `removed_modules` are left out.
+    """
+    gone = set(removed_modules)
+    names = {module: name for name, module in model.named_modules()}
+    layers: dict[nn.Module, LayerCount] = {}
+    others: dict[nn.Module, int] = {}
+    for module in model.modules():
+        if isinstance(module, parametrize.ParametrizationList) or module in gone:
+            continue
+        direct = [p for p in module.parameters(recurse=False)]
+        if parametrize.is_parametrized(module):
+            direct += [getattr(module, name) for name in module.parametrizations]
+        if not direct and not isinstance(module, WEIGHT_LAYERS):
+            continue
+        if isinstance(module, WEIGHT_LAYERS):
+            transposed = isinstance(module, nn.ConvTranspose2d)
+            conv_groups = getattr(module, "groups", 1)
+            # Weights are [out, in / groups, ...], or [in, out / groups, ...] for a transposed convolution.
+            out_total = module.weight.shape[1] * conv_groups if transposed else module.weight.shape[0]
+            in_total = module.weight.shape[0] if transposed else module.weight.shape[1] * conv_groups
+            # A depthwise filter reads one channel; a grouped convolution keeps its groups, each filter
+            # reading its group's remaining channels.
+            reading = ("depthwise" if is_depthwise(module) else
+                       "grouped" if conv_groups > 1 and not transposed else "all")
+            per_filter = module.weight.shape[0 if transposed else 1]
+            layer = layer_macs.get(names[module])
+            # Layers the forward never calls do no work.
+            macs_per_pair = layer.macs // (out_total * per_filter) if layer is not None else 0
+            layers[module] = LayerCount("layer", out_total, in_total, reading, conv_groups,
+                                        module.weight[0, 0].numel(), module.bias is not None, macs_per_pair)
+        elif isinstance(module, NORM_LAYERS):
+            channels = module.num_channels if isinstance(module, nn.GroupNorm) else module.num_features
+            layers[module] = LayerCount("norm", channels, per_pair=sum(p.numel() for p in direct) // channels)
+        else:
+            others[module] = sum(p.numel() for p in direct)
+    return layers, others
+
+
+def channel_multiplicity(group: ChannelGroup) -> tuple[list[tuple[nn.Module, bool]], torch.Tensor]:
+    """The (layer, produces) pairs `group` touches, and for each how many of its indices carry each root channel
+    (a member may list a root channel more than once: the features after flatten→linear); on the CPU."""
+    keys = list(dict.fromkeys((m.module, m.produces) for m in group.members))
+    rows = {key: row for row, key in enumerate(keys)}
+    multiplicity = torch.zeros(len(keys), group.size, dtype=torch.long, device="cpu")
+    for member in group.members:
+        roots = torch.as_tensor(member.root_idxs, dtype=torch.long, device="cpu")
+        multiplicity[rows[(member.module, member.produces)]].index_add_(0, roots, torch.ones_like(roots))
+    return keys, multiplicity
+
+
 class CountPredictor:
     """`predict_counts` for many plans on one model and one list of groups, as a search asks for them.
 
@@ -696,72 +770,27 @@ class CountPredictor:
 
     def __init__(self, model: nn.Module, input_shape: Sequence[int], groups: Sequence[ChannelGroup],
                  removed_modules: Iterable[nn.Module] = (), layer_macs: dict | None = None) -> None:
-        gone = set(removed_modules)
         layer_macs = layer_macs if layer_macs is not None else count_layer_macs(model, tuple(input_shape))
-        names = {module: name for name, module in model.named_modules()}
-        self._fixed_params = 0
-        self._layers: dict[nn.Module, tuple] = {}
-        for module in model.modules():
-            if isinstance(module, parametrize.ParametrizationList) or module in gone:
-                continue  # a gated layer's weights are counted with the layer, at their gated shape
-            direct = [p for p in module.parameters(recurse=False)]
-            if parametrize.is_parametrized(module):
-                direct += [getattr(module, name) for name in module.parametrizations]
-            if not direct and not isinstance(module, WEIGHT_LAYERS):
-                continue
-            if isinstance(module, WEIGHT_LAYERS):
-                transposed = isinstance(module, nn.ConvTranspose2d)
-                conv_groups = getattr(module, "groups", 1)
-                # Weights are [out, in / groups, ...], or [in, out / groups, ...] for a transposed convolution.
-                out_total = module.weight.shape[1] * conv_groups if transposed else module.weight.shape[0]
-                in_total = module.weight.shape[0] if transposed else module.weight.shape[1] * conv_groups
-                # A depthwise filter reads one channel; a grouped convolution keeps its groups, each filter
-                # reading its group's remaining channels.
-                reading = ("depthwise" if is_depthwise(module) else
-                           "grouped" if conv_groups > 1 and not transposed else "all")
-                per_filter = module.weight.shape[0 if transposed else 1]
-                layer = layer_macs.get(names[module])
-                # Layers the forward never calls do no work.
-                macs_per_pair = layer.macs // (out_total * per_filter) if layer is not None else 0
-                self._layers[module] = ("layer", out_total, in_total, reading, conv_groups,
-                                        module.weight[0, 0].numel(), module.bias is not None, macs_per_pair)
-            elif isinstance(module, NORM_LAYERS):
-                channels = module.num_channels if isinstance(module, nn.GroupNorm) else module.num_features
-                self._layers[module] = ("norm", sum(p.numel() for p in direct), channels)
-            else:
-                self._fixed_params += sum(p.numel() for p in direct)
+        self._layers, others = layer_counts(model, layer_macs, removed_modules)
+        self._fixed_params = sum(others.values())
         self._lost = {(module, produces): 0 for module in self._layers for produces in (True, False)}
         self._terms = {module: self._term(module) for module in self._layers}
         self._params = self._fixed_params + sum(params for params, _ in self._terms.values())
         self._macs = sum(macs for _, macs in self._terms.values())
-        # Per group: the (layer, produces) pairs it touches and, for each, how many of its indices carry each
-        # root channel (a member may list a root channel more than once: the features after flatten→linear).
-        self._groups = []
-        for group in groups:
-            keys = list(dict.fromkeys((m.module, m.produces) for m in group.members))
-            rows = {key: row for row, key in enumerate(keys)}
-            multiplicity = torch.zeros(len(keys), group.size, dtype=torch.long, device="cpu")
-            for member in group.members:
-                roots = torch.as_tensor(member.root_idxs, dtype=torch.long, device="cpu")
-                multiplicity[rows[(member.module, member.produces)]].index_add_(
-                    0, roots, torch.ones_like(roots))
-            self._groups.append((keys, multiplicity))
+        self._groups = [channel_multiplicity(group) for group in groups]
         self._plan: list[frozenset[int]] = [frozenset() for _ in groups]
         self._counts: list[list[int]] = [[0] * len(keys) for keys, _ in self._groups]
 
     def _term(self, module: nn.Module) -> tuple[int, int]:
         """(parameters, MACs) of one layer at its current lost output and input channels."""
         layer = self._layers[module]
-        lost_out = self._lost[(module, True)]
-        if layer[0] == "norm":
-            _, total, features = layer
-            return total // features * (features - lost_out), 0
-        _, out_total, in_total, reading, groups, per_pair, has_bias, macs_per_pair = layer
-        alive_out = out_total - lost_out
-        alive_in = in_total - self._lost[(module, False)]
-        alive_in = 1 if reading == "depthwise" else alive_in // groups if reading == "grouped" else alive_in
-        params = alive_out * alive_in * per_pair + (alive_out if has_bias else 0)
-        return params, macs_per_pair * alive_out * alive_in
+        alive_out = layer.out_total - self._lost[(module, True)]
+        if layer.kind == "norm":
+            return layer.per_pair * alive_out, 0
+        alive_in = layer.in_total - self._lost[(module, False)]
+        alive_in = 1 if layer.reading == "depthwise" else alive_in // layer.groups if layer.reading == "grouped" else alive_in
+        params = alive_out * alive_in * layer.per_pair + (alive_out if layer.has_bias else 0)
+        return params, layer.macs_per_pair * alive_out * alive_in
 
     def __call__(self, removed_channels: Sequence[Iterable[int]]) -> tuple[int, int]:
         touched = set()

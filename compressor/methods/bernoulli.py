@@ -1,0 +1,562 @@
+"""Complexity-aware Bernoulli pruning of channels and whole skip-units during training (Guenter & Sideris).
+
+Every skip-unit gets a layer variable ξ ~ Bernoulli(θ) on its branch (a dense unit: on its new features) and
+every hidden channel group inside a unit (or, in a network without skip-units, every hidden layer) a unit
+variable η ~ Bernoulli(π) per channel (`compressor.stochastic_gates`). Training samples them per example and
+minimises, beside the task loss,
+
+    ρ · [κ·L·E[MACs]/MACs₀ + (1−κ)·L·E[params]/params₀ + ν·Σθ]
+
+where the expectations are exact functions of (θ, π) read off the compiler's own per-layer counts
+(`compressor.passes.expected_counts`), L is the number of skip-units (of gated layers without them), and
+MACs₀, params₀ are the dense model's. θ and π train with Adam at a constant rate, without weight decay,
+are projected onto [0, 1] after every step, and a structure whose probability falls below ε is dead for good:
+it samples 0 from then on. At the end of every epoch the dead structures are removed physically, by the
+compiler's passes (a dead unit through a unit gate of 0 and RemoveDeadSkipUnits, dead channels through
+channel gates of 0 and SliceChannels), so later epochs train, and cost, a smaller network; the optimizer
+state of the survivors is carried over. A unit whose hidden channels all died goes as a whole. At the end
+every survivor is set to 1, a deterministic network the compiler passes through unchanged.
+
+The paper has only ρ. `--target` (MACs removed; `--target-params` for parameters) makes ρ a controller: it
+starts at `rho` and doubles (`rho_growth`) every epoch while the network that would ship, with every survivor
+at 1, is above the budget; once it is within budget ρ drops to 0, so the survivors settle, and deaths that
+would take it further are refused (the structure stays at ε). The run so ends at most one structure past the
+target, which the report states as counted.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from compressor.counting import count_macs, count_params
+from compressor.data import DataBundle
+from compressor.errors import CompressorError
+from compressor.gates import dense_unit_readers, gate_group, gate_unit, units_of
+from compressor.methods.base import Method, register_method
+from compressor.models.units import DenseUnit, ResidualUnit
+from compressor.options import method_flag, parse_fraction
+from compressor.passes.base import copy_model
+from compressor.passes.coupling import ChannelGroup, analyse_channels
+from compressor.passes.expected_counts import ExpectedCounts, unit_layers
+from compressor.passes.pipeline import compile_model
+from compressor.passes.zero_flow import WEIGHT_LAYERS
+from compressor.stochastic_gates import (CHANNEL_GATES, BernoulliChannelGate, BernoulliUnitGate,
+                                         draw_per_forward, remove_stochastic_gates, unit_gates)
+from compressor.structure import apply_structure, describe_structure
+
+logger = logging.getLogger(__name__)
+
+PRUNE = ("both", "units", "layers")
+# A probe weight is its flat index times 2^-24: exact in float32 for tensors of up to 2^24 values, so the
+# compiled probe says, value by value, which entry of the old tensor each new entry is.
+_PROBE_SCALE = 2.0 ** -24
+_PROBE_LIMIT = 2 ** 24
+# How far past a target a death may take the network: half the tolerance a user is promised (2 points).
+OVERSHOOT = 0.01
+
+
+def _parse_prune(text: str) -> str:
+    if text not in PRUNE:
+        raise CompressorError(f"option prune of method bernoulli takes one of {', '.join(PRUNE)}, not {text!r}")
+    return text
+
+
+@dataclass
+class BernoulliConfig:
+    """Hyper-parameters; the paper's where it states them, ours (with the reason) where its cells were lost."""
+
+    # Pruning level ρ. Without a target it is the paper's fixed ρ; with one it is where the controller starts.
+    rho: float | None = None
+    # FLOPs (1) against parameters (0). The paper's value per experiment is lost; 1 prunes for what --target asks.
+    kappa: float = 1.0
+    # Cost per skip-unit, beyond its FLOPs and parameters: larger ν removes more whole units (0: β = 0).
+    nu: float = 0.0
+    # Pruning threshold ε on θ and π, the paper's in every setup.
+    epsilon: float = 0.1
+    # Initial θ and π. The paper's value is lost; 1 starts from the user's trained network unchanged.
+    initial_probability: float = 1.0
+    # Adam's constant rate for θ and π. The paper's value is lost. Adam moves a probability by about its rate
+    # per step, so from 1 to ε takes at least 0.9/rate steps: at 1e-3 more than a CIFAR epoch (391 steps) but
+    # 40 epochs of digits (23 steps); 1e-2 lets a structure die within a few epochs on small data.
+    probability_lr: float = 0.01
+    # With a target: the factor ρ grows by per epoch while the network is above the budget.
+    rho_growth: float = 2.0
+    # What is pruned: channels and skip-units ("both", the paper), or only one kind (its ablations).
+    prune: str = field(default="both", metadata={"parse": _parse_prune})
+    target_params: float | None = field(default=None, metadata=method_flag(
+        "--target-params", "structured methods: also remove this fraction of the parameters, as 50%% or 0.5",
+        lambda text: parse_fraction(text, "--target-params")))
+
+
+@dataclass
+class _Structure:
+    """What is gated: skip-unit names and channel-group roots, with the counts built on the plain model."""
+
+    units: list[str]
+    groups: list[str]
+    expected: ExpectedCounts
+
+
+def _key(root: str) -> str:
+    return root.replace(".", "-")
+
+
+def hidden_groups(groups: list[ChannelGroup], units: list[nn.Module]) -> tuple[list[ChannelGroup], dict[str, str]]:
+    """The channel groups that get a unit variable, and for the others that stay inside one unit, the reason.
+
+    A group gets one when every member lies inside the same skip-unit (a branch's hidden channels), or outside
+    every unit in a network without units, and its channels are read only by plain Conv/Linear layers, where
+    the gate scales them; groups that cross a unit's merge point carry the units' own channels (the paper's ζ,
+    left at 1).
+    """
+    owner = {module: index for index, unit in enumerate(units) for module in unit_layers(unit)}
+    chosen, refused = [], {}
+    for group in groups:
+        owners = {owner.get(member.module) for member in group.members}
+        if len(owners) != 1 or (units and owners == {None}):
+            continue
+        readers = {id(m.module): m.module for m in group.members if not m.produces and isinstance(m.module, WEIGHT_LAYERS)}
+        plain = all(isinstance(r, (nn.Conv2d, nn.Linear)) and getattr(r, "groups", 1) == 1 for r in readers.values())
+        if not readers or not plain or len(group.flow.readers) != len(readers):
+            refused[group.root] = "its channels are read by something other than plain Conv/Linear layers"
+        elif group.unit_size != 1:
+            refused[group.root] = "its channels can only be removed in tied groups"
+        else:
+            chosen.append(group)
+    return chosen, refused
+
+
+@register_method
+class BernoulliMethod(Method):
+    """Learn which channels and skip-units to keep, with Bernoulli gates under a complexity-aware cost."""
+
+    name = "bernoulli"
+    Config = BernoulliConfig
+    patterns = ("structured",)
+    structured = True
+    default_epochs = 30
+    default_lr = 0.05
+
+    def __init__(self, target, pattern="structured", config=None):
+        if pattern == "unstructured":
+            pattern = "structured"
+        super().__init__(target, pattern, config)
+        c = self.config
+        budget = target is not None or c.target_params is not None
+        if c.rho is None and not budget:
+            raise CompressorError("method bernoulli needs --target (fraction of MACs to remove), --target-params, "
+                                  "or a fixed pruning level --option rho=...")
+        for name, value, low, high in (("rho", c.rho, 0, None), ("kappa", c.kappa, 0, 1), ("nu", c.nu, 0, None),
+                                       ("epsilon", c.epsilon, 0, 1), ("initial_probability", c.initial_probability, 0, 1),
+                                       ("probability_lr", c.probability_lr, 0, None), ("rho_growth", c.rho_growth, 1, None)):
+            if value is not None and (value < low or (high is not None and value > high)):
+                bounds = f"[{low}, {high}]" if high is not None else f"at least {low}"
+                raise CompressorError(f"option {name} of method bernoulli must be {bounds}, got {value}")
+        if c.initial_probability < c.epsilon:
+            raise CompressorError("option initial_probability of method bernoulli must be at least epsilon")
+        self.budgeted = budget
+        self.rho = c.rho if c.rho is not None else 0.1
+        self.reached_epoch: int | None = None
+        self.removed_units: list[str] = []
+        self.epochs: list[dict[str, float]] = []
+        self.stages: dict[str, dict[str, Any]] = {}
+        self.final_probabilities: dict[str, list[float]] = {}
+        self.notes: list[str] = []
+        self.predicted: dict[str, float] = {}
+        self._structure: _Structure | None = None
+        self._adam: torch.optim.Adam | None = None
+
+    # --- setting up -----------------------------------------------------------------------------------------
+
+    def prepare(self, model: nn.Module, data: DataBundle) -> nn.Module:
+        self.shape = tuple(model.input_shape)
+        self.dense_macs = count_macs(model, self.shape)
+        self.dense_params = count_params(model)
+        analysis = analyse_channels(model, self.shape)
+        units = [name for name, unit in units_of(model) if self._can_gate(model, name, unit, analysis.groups)]
+        if self.config.prune == "units":
+            units_gated, self.notes = [], self.notes + ["skip-units are not pruned (prune=units)"]
+        else:
+            units_gated = units
+        groups, refused = hidden_groups(analysis.groups, [model.get_submodule(u) for u in units])
+        self.notes += [f"{root}: not gated: {why}" for root, why in refused.items()]
+        if self.config.prune == "layers":
+            groups = []
+        if not units:
+            self.notes.append("no layer was removed: the model has no skip-units (residual or dense units), so only "
+                              "channels and neurons were pruned")
+        if not units_gated and not groups:
+            raise CompressorError("method bernoulli finds nothing to prune in this model: no skip-unit and no hidden "
+                                  "channel group read only by Conv/Linear layers")
+        # L of the paper's eq. 13: the units carrying ξ, or the gated layers in a network without units.
+        self.blocks = len(units) or len(groups)
+        self.stages = self._stage_widths(model, units, groups)
+        self._attach(model, units_gated, [g.root for g in groups], analysis.groups)
+        return model
+
+    def _can_gate(self, model: nn.Module, name: str, unit: nn.Module, groups: list[ChannelGroup]) -> bool:
+        if isinstance(unit, DenseUnit):
+            try:
+                dense_unit_readers(unit, groups)
+            except ValueError as error:
+                self.notes.append(f"{name}: not gated: {error}")
+                return False
+        return True
+
+    def _attach(self, model: nn.Module, units: list[str], roots: list[str], all_groups: list[ChannelGroup],
+                probabilities: dict[str, torch.Tensor] | None = None, alive: dict[str, torch.Tensor] | None = None
+                ) -> None:
+        """Gate `units` and the groups rooted at `roots` of the plain `model`, with the given probabilities and
+        alive flags (1 and alive where none are given), and build the expected counts and θ/π's Adam."""
+        self._layers = describe_structure(model)
+        by_root = {group.root: group for group in all_groups}
+        groups = [by_root[root] for root in roots]
+        unit_modules = [model.get_submodule(name) for name in units]
+        expected = ExpectedCounts(model, self.shape, unit_modules, groups, all_groups)
+        probabilities, alive = probabilities or {}, alive or {}
+        initial = self.config.initial_probability
+        for name, unit in zip(units, unit_modules):
+            gate = BernoulliUnitGate(initial, device=next(unit.parameters()).device)
+            if name in probabilities:
+                with torch.no_grad():
+                    gate.probability.copy_(probabilities[name])
+                    gate.alive.copy_(alive[name])
+            if isinstance(unit, ResidualUnit):
+                unit.gate = gate
+            else:
+                gate_unit(model, unit, 1.0, self.shape, gate=gate, groups=all_groups)
+        container = nn.ModuleDict()
+        for group in groups:
+            start = probabilities.get(group.root)
+            if start is None:
+                start = torch.full((group.size,), initial)
+            container[_key(group.root)] = BernoulliChannelGate(group, start, alive.get(group.root))
+        setattr(model, CHANNEL_GATES, container)
+        draw_per_forward(model)
+        self._structure = _Structure(units, roots, expected)
+        self._physical_macs = count_macs(model, self.shape)
+
+    def _gates(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
+        """(key, gate) of every stochastic gate, units first: the order of θ/π in the optimizer."""
+        units = dict(unit_gates(model))
+        containers = getattr(model, CHANNEL_GATES)
+        return ([(name, units[name]) for name in self._structure.units]
+                + [(root, containers[_key(root)]) for root in self._structure.groups])
+
+    def method_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        if self._adam is None:
+            self._adam = torch.optim.Adam([gate.probability for _, gate in self._gates(model)],
+                                          lr=self.config.probability_lr, weight_decay=0.0)
+        return self._adam
+
+    # --- the objective ----------------------------------------------------------------------------------------
+
+    def _probabilities(self, model: nn.Module, deterministic: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """θ (a vector over the gated units) and π (one vector per gated group): expected values, or with
+        `deterministic` the network that would ship (survivors 1, dead 0)."""
+        def value(gate):
+            return gate.alive.float() if deterministic else gate.expected()
+
+        gates = self._gates(model)
+        units = len(self._structure.units)
+        device = next(model.parameters()).device
+        theta = (torch.stack([value(gate) for _, gate in gates[:units]]) if units
+                 else torch.zeros(0, device=device))
+        return theta, [value(gate) for _, gate in gates[units:]]
+
+    def complexity(self, model: nn.Module, deterministic: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(E[params], E[MACs]) of the gated model; with `deterministic`, of the network that would ship."""
+        theta, pi = self._probabilities(model, deterministic)
+        return self._structure.expected(theta, pi)
+
+    def regulariser(self, model: nn.Module, rho: float) -> torch.Tensor:
+        """ρ[κ·L·E[MACs]/MACs₀ + (1−κ)·L·E[params]/params₀ + ν·Σθ] at the gates' current probabilities."""
+        c = self.config
+        theta, pi = self._probabilities(model)
+        params, macs = self._structure.expected(theta, pi)
+        cost = (c.kappa * self.blocks * macs / self.dense_macs
+                + (1 - c.kappa) * self.blocks * params / self.dense_params + c.nu * theta.sum())
+        return (rho * cost).float()
+
+    def extra_loss(self, model: nn.Module) -> torch.Tensor | None:
+        rho = self._rho_now()
+        return self.regulariser(model, rho) if rho > 0 else None
+
+    def _rho_now(self) -> float:
+        return 0.0 if self.reached_epoch is not None else self.rho
+
+    def _within_budget(self, params: float, macs: float) -> bool:
+        met_macs = self.target is None or 1 - macs / self.dense_macs >= self.target
+        met_params = self.config.target_params is None or 1 - params / self.dense_params >= self.config.target_params
+        return met_macs and met_params
+
+    # --- per step: projection and the pruning test -------------------------------------------------------------
+
+    def after_step(self, model: nn.Module, step: int) -> None:
+        epsilon = self.config.epsilon
+        gates = [gate for _, gate in self._gates(model)]
+        with torch.no_grad():
+            for gate in gates:
+                gate.probability.clamp_(0.0, 1.0)
+            if self.budgeted and self.reached_epoch is not None:
+                # Within budget: no structure may die any more.
+                for gate in gates:
+                    gate.probability.copy_(torch.where(gate.alive, gate.probability.clamp_min(epsilon), 0.0))
+                return
+            if self.budgeted:
+                self._accept_deaths_within_budget(model, gates)
+            for gate in gates:
+                gate.alive &= gate.probability >= epsilon
+                gate.probability.mul_(gate.alive)
+
+    def _accept_deaths_within_budget(self, model: nn.Module, gates: list[nn.Module]) -> None:
+        """Let structures below ε die, lowest probability first, while the shipped network stays within
+        `OVERSHOOT` of the target; the others are held at ε. The budget is reached when it is met."""
+        epsilon = self.config.epsilon
+        # Flattened, so that a unit's 0-dimensional θ yields index 0 rather than no index at all.
+        dying = [(gate, torch.nonzero((gate.alive & (gate.probability < epsilon)).reshape(-1)).flatten())
+                 for gate in gates]
+        dying = [(gate, index) for gate, index in dying if index.numel()]
+        if not dying:
+            return
+        candidates = sorted(((float(gate.probability.reshape(-1)[i]), n, int(i)) for n, (gate, index) in
+                             enumerate(dying) for i in index), key=lambda item: item[:2])
+        for _, n, i in candidates:
+            gate = dying[n][0]
+            if self.reached_epoch is None:
+                gate.alive.view(-1)[i] = False
+                params, macs = (float(v) for v in self.complexity(model, deterministic=True))
+                if not self._overshoots(params, macs):
+                    if self._within_budget(params, macs):
+                        self.reached_epoch = self._epoch + 1
+                    continue
+                gate.alive.view(-1)[i] = True
+            gate.probability.view(-1)[i] = epsilon
+
+    def _overshoots(self, params: float, macs: float) -> bool:
+        """Whether the network removes more than `OVERSHOOT` beyond a target."""
+        over_macs = self.target is not None and 1 - macs / self.dense_macs > self.target + OVERSHOOT
+        target_params = self.config.target_params
+        return over_macs or (target_params is not None and 1 - params / self.dense_params > target_params + OVERSHOOT)
+
+    # --- per epoch: the training cost, the controller, physical removal --------------------------------------------
+
+    _epoch = 0
+
+    def after_epoch(self, model: nn.Module, epoch: int) -> None:
+        self._epoch = epoch
+        with torch.no_grad():
+            params, macs = self.complexity(model, deterministic=True)
+            expected_params, expected_macs = self.complexity(model)
+        self.epochs.append({"epoch": epoch, "macs_trained": self._physical_macs, "macs_alive": float(macs),
+                            "params_alive": float(params), "expected_macs": float(expected_macs),
+                            "rho": self._rho_now()})
+        if self.budgeted and self.reached_epoch is None:
+            if self._within_budget(float(params), float(macs)):
+                self.reached_epoch = epoch
+            else:
+                self.rho *= self.config.rho_growth
+
+    def restructure(self, model: nn.Module, optimizer_state: dict[str, dict]) -> bool:
+        gates = self._gates(model)
+        dead_units = [name for name, gate in gates[:len(self._structure.units)] if not bool(gate.alive)]
+        groups_with_dead = [root for root, gate in gates[len(self._structure.units):] if not bool(gate.alive.all())]
+        if not dead_units and not groups_with_dead:
+            return False
+        self._remove_dead(model, optimizer_state)
+        return True
+
+    def _remove_dead(self, model: nn.Module, optimizer_state: dict[str, dict] | None) -> None:
+        """Compile the dead structures away and rebuild `model` in place, carrying the survivors' θ/π, their
+        Adam state and (in `optimizer_state`) the weights' momentum."""
+        gates = dict(self._gates(model))
+        plain = copy_model(model)
+        remove_stochastic_gates(plain)
+        owner = {root: name for name, _ in units_of(plain) for root in self._structure.groups
+                 if root.startswith(name + ".")}
+        dead_units = {name for name in self._structure.units if not bool(gates[name].alive)}
+        # A unit whose hidden channels all died goes as a whole; a layer outside units keeps its best channel.
+        for root in self._structure.groups:
+            gate = gates[root]
+            if not bool(gate.alive.any()):
+                if root in owner:
+                    dead_units.add(owner[root])
+                else:
+                    best = int(gate.probability.argmax())
+                    with torch.no_grad():
+                        gate.alive[best] = True
+                        gate.probability[best] = max(float(gate.probability[best]), self.config.epsilon)
+        adam_state = {key: self._adam.state.get(gate.probability, {}) for key, gate in gates.items()} if self._adam else {}
+        values = {key: gate.probability.detach().clone() for key, gate in gates.items()}
+        flags = {key: gate.alive.clone() for key, gate in gates.items()}
+        gone = lambda root: any(root.startswith(name + ".") for name in dead_units)  # noqa: E731
+        channels_removed = sum(int((~flags[root]).sum()) for root in self._structure.groups if not gone(root))
+
+        old_shapes = {name: parameter.shape for name, parameter in plain.named_parameters()}
+        analysis = analyse_channels(plain, self.shape)
+        by_root = {group.root: group for group in analysis.groups}
+        for name in sorted(dead_units):
+            gate_unit(plain, plain.get_submodule(name), 0.0, self.shape, groups=analysis.groups)
+        for root in self._structure.groups:
+            if not gone(root) and not bool(flags[root].all()):
+                gate_group(by_root[root], flags[root].float().cpu())
+        compiled = compile_model(plain, self.shape).model
+        positions = _surviving_positions(plain, compiled, self.shape)
+        if optimizer_state is not None:
+            _carry_momentum(optimizer_state, compiled, positions)
+
+        remove_stochastic_gates(model)
+        apply_structure(model, describe_structure(compiled))
+        model.load_state_dict(compiled.state_dict())
+        self.removed_units += sorted(dead_units)
+        units = [name for name in self._structure.units if name not in dead_units]
+        roots, kept_values, kept_flags = [], {}, {}
+        for root in self._structure.groups:
+            if gone(root):
+                continue
+            index = positions.get(root + ".weight")
+            if index is None:
+                kept = torch.nonzero(flags[root]).flatten()
+            else:
+                row = old_shapes[root + ".weight"][1:].numel()
+                kept = index.reshape(index.shape[0], -1)[:, 0].to(flags[root].device) // row
+            roots.append(root)
+            kept_values[root], kept_flags[root] = values[root][kept], flags[root][kept]
+            adam_state[root] = {k: (v[kept.to(v.device)] if isinstance(v, torch.Tensor) and v.dim() else v)
+                                for k, v in adam_state.get(root, {}).items()}
+        for name in units:
+            kept_values[name], kept_flags[name] = values[name], flags[name]
+        self._attach(model, units, roots, analyse_channels(model, self.shape).groups, kept_values, kept_flags)
+        if self._adam is not None:
+            self._adam = None
+            adam = self.method_optimizer(model)
+            for key, gate in self._gates(model):
+                if adam_state.get(key):
+                    adam.state[gate.probability] = adam_state[key]
+        logger.info("bernoulli: removed %d skip-units and %d channels; the model trains with %s MACs per sample now",
+                    len(dead_units), channels_removed, f"{self._physical_macs:,}")
+
+    # --- the end ------------------------------------------------------------------------------------------------
+
+    def finalize(self, model: nn.Module) -> nn.Module:
+        """Remove what died since the last epoch, record the final θ and π, and set every survivor to 1."""
+        if self._structure is None:
+            return model
+        gates = self._gates(model)
+        if any(not bool(gate.alive.all()) for _, gate in gates):
+            self._remove_dead(model, None)
+            gates = self._gates(model)
+        units = len(self._structure.units)
+        self.final_probabilities = {
+            "theta": [float(gate.probability.detach()) for _, gate in gates[:units]],
+            "pi": [float(v) for _, gate in gates[units:] for v in gate.probability.detach().cpu()]}
+        with torch.no_grad():
+            params, macs = self.complexity(model, deterministic=True)
+        self.predicted = {"macs_removed": 1 - float(macs) / self.dense_macs,
+                          "params_removed": 1 - float(params) / self.dense_params}
+        self._finish_stages(model)
+        remove_stochastic_gates(model)
+        self._structure = None
+        return model
+
+    def _stage_widths(self, model: nn.Module, units: list[str], groups: list[ChannelGroup]) -> dict[str, dict[str, Any]]:
+        """Per stage (the module holding a run of skip-units, or a gated layer of a network without units):
+        its units and the width of its gated channels, before training."""
+        stages: dict[str, dict[str, Any]] = {}
+        for name in units:
+            stage = stages.setdefault(name.rpartition(".")[0] or name, {"units": [], "channels": {}})
+            stage["units"].append(name)
+        for group in groups:
+            owner = next((name for name in units if group.root.startswith(name + ".")), None)
+            stage = (owner.rpartition(".")[0] or owner) if owner else group.root
+            stages.setdefault(stage, {"units": [], "channels": {}})["channels"][group.root] = [group.size, None]
+        return stages
+
+    def _finish_stages(self, model: nn.Module) -> None:
+        widths = {root: int(gate.alive.sum()) for root, gate in self._gates(model)[len(self._structure.units):]}
+        for stage in self.stages.values():
+            stage["removed_units"] = [name for name in stage["units"] if name in self.removed_units]
+            for root, sizes in stage["channels"].items():
+                sizes[1] = widths.get(root, 0)
+
+    # --- resume ---------------------------------------------------------------------------------------------------
+
+    def structure(self) -> dict | None:
+        if self._structure is None:
+            return None
+        return {"layers": self._layers, "units": list(self._structure.units), "groups": list(self._structure.groups)}
+
+    def restore_structure(self, model: nn.Module, structure: dict) -> None:
+        remove_stochastic_gates(model)
+        apply_structure(model, structure["layers"])
+        self._adam = None
+        self._attach(model, list(structure["units"]), list(structure["groups"]),
+                     analyse_channels(model, self.shape).groups)
+
+    def fingerprint(self) -> dict[str, Any]:
+        # The settings only: what the run has learned so far is its state, not its identity.
+        return super().facts()
+
+    def state_dict(self) -> dict:
+        return {"rho": self.rho, "reached_epoch": self.reached_epoch, "removed_units": list(self.removed_units),
+                "epochs": [dict(record) for record in self.epochs], "epoch": self._epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rho = float(state["rho"])
+        self.reached_epoch = state["reached_epoch"]
+        self.removed_units = list(state["removed_units"])
+        self.epochs = [dict(record) for record in state["epochs"]]
+        self._epoch = int(state["epoch"])
+
+    def facts(self) -> dict[str, Any]:
+        facts = super().facts()
+        facts.update(predicted=dict(self.predicted), removed_units=list(self.removed_units),
+                     training_cost=[dict(record) for record in self.epochs], stages=self.stages,
+                     probabilities=dict(self.final_probabilities), notes=list(self.notes),
+                     target_reached_epoch=self.reached_epoch, rho_final=self.rho)
+        return facts
+
+
+def _surviving_positions(gated: nn.Module, compiled: nn.Module, input_shape: tuple[int, ...]
+                         ) -> dict[str, torch.Tensor]:
+    """Per parameter of `compiled` (the compiled `gated`), the flat index in the tensor of `gated` that each of
+    its values came from, found by compiling a copy whose weights are their own indices.
+
+    Parameters whose shape the probe does not reproduce (a channel that is zero in the model's own weights, which
+    the probe's weights do not share) are left out, as are tensors too large to index exactly.
+    """
+    probe = copy_model(gated)
+    with torch.no_grad():
+        for parameter in probe.parameters():
+            if parameter.numel() <= _PROBE_LIMIT:
+                parameter.copy_((torch.arange(parameter.numel(), device=parameter.device, dtype=torch.float32) + 1)
+                                .mul_(_PROBE_SCALE).reshape(parameter.shape))
+    compiled_probe = compile_model(probe, input_shape).model
+    probes = dict(compiled_probe.named_parameters())
+    positions = {}
+    for name, parameter in compiled.named_parameters():
+        found = probes.get(name)
+        if found is None or found.shape != parameter.shape:
+            continue
+        index = torch.round(found.detach() / _PROBE_SCALE).long() - 1
+        if bool((index >= 0).all()):
+            positions[name] = index
+    return positions
+
+
+def _carry_momentum(optimizer_state: dict[str, dict], compiled: nn.Module, positions: dict[str, torch.Tensor]) -> None:
+    """Slice each surviving parameter's optimizer state as the parameter was sliced; drop the rest."""
+    shapes = {name: parameter.shape for name, parameter in compiled.named_parameters()}
+    for name in list(optimizer_state):
+        index = positions.get(name)
+        if name not in shapes or index is None:
+            del optimizer_state[name]
+            continue
+        optimizer_state[name] = {
+            key: (value.reshape(-1)[index.to(value.device)] if isinstance(value, torch.Tensor) and value.dim() else value)
+            for key, value in optimizer_state[name].items()}
