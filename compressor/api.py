@@ -31,9 +31,9 @@ from compressor.loading import check_finite_weights, load_model, module_pickler,
 from compressor.methods import create_method
 from compressor.models import create_model
 from compressor.options import parse_fraction
-from compressor.report import (CompressedStats, DenseStats, LatencyStats, LayerShape, LayerStats, OnnxStats, PassStats,
-                               Report, StructureStats, write_report)
-from compressor.training import TrainConfig, TrainResult, evaluate, model_device, train
+from compressor.report import (CompressedStats, DenseStats, EpochCost, LatencyStats, LayerShape, LayerStats, OnnxStats,
+                               PassStats, ProbabilityCounts, Report, StageStats, StructureStats, write_report)
+from compressor.training import EpochRecord, TrainConfig, TrainResult, evaluate, model_device, train
 from compressor.verify import verify_onnx
 from compressor.passes.analysis import has_unbaked_mask, two_four_eligibility
 from compressor.passes.bake_masks import BakeMasksPass
@@ -331,7 +331,17 @@ def _compress_into(output: Output | None, state_path: Path, device: torch.device
         structure=structure,
         device=describe_device(device),
         processes=group().size,
+        training_cost=_training_cost(compression.facts().get("training_cost", []), trained.history),
     )
+
+
+def _training_cost(records: list[dict[str, Any]], history: list[EpochRecord]) -> list[EpochCost]:
+    """The MACs a method recorded per epoch, joined by epoch number with the training loop's seconds and test
+    accuracy for that epoch (a resumed run has both for the epochs before it resumed, from its saved state)."""
+    epochs = {record.epoch: record for record in history}
+    return [EpochCost(epoch=record["epoch"], seconds=epochs[record["epoch"]].seconds,
+                      macs_trained=int(record["macs_trained"]), predicted_macs_alive=float(record["macs_alive"]),
+                      test_accuracy=epochs[record["epoch"]].test_accuracy) for record in records]
 
 
 def _structure_stats(model: nn.Module, shape: tuple[int, ...], dense: DenseStats, shapes_before: dict[str, list[int]],
@@ -349,7 +359,28 @@ def _structure_stats(model: nn.Module, shape: tuple[int, ...], dense: DenseStats
         layers=[LayerShape(name, before, after.get(name), name in transposed) for name, before in shapes_before.items()],
         predicted_macs_removed=facts.get("predicted", {}).get("macs_removed"),
         left_whole=facts.get("left_whole", []),
+        stages=_stage_stats(facts.get("stages", {}), list(shapes_before)),
+        probabilities=_probability_counts(facts.get("probabilities", {}), facts["config"].get("epsilon", 0.1)),
+        notes=facts.get("notes", []),
     )
+
+
+def _stage_stats(stages: dict[str, dict[str, Any]], layer_order: list[str]) -> list[StageStats]:
+    """A method's stages in the order of the model's layers (the first layer each holds), whatever order the
+    method found them in."""
+    def first_layer(stage: str) -> int:
+        held = (index for index, layer in enumerate(layer_order) if layer == stage or layer.startswith(stage + "."))
+        return next(held, len(layer_order))
+
+    return [StageStats(name, stages[name]["units"], stages[name].get("removed_units", []),
+                       {root: list(widths) for root, widths in stages[name]["channels"].items()})
+            for name in sorted(stages, key=first_layer)]
+
+
+def _probability_counts(final: dict[str, list[float]], epsilon: float) -> list[ProbabilityCounts]:
+    """The survivors' final θ (skip-units) and π (channels), binned, for each a method recorded."""
+    variables = {"theta": ("θ", "skip-units"), "pi": ("π", "channels")}
+    return [ProbabilityCounts.count(*variables[key], final[key], epsilon) for key in variables if final.get(key)]
 
 
 def _output_classes(model: nn.Module, shape: tuple[int, ...]) -> int:

@@ -268,6 +268,8 @@ def _run_compress(args: argparse.Namespace) -> None:
         return
     print(summary_text(report))
     plot = "channels.png" if report.structure is not None else "sparsity.png"
+    if report.training_cost:
+        plot += ", training_cost.png"
     print(f"\nwrote {printable(args.out)}/: model.onnx, model.pt, report.json, report.md, {plot} "
           f"(ONNX vs torch max |diff| {report.onnx.max_abs_diff:.2g})")
 

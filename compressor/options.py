@@ -30,6 +30,13 @@ def method_flag(flag: str, help: str, parse: Callable[[str], Any] | None = None)
     return {"flag": flag, "help": help, "parse": parse}
 
 
+def target_params_field() -> Any:
+    """The `--target-params` option that structured methods share: a fraction of the parameters to remove."""
+    return dataclasses.field(default=None, metadata=method_flag(
+        "--target-params", "structured methods: also remove this fraction of the parameters, as 50%% or 0.5",
+        lambda text: parse_fraction(text, "--target-params")))
+
+
 def flag_fields(config_class: type) -> list[dataclasses.Field]:
     """The fields of a method's Config that carry a command-line flag."""
     return [f for f in dataclasses.fields(config_class) if "flag" in f.metadata]

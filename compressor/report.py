@@ -3,12 +3,19 @@
 Every number here was measured in the run that wrote it: parameters and MACs by counting a forward pass,
 sparsity by counting zeros (in torch and again in the ONNX file), accuracy on the test split, latency by timed
 runs. A field that is a prediction says so in its name.
+
+Methods that change the network while they train add what the network was at every epoch: the MACs each epoch
+trained (`EpochCost`), so that the training's own cost can be set against training the dense model, and per
+stage what was removed (`StageStats`) and how sure the method ended about what it kept (`ProbabilityCounts`).
+Reports written before these fields existed load with them empty, and render as they did.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,8 +78,51 @@ class LayerShape:
 
 
 @dataclass
+class StageStats:
+    """One stage of a network that a method pruned while it trained: the module holding a run of skip-units (in a
+    network without them, one gated layer), its units, those removed, and the width of each gated channel group
+    (named by the layer producing it) before training and as the method left it (0: its unit was removed)."""
+
+    name: str
+    units: list[str]
+    removed_units: list[str]
+    channels: dict[str, list[int]]  # group root layer → [width before, width after]
+
+    @property
+    def units_kept(self) -> int:
+        return len(self.units) - len(self.removed_units)
+
+
+@dataclass
+class ProbabilityCounts:
+    """How the surviving structures' final keep-probabilities (θ of skip-units, π of channels) are spread, read
+    before the method set them to 1: a survivor ends at or above ε, the method's pruning threshold."""
+
+    variable: str  # "θ" or "π"
+    structures: str  # what the variable keeps: "skip-units" or "channels"
+    epsilon: float
+    low: int  # in [ε, 0.5)
+    middle: int  # in [0.5, 0.9)
+    high: int  # in [0.9, 1]
+    undecided: int  # strictly between ε and 0.9: neither held at the threshold nor settled near 1
+
+    @classmethod
+    def count(cls, variable: str, structures: str, values: list[float], epsilon: float) -> "ProbabilityCounts":
+        # The probabilities were float32: one held at ε reads back as ε rounded to float32, which is at ε, not above.
+        above_epsilon = [p for p in values if p > epsilon and not math.isclose(p, epsilon, rel_tol=1e-6)]
+        return cls(variable, structures, epsilon, low=sum(p < 0.5 for p in values),
+                   middle=sum(0.5 <= p < 0.9 for p in values), high=sum(p >= 0.9 for p in values),
+                   undecided=sum(p < 0.9 for p in above_epsilon))
+
+    @property
+    def survivors(self) -> int:
+        return self.low + self.middle + self.high
+
+
+@dataclass
 class StructureStats:
-    """What structural compression removed, counted on the compiled model."""
+    """What structural compression removed, counted on the compiled model; and from a method that prunes while
+    it trains, what it removed per stage, its survivors' final probabilities and its notes (else empty)."""
 
     macs_removed: float
     params_removed: float
@@ -80,6 +130,9 @@ class StructureStats:
     layers: list[LayerShape]
     predicted_macs_removed: float | None = None
     left_whole: list[dict[str, str]] = field(default_factory=list)  # {"layer", "reason"}: channels kept whole
+    stages: list[StageStats] = field(default_factory=list)
+    probabilities: list[ProbabilityCounts] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -106,6 +159,23 @@ class LatencyStats:
     dense_p90_ms: float
     compressed_p90_ms: float
     runs: int
+
+
+@dataclass
+class EpochCost:
+    """One training epoch of a method that changes the network while it trains.
+
+    `macs_trained` is counted: MACs per sample of one forward pass of the network as it trained in this epoch.
+    `predicted_macs_alive` is the network that would ship after the epoch (every surviving structure kept), read
+    off the method's per-layer counts: a prediction, where the compiled network's MACs are counted. `seconds` is
+    the epoch's training pass (evaluation excluded) and `test_accuracy` the network's after the epoch.
+    """
+
+    epoch: int
+    seconds: float
+    macs_trained: int
+    predicted_macs_alive: float
+    test_accuracy: float
 
 
 @dataclass
@@ -143,6 +213,15 @@ class Report:
     # Where the method trained: the device (with the GPU's name) and how many data-parallel processes.
     device: str = "cpu"
     processes: int = 1
+    training_cost: list[EpochCost] = field(default_factory=list)  # empty: the method trained a fixed network
+
+    @property
+    def relative_training_cost(self) -> float | None:
+        """Σ MACs trained per epoch ÷ (epochs × dense MACs): what the training cost against training the dense
+        model for as many epochs; None when the method recorded no per-epoch costs."""
+        if not self.training_cost:
+            return None
+        return sum(epoch.macs_trained for epoch in self.training_cost) / (len(self.training_cost) * self.dense.macs)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -155,9 +234,12 @@ class Report:
             values[key] = kind(**data[key])
         values["layers"] = [LayerStats(**row) for row in data["layers"]]
         values["passes"] = [PassStats(**row) for row in data.get("passes", [])]
+        values["training_cost"] = [EpochCost(**row) for row in data.get("training_cost", [])]
         if data.get("structure"):
             structure = dict(data["structure"])
             structure["layers"] = [LayerShape(**row) for row in structure["layers"]]
+            structure["stages"] = [StageStats(**row) for row in structure.get("stages", [])]
+            structure["probabilities"] = [ProbabilityCounts(**row) for row in structure.get("probabilities", [])]
             values["structure"] = StructureStats(**structure)
         return cls(**values)
 
@@ -189,7 +271,8 @@ def summary_text(report: Report) -> str:
 
 
 def render_markdown(report: Report) -> str:
-    """report.md: summary, export check, latency, per-layer table and the passes that ran."""
+    """report.md: summary, export check, latency, per-layer table, the training cost per epoch (methods that
+    change the network while they train) and the passes that ran."""
     r = report
     parts = [
         f"# Compression report: {r.arch or r.model}",
@@ -226,6 +309,7 @@ def render_markdown(report: Report) -> str:
             _layer_table(r.layers),
             "",
         ]),
+        *_training_cost_section(r),
         "## Passes",
         "",
         markdown_table(["pass", "modified", "seconds"],
@@ -250,12 +334,65 @@ def _structure_section(structure: StructureStats) -> list[str]:
         "",
         f"Skip-units removed: {', '.join(f'`{u}`' for u in structure.removed_units) or 'none'}.",
         "",
+        *([_stage_table(structure.stages), ""] if structure.stages else []),
+        *([_probability_table(structure.probabilities), ""] if structure.probabilities else []),
+        *([*(f"- {note}" for note in structure.notes), ""] if structure.notes else []),
         *([markdown_table(["channels left whole (produced by)", "why"],
                           [[f"`{item['layer']}`", item["reason"]] for item in structure.left_whole]), ""]
           if structure.left_whole else []),
         "![output channels kept per layer](channels.png)",
         "",
         markdown_table(["layer", "weight before", "weight after", "output channels kept"], rows),
+        "",
+    ]
+
+
+def _stage_table(stages: list[StageStats]) -> str:
+    """Per stage: skip-units kept of those it had, which were removed, and its gated hidden channels summed."""
+    rows = []
+    for stage in stages:
+        widths = list(stage.channels.values())
+        channels = (f"{sum(before for before, _ in widths):,} → {sum(after for _, after in widths):,} "
+                    f"({len(widths)} {'layer' if len(widths) == 1 else 'layers'})" if widths else "-")
+        rows.append([f"`{stage.name}`", f"{stage.units_kept}/{len(stage.units)}" if stage.units else "-",
+                     ", ".join(f"`{unit}`" for unit in stage.removed_units) or "-", channels])
+    return markdown_table(["stage", "skip-units kept", "skip-units removed", "hidden channels before → after"], rows)
+
+
+def _probability_table(counts: list[ProbabilityCounts]) -> str:
+    """The survivors' final keep-probabilities, binned; one row per variable."""
+    epsilon = counts[0].epsilon
+    return markdown_table(
+        ["final probability of the survivors", f"[ε={epsilon:g}, 0.5)", "[0.5, 0.9)", "[0.9, 1]",
+         f"strictly between ε={epsilon:g} and 0.9", "survivors"],
+        [[f"{row.variable} ({row.structures})", row.low, row.middle, row.high, row.undecided, row.survivors]
+         for row in counts])
+
+
+def _training_cost_section(report: Report) -> list[str]:
+    """Per epoch what the method trained and would ship, and the whole training against the dense model's;
+    nothing for a method that trained a fixed network."""
+    if not report.training_cost:
+        return []
+    dense = report.dense.macs
+    rows = [[epoch.epoch, f"{epoch.seconds:.2f}", f"{epoch.macs_trained:,}", f"{epoch.macs_trained / dense:.2%}",
+             f"{epoch.predicted_macs_alive:,.0f}", f"{epoch.test_accuracy:.2%}"] for epoch in report.training_cost]
+    epochs = len(report.training_cost)
+    return [
+        "## Training cost",
+        "",
+        "MACs per sample of one forward pass. MACs trained are counted on the network as it trained in the epoch; "
+        "the network that would ship after it keeps every surviving structure, and its MACs are predicted from "
+        "the method's per-layer counts. Seconds are the epoch's training pass, evaluation excluded.",
+        "",
+        "![MACs trained per epoch and cumulative cost against the dense model](training_cost.png)",
+        "",
+        markdown_table(["epoch", "seconds", "MACs trained", "of dense", "MACs that would ship (predicted)",
+                        "test accuracy"], rows),
+        "",
+        f"Cumulative training cost: {sum(epoch.macs_trained for epoch in report.training_cost):,} MACs trained over "
+        f"{epochs} {'epoch' if epochs == 1 else 'epochs'}, {report.relative_training_cost:.2%} of training the dense "
+        f"model ({dense:,} MACs) for as many epochs.",
         "",
     ]
 
@@ -322,8 +459,40 @@ def plot_channels(report: Report, path: str | os.PathLike) -> Path:
         f"{report.arch or report.model}: {report.method} (grey: removed)")
 
 
+def plot_training_cost(report: Report, path: str | os.PathLike) -> Path:
+    """training_cost.png: per epoch, the MACs trained as a share of the dense model's (bars), and the training
+    so far against training the dense model for as many epochs (a line)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    dense = report.dense.macs
+    epochs = [epoch.epoch for epoch in report.training_cost]
+    trained = [100 * epoch.macs_trained / dense for epoch in report.training_cost]
+    cumulative = [total / count for count, total in enumerate(itertools.accumulate(trained), start=1)]
+    figure, axes = plt.subplots(figsize=(max(6.0, 0.25 * len(epochs) + 2), 4.2))
+    axes.bar(epochs, trained, color="tab:blue", alpha=0.6, label="MACs trained in the epoch")
+    axes.plot(epochs, cumulative, color="tab:red", marker="o", markersize=3,
+              label=f"cumulative: {cumulative[-1]:.1f}% of the dense run")
+    axes.axhline(100, color="tab:gray", linestyle="--", label="dense model")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.set_ylim(0, 105)
+    axes.set_xlabel("epoch")
+    axes.set_ylabel("MACs per sample, % of the dense model")
+    axes.set_title(f"{report.arch or report.model}: {report.method}, training cost")
+    # Below the axes: the bars of an epoch that trained the whole network reach the top.
+    axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=3, fontsize=8)
+    figure.tight_layout()
+    written = atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
+    plt.close(figure)
+    return written
+
+
 def write_report(report: Report, folder: str | os.PathLike) -> None:
-    """report.json, report.md and a plot in `folder`: sparsity.png, or channels.png for structured methods."""
+    """report.json, report.md and a plot in `folder`: sparsity.png, or channels.png for structured methods; and
+    training_cost.png when the method recorded what each epoch trained."""
     folder = Path(folder)
     atomic_write_text(folder / "report.json", json.dumps(report.to_dict(), indent=2) + "\n")
     atomic_write_text(folder / "report.md", render_markdown(report))
@@ -331,3 +500,5 @@ def write_report(report: Report, folder: str | os.PathLike) -> None:
         plot_channels(report, folder / "channels.png")
     else:
         plot_sparsity(report, folder / "sparsity.png")
+    if report.training_cost:
+        plot_training_cost(report, folder / "training_cost.png")

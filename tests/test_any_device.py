@@ -54,6 +54,10 @@ CASES = {
     "channel": ("lenet5", "channel", 0.5, "structured", {}),
     # Without rounding, resnet20 loses channels its option-A shortcuts copy, so the shortcuts rebuild their index.
     "channel-shortcuts": ("resnet20", "channel", 0.5, "structured", {"round_to": 1}),
+    # Channel gates only (no skip-units), then unit and channel gates with a ρ high enough that structures die
+    # within the epoch and are compiled away at its end.
+    "bernoulli": ("lenet5", "bernoulli", 0.5, "structured", {}),
+    "bernoulli-units": ("resnet20", "bernoulli", None, "structured", {"rho": 50.0, "probability_lr": 0.2}),
 }
 
 

@@ -127,6 +127,18 @@ def test_processes_whose_weights_drift_apart_are_caught(tmp_path):
             "after training, the weights of process(es) [1] differ from process 0's"
 
 
+def test_torchrun_bernoulli_removes_structure_on_both_processes_alike(lenet5_checkpoint, tmp_path):
+    # A high ρ makes neurons die within the first epochs, so both processes compile them away mid-run; the run
+    # ends by checking that their weights agree.
+    result = torchrun("-m", "compressor", lenet5_checkpoint, "--method", "bernoulli", "--option", "rho=50",
+                      "--option", "probability_lr=0.2", "--epochs", "2", "--out", "D", "--no-progress", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("wrote D/") == 1 and "[rank1]" not in result.stderr
+    report = json.loads((tmp_path / "D" / "report.json").read_text())
+    assert report["structure"]["macs_removed"] > 0
+    assert (report["device"], report["processes"]) == ("cpu", 2)
+
+
 @pytest.mark.parametrize("method, epochs", [("magnitude", 1), ("budget", 2)])
 def test_torchrun_compress_writes_the_output_once(method, epochs, lenet5_checkpoint, tmp_path):
     result = torchrun("-m", "compressor", lenet5_checkpoint, "--method", method, "--target", "85%", "--epochs", epochs,

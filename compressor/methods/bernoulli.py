@@ -39,7 +39,7 @@ from compressor.errors import CompressorError
 from compressor.gates import dense_unit_readers, gate_group, gate_unit, units_of
 from compressor.methods.base import Method, register_method
 from compressor.models.units import DenseUnit, ResidualUnit
-from compressor.options import method_flag, parse_fraction
+from compressor.options import target_params_field
 from compressor.passes.base import copy_model
 from compressor.passes.coupling import ChannelGroup, analyse_channels
 from compressor.passes.expected_counts import ExpectedCounts, unit_layers
@@ -60,6 +60,13 @@ _PROBE_LIMIT = 2 ** 24
 OVERSHOOT = 0.01
 
 
+def _parse_number(text: str, option: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise CompressorError(f"option {option} of method bernoulli takes a number, not {text!r}") from None
+
+
 def _parse_prune(text: str) -> str:
     if text not in PRUNE:
         raise CompressorError(f"option prune of method bernoulli takes one of {', '.join(PRUNE)}, not {text!r}")
@@ -71,7 +78,7 @@ class BernoulliConfig:
     """Hyper-parameters; the paper's where it states them, ours (with the reason) where its cells were lost."""
 
     # Pruning level ρ. Without a target it is the paper's fixed ρ; with one it is where the controller starts.
-    rho: float | None = None
+    rho: float | None = field(default=None, metadata={"parse": lambda text: _parse_number(text, "rho")})
     # FLOPs (1) against parameters (0). The paper's value per experiment is lost; 1 prunes for what --target asks.
     kappa: float = 1.0
     # Cost per skip-unit, beyond its FLOPs and parameters: larger ν removes more whole units (0: β = 0).
@@ -88,9 +95,7 @@ class BernoulliConfig:
     rho_growth: float = 2.0
     # What is pruned: channels and skip-units ("both", the paper), or only one kind (its ablations).
     prune: str = field(default="both", metadata={"parse": _parse_prune})
-    target_params: float | None = field(default=None, metadata=method_flag(
-        "--target-params", "structured methods: also remove this fraction of the parameters, as 50%% or 0.5",
-        lambda text: parse_fraction(text, "--target-params")))
+    target_params: float | None = target_params_field()
 
 
 @dataclass
@@ -159,6 +164,7 @@ class BernoulliMethod(Method):
                 raise CompressorError(f"option {name} of method bernoulli must be {bounds}, got {value}")
         if c.initial_probability < c.epsilon:
             raise CompressorError("option initial_probability of method bernoulli must be at least epsilon")
+        _parse_prune(c.prune)  # options given in Python (compress's method_options) skip the command-line parser
         self.budgeted = budget
         self.rho = c.rho if c.rho is not None else 0.1
         self.reached_epoch: int | None = None
@@ -170,6 +176,7 @@ class BernoulliMethod(Method):
         self.predicted: dict[str, float] = {}
         self._structure: _Structure | None = None
         self._adam: torch.optim.Adam | None = None
+        self._epoch = 0  # the last completed epoch
 
     # --- setting up -----------------------------------------------------------------------------------------
 
@@ -214,8 +221,12 @@ class BernoulliMethod(Method):
         """Gate `units` and the groups rooted at `roots` of the plain `model`, with the given probabilities and
         alive flags (1 and alive where none are given), and build the expected counts and θ/π's Adam."""
         self._layers = describe_structure(model)
-        by_root = {group.root: group for group in all_groups}
-        groups = [by_root[root] for root in roots]
+        # A group is known by the layer that produced its channels when it was gated: after slicing, the analysis
+        # may name the group after another of its layers. A group the analysis no longer offers (its layer is
+        # down to what must stay) keeps its channels, ungated.
+        producers = {member.name: group for group in all_groups for member in group.members if member.produces}
+        roots = [root for root in roots if root in producers]
+        groups = [producers[root] for root in roots]
         unit_modules = [model.get_submodule(name) for name in units]
         expected = ExpectedCounts(model, self.shape, unit_modules, groups, all_groups)
         probabilities, alive = probabilities or {}, alive or {}
@@ -231,11 +242,11 @@ class BernoulliMethod(Method):
             else:
                 gate_unit(model, unit, 1.0, self.shape, gate=gate, groups=all_groups)
         container = nn.ModuleDict()
-        for group in groups:
-            start = probabilities.get(group.root)
+        for root, group in zip(roots, groups):
+            start = probabilities.get(root)
             if start is None:
-                start = torch.full((group.size,), initial)
-            container[_key(group.root)] = BernoulliChannelGate(group, start, alive.get(group.root))
+                start = torch.full((group.size,), initial, device="cpu")
+            container[_key(root)] = BernoulliChannelGate(group, start, alive.get(root))
         setattr(model, CHANNEL_GATES, container)
         draw_per_forward(model)
         self._structure = _Structure(units, roots, expected)
@@ -250,8 +261,10 @@ class BernoulliMethod(Method):
 
     def method_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         if self._adam is None:
-            self._adam = torch.optim.Adam([gate.probability for _, gate in self._gates(model)],
-                                          lr=self.config.probability_lr, weight_decay=0.0)
+            probabilities = [gate.probability for _, gate in self._gates(model)]
+            if not probabilities:
+                return None  # every gated structure has been removed: nothing left to learn
+            self._adam = torch.optim.Adam(probabilities, lr=self.config.probability_lr, weight_decay=0.0)
         return self._adam
 
     # --- the objective ----------------------------------------------------------------------------------------
@@ -346,16 +359,15 @@ class BernoulliMethod(Method):
 
     # --- per epoch: the training cost, the controller, physical removal --------------------------------------------
 
-    _epoch = 0
-
     def after_epoch(self, model: nn.Module, epoch: int) -> None:
         self._epoch = epoch
         with torch.no_grad():
             params, macs = self.complexity(model, deterministic=True)
             expected_params, expected_macs = self.complexity(model)
+        # ρ as it was while this epoch trained (until the budget was met, if that happened in it).
+        rho = self.rho if self.reached_epoch is None or self.reached_epoch == epoch else 0.0
         self.epochs.append({"epoch": epoch, "macs_trained": self._physical_macs, "macs_alive": float(macs),
-                            "params_alive": float(params), "expected_macs": float(expected_macs),
-                            "rho": self._rho_now()})
+                            "params_alive": float(params), "expected_macs": float(expected_macs), "rho": rho})
         if self.budgeted and self.reached_epoch is None:
             if self._within_budget(float(params), float(macs)):
                 self.reached_epoch = epoch

@@ -26,7 +26,7 @@ from compressor.data import DataBundle
 from compressor.errors import CompressorError
 from compressor.gates import gate_group
 from compressor.methods.base import Method, register_method
-from compressor.options import method_flag, parse_fraction
+from compressor.options import method_flag, target_params_field
 from compressor.passes.base import copy_model
 from compressor.passes.coupling import ChannelGroup, CountPredictor, analyse_channels, group_l1, realizable
 from compressor.passes.pipeline import compile_model
@@ -51,9 +51,7 @@ class ChannelConfig:
 
     scope: str = field(default="global", metadata=method_flag(
         "--channel-scope", "method channel: rank channels 'global'ly or remove a 'uniform' share per layer"))
-    target_params: float | None = field(default=None, metadata=method_flag(
-        "--target-params", "structured methods: also remove this fraction of the parameters, as 50%% or 0.5",
-        lambda text: parse_fraction(text, "--target-params")))
+    target_params: float | None = target_params_field()
     # Rounding is on by default: measured on onnxruntime's CPU kernels, channel counts that are not multiples of
     # 8 fall off the blocked fast path and a model with 25% fewer MACs can run slower than the dense one
     # (benchmarks/latency_vs_macs.py); GPU tensor cores want multiples of 8 as well.
