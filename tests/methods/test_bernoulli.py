@@ -1,4 +1,4 @@
-"""Tests of the Bernoulli method ("bernoulli", spec methods/bernoulli.md): its stochastic gates, the regulariser, the
+"""Tests of the Bernoulli method ("bernoulli", Guenter & Sideris): its stochastic gates, the regulariser, the
 projection and pruning test during training, physical removal with the survivors' state carried over, the budget
 controller, resume across a removal, and the deterministic network it ends with.
 
@@ -691,7 +691,7 @@ def test_removal_keeps_outputs_and_survivors_state_and_cuts_what_was_predicted(n
 
 
 def test_a_unit_whose_hidden_channels_all_died_goes_as_a_whole():
-    """Spec §3/§7.9: the block goes although its second BatchNorm's shift made its output a constant, not 0;
+    """The block goes although its second BatchNorm's shift made its output a constant, not 0;
     the counts then drop by that BatchNorm's parameters beyond the prediction."""
     model, method = prepared("resnet20", rho=0.5)
     kill(method, model, [], {"features.stage1.2.branch.0": list(range(16))})

@@ -1,10 +1,10 @@
 """Tests of ExpectedCounts: the expected parameters and MACs of a network whose skip-units and hidden channels are
-each present with a probability (spec methods/bernoulli.md, §2 and §6.1-6.3).
+each present with a probability (method bernoulli's complexity cost).
 
 The reference is always an independent counter: `count_params` / `count_macs` of the dense model at probability 1,
 `CountPredictor` (the compiler's own prediction) on the sub-network a 0/1 configuration keeps, exact enumeration of
-every configuration of a tiny network, a Monte-Carlo mean over sampled sub-networks, and the closed forms of §2 for
-the gradient of a basic block.
+every configuration of a tiny network, a Monte-Carlo mean over sampled sub-networks, and the paper's closed forms
+for the gradient of a basic block.
 """
 
 from __future__ import annotations
