@@ -95,8 +95,9 @@ class StageStats:
 
 @dataclass
 class ProbabilityCounts:
-    """How the surviving structures' final keep-probabilities (θ of skip-units, π of channels) are spread, read
-    before the method set them to 1: a survivor ends at or above ε, the method's pruning threshold."""
+    """How the surviving structures' keep-probabilities (θ of skip-units, π of channels) are spread, read when
+    the method fixed them at 1 (at the end, or with a target once the budget was met): a survivor is at or above
+    ε, the method's pruning threshold."""
 
     variable: str  # "θ" or "π"
     structures: str  # what the variable keeps: "skip-units" or "channels"
@@ -360,10 +361,10 @@ def _stage_table(stages: list[StageStats]) -> str:
 
 
 def _probability_table(counts: list[ProbabilityCounts]) -> str:
-    """The survivors' final keep-probabilities, binned; one row per variable."""
+    """The survivors' keep-probabilities before they were fixed at 1, binned; one row per variable."""
     epsilon = counts[0].epsilon
     return markdown_table(
-        ["final probability of the survivors", f"[ε={epsilon:g}, 0.5)", "[0.5, 0.9)", "[0.9, 1]",
+        ["probability of the survivors when fixed at 1", f"[ε={epsilon:g}, 0.5)", "[0.5, 0.9)", "[0.9, 1]",
          f"strictly between ε={epsilon:g} and 0.9", "survivors"],
         [[f"{row.variable} ({row.structures})", row.low, row.middle, row.high, row.undecided, row.survivors]
          for row in counts])

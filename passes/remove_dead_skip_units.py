@@ -24,7 +24,7 @@ from compressor.passes.base import Pass, PassResult, copy_model
 from compressor.passes.coupling import ChannelGroup, channel_groups, zero_channels
 
 def _residual_is_dead(unit: ResidualUnit) -> bool:
-    if isinstance(unit.gate, UnitGate) and float(unit.gate.value()) == 0.0:
+    if isinstance(unit.gate, UnitGate) and float(unit.gate.value().detach()) == 0.0:
         return True
     layer = last_layer(unit.branch)
     channels = getattr(layer, "weight", None)

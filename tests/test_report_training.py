@@ -108,7 +108,7 @@ def test_markdown_structure_has_the_stages_the_probabilities_and_the_notes():
     # Its removed unit's channels count as 0 after.
     assert "| `features.stage1` | 1/2 | `features.stage1.1` | 32 → 9 (2 layers) |" in structure
     assert "| `classifier.fc1` | - | - | 500 → 120 (1 layer) |" in structure
-    assert ("| final probability of the survivors | [ε=0.1, 0.5) | [0.5, 0.9) | [0.9, 1] | "
+    assert ("| probability of the survivors when fixed at 1 | [ε=0.1, 0.5) | [0.5, 0.9) | [0.9, 1] | "
             "strictly between ε=0.1 and 0.9 | survivors |") in structure
     assert "| θ (skip-units) | 0 | 0 | 1 | 0 | 1 |" in structure
     assert "| π (channels) | 2 | 2 | 2 | 3 | 6 |" in structure

@@ -798,7 +798,20 @@ def test_the_controller_accepts_deaths_within_the_budget_lowest_first_then_holds
     assert float(gates["features.stage2.1"].probability.detach()) == pytest.approx(EPSILON)
     rho = method.rho
     method.after_epoch(model, 1)
-    assert method.rho == rho and method.epochs[-1]["rho"] == 0.0
+    # ρ stays where it was; the epoch's record gives the ρ it trained with until the budget was met in it
+    assert method.rho == rho and method.epochs[-1]["rho"] == rho
+    # at the epoch boundary the survivors are fixed at 1, their values kept for the report, and stay there
+    assert method.settled
+    assert min(method.final_probabilities["theta"]) == pytest.approx(EPSILON)
+    assert len(method.final_probabilities["theta"]) == 8
+    for _, gate in method._gates(model):
+        assert torch.equal(gate.probability.detach(), gate.alive.float())
+    with torch.no_grad():
+        gates["features.stage2.1.branch.0"].probability.mul_(0.5)
+    method.after_step(model, 3)
+    assert bool((gates["features.stage2.1.branch.0"].probability.detach() == 1).all())
+    model.eval()
+    assert float(gates["features.stage1.0"].value().detach()) == 1.0
 
 
 def test_the_controller_refuses_a_death_past_the_target_and_grows_rho_below_it():
