@@ -25,6 +25,9 @@ def describe_structure(model: nn.Module) -> dict[str, dict[str, Any]]:
         if isinstance(module, nn.Conv2d):
             records[name] = {"type": "conv2d", "in": module.in_channels, "out": module.out_channels,
                              "groups": module.groups}
+        elif isinstance(module, nn.ConvTranspose2d):
+            records[name] = {"type": "conv_transpose2d", "in": module.in_channels, "out": module.out_channels,
+                             "groups": module.groups}
         elif isinstance(module, NORM_TYPES):
             records[name] = {"type": "batchnorm", "features": module.num_features}
         elif isinstance(module, nn.Linear):
@@ -45,6 +48,10 @@ def _rebuilt(old: nn.Module, record: dict[str, Any]) -> nn.Module | None:
     if kind == "conv2d" and isinstance(old, nn.Conv2d):
         return nn.Conv2d(record["in"], record["out"], old.kernel_size, old.stride, old.padding, old.dilation,
                          record["groups"], old.bias is not None, old.padding_mode, **place)
+    if kind == "conv_transpose2d" and isinstance(old, nn.ConvTranspose2d):
+        return nn.ConvTranspose2d(record["in"], record["out"], old.kernel_size, old.stride, old.padding,
+                                  old.output_padding, record["groups"], old.bias is not None, old.dilation,
+                                  old.padding_mode, **place)
     if kind == "batchnorm" and isinstance(old, NORM_TYPES):
         return type(old)(record["features"], old.eps, old.momentum, old.affine, old.track_running_stats, **place)
     if kind == "linear" and isinstance(old, nn.Linear):

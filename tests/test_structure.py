@@ -79,3 +79,13 @@ def test_a_version_1_checkpoint_without_structure_still_loads(tmp_path):
     x = torch.randn(2, *model.input_shape)
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
+
+
+def test_a_transposed_convolution_is_rebuilt_to_its_recorded_widths():
+    thin = torch.nn.Sequential(torch.nn.ConvTranspose2d(15, 6, 2, stride=2, groups=3, bias=False))
+    model = torch.nn.Sequential(torch.nn.ConvTranspose2d(16, 8, 2, stride=2, groups=1))
+    apply_structure(model, describe_structure(thin))
+    rebuilt = model[0]
+    assert (rebuilt.in_channels, rebuilt.out_channels, rebuilt.groups, rebuilt.stride) == (15, 6, 3, (2, 2))
+    assert rebuilt.bias is not None, "what is not recorded stays as built"
+    model.load_state_dict({"0.weight": thin[0].weight.detach(), "0.bias": torch.zeros(6)})

@@ -450,8 +450,12 @@ class BernoulliMethod(Method):
             if index is None:
                 kept = torch.nonzero(flags[root]).flatten()
             else:
-                row = old_shapes[root + ".weight"][1:].numel()
-                kept = index.reshape(index.shape[0], -1)[:, 0].to(flags[root].device) // row
+                # The old output channel of each new one, read off its first value's old flat index; a transposed
+                # convolution keeps its output channels in the weight's second dimension.
+                shape = old_shapes[root + ".weight"]
+                dim = 1 if isinstance(plain.get_submodule(root), nn.ConvTranspose2d) else 0
+                first = index.movedim(dim, 0).reshape(index.shape[dim], -1)[:, 0]
+                kept = (first // shape[dim + 1:].numel() % shape[dim]).to(flags[root].device)
             roots.append(root)
             kept_values[root], kept_flags[root] = values[root][kept], flags[root][kept]
             adam_state[root] = {k: (v[kept.to(v.device)] if isinstance(v, torch.Tensor) and v.dim() else v)

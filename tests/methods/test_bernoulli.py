@@ -29,6 +29,7 @@ from compressor.stochastic_gates import (CHANNEL_GATES, BernoulliChannelGate, Be
                                          remove_stochastic_gates)
 from compressor.training import TrainConfig, plain_parameter_name, train
 from shared import randomize_batchnorm_, single_torch_thread
+from user_models import build
 
 SHAPE = (3, 8, 8)
 EPSILON = 0.1
@@ -904,3 +905,28 @@ def test_a_model_without_skip_units_gets_a_note_saying_why_no_layer_was_removed(
     assert method.facts()["notes"] == method.notes
     _, resnet = prepared("resnet20", 0.5)
     assert not any("no layer was removed" in note for note in resnet.notes)
+
+
+@pytest.mark.parametrize("name", ["senet", "resnext", "split", "encoder-decoder", "bias-free-mlp", "lambda"])
+def test_models_outside_the_zoo_lose_their_dead_channels_and_keep_their_function(name):
+    """Models the coupling analysis understands (tests/user_models.py): gated, a channel of every group killed,
+    compiled away mid-training with eval outputs unchanged, and finalized without a gate left."""
+    torch.manual_seed(0)
+    model = randomize_batchnorm_(build(name))
+    method = create_method("bernoulli", 0.3, "structured")
+    method.prepare(model, None)
+    gates = method._gates(model)
+    assert gates
+    with torch.no_grad():
+        for _, gate in gates:
+            gate.probability.view(-1)[0] = 0.0
+    method.after_step(model, 1)
+    x = torch.randn(4, *model.input_shape)
+    model.eval()
+    before = model(x)
+    params = count_params(model)
+    method._remove_dead(model, None)
+    assert count_params(model) < params
+    torch.testing.assert_close(model(x), before, atol=1e-5, rtol=1e-5)
+    method.finalize(model)
+    assert not parametrize.is_parametrized(model) and not hasattr(model, CHANNEL_GATES)
