@@ -56,7 +56,7 @@ import torch
 from compressor.api import compress, train_model
 from compressor.counting import count_layer_macs, count_params
 from compressor.loading import load_model
-from compressor.tables import text_table
+from compressor.tables import mean_sd, text_table
 
 EXPERIMENTS = ("c1", "c2", "c3", "target")
 HIGH = 0.9  # C5: a survivor at or above this has settled
@@ -118,13 +118,6 @@ def _mean(values: list[float]) -> float:
 
 def _sd(values: list[float]) -> float:
     return statistics.stdev(values) if len(values) > 1 else 0.0
-
-
-def fmt(values: list[float | None], scale: float = 100.0, digits: int = 1) -> str:
-    values = [v for v in values if v is not None]
-    if not values:
-        return "-"
-    return f"{_mean(values) * scale:.{digits}f} ± {_sd(values) * scale:.{digits}f}"
 
 
 def compare(a: list[float], b: list[float]) -> int:
@@ -241,9 +234,9 @@ def c1_table(results: Results, models: list[str], specs: list[Spec]) -> str:
     for model in models:
         for spec in specs:
             units = [len(run["removed_units"]) for run in results.of(model, spec)]
-            rows.append([model, spec.label, results.n(model, spec), fmt(results.values(model, spec, "macs_removed")),
-                         fmt(results.values(model, spec, "params_removed")),
-                         fmt(results.values(model, spec, "accuracy")), fmt(units, 1.0)])
+            rows.append([model, spec.label, results.n(model, spec), mean_sd(results.values(model, spec, "macs_removed")),
+                         mean_sd(results.values(model, spec, "params_removed")),
+                         mean_sd(results.values(model, spec, "accuracy")), mean_sd(units, 1.0)])
         parts = []
         for key, name, claimed in (("macs_removed", "fPR", 1), ("params_removed", "pPR", 1),
                                    ("accuracy", "accuracy", -1)):
@@ -262,9 +255,9 @@ def c2_table(results: Results, models: list[str], specs: list[Spec]) -> str:
             runs = results.of(model, spec)
             removed = [len(run["removed_units"]) for run in runs]
             left = [run["units_total"] - len(run["removed_units"]) for run in runs if run["units_total"] is not None]
-            rows.append([model, spec.label, results.n(model, spec), fmt(left, 1.0), fmt(removed, 1.0),
-                         fmt(results.values(model, spec, "macs_removed")),
-                         fmt(results.values(model, spec, "accuracy"))])
+            rows.append([model, spec.label, results.n(model, spec), mean_sd(left, 1.0), mean_sd(removed, 1.0),
+                         mean_sd(results.values(model, spec, "macs_removed")),
+                         mean_sd(results.values(model, spec, "accuracy"))])
         base, large = specs
         units = compare([len(r["removed_units"]) for r in results.of(model, base)],
                         [len(r["removed_units"]) for r in results.of(model, large)])
@@ -305,12 +298,12 @@ def c3_table(results: Results, models: list[str], specs: list[Spec]) -> str:
         names = stages[model]
         for spec in specs:
             runs = results.of(model, spec)
-            per_stage = [fmt([_stage_removed(run, s) for run in runs]) for s in names]
-            share = fmt([_stage_share(run, names[-1]) for run in runs]) if names else "-"
-            rows.append([model, spec.label, results.n(model, spec), fmt(results.values(model, spec, "macs_removed")),
-                         fmt(results.values(model, spec, "params_removed")),
-                         fmt(results.values(model, spec, "pr_ratio"), 1.0, 2), *per_stage,
-                         *["-"] * (most - len(names)), share, fmt(results.values(model, spec, "accuracy"))])
+            per_stage = [mean_sd([_stage_removed(run, s) for run in runs]) for s in names]
+            share = mean_sd([_stage_share(run, names[-1]) for run in runs]) if names else "-"
+            rows.append([model, spec.label, results.n(model, spec), mean_sd(results.values(model, spec, "macs_removed")),
+                         mean_sd(results.values(model, spec, "params_removed")),
+                         mean_sd(results.values(model, spec, "pr_ratio"), 1.0, 2), *per_stage,
+                         *["-"] * (most - len(names)), share, mean_sd(results.values(model, spec, "accuracy"))])
         high, low = specs  # κ = 1, κ = 0
         ratio = compare(results.values(model, high, "pr_ratio"), results.values(model, low, "pr_ratio"))
         last = compare([v for r in results.of(model, high) if (v := _stage_share(r, names[-1])) is not None],
@@ -340,9 +333,9 @@ def c4_c5_tables(results: Results, models: list[str], specs: list[Spec], epochs:
             cost = results.values(model, spec, "cost")
             half = results.values(model, spec, "half_removal_epoch")
             no_pruning = sum(1 for run in runs if run.numbers.get("half_removal_epoch") is None)
-            rows4.append([model, spec.label, results.n(model, spec), fmt(cost, 1.0, 3), fmt(half, 1.0, 1),
-                          str(no_pruning), fmt(results.values(model, spec, "macs_removed")),
-                          fmt(results.values(model, spec, "seconds_per_epoch"), 1.0, 1)])
+            rows4.append([model, spec.label, results.n(model, spec), mean_sd(cost, 1.0, 3), mean_sd(half, 1.0, 1),
+                          str(no_pruning), mean_sd(results.values(model, spec, "macs_removed")),
+                          mean_sd(results.values(model, spec, "seconds_per_epoch"), 1.0, 1)])
             cheaper += bool(cost) and 1 - _mean(cost) > _sd(cost)
             early += bool(half) and _mean(half) - epochs / 2 <= _sd(half)
             theta = [r["undecided"]["theta"] for r in runs if "undecided" in r.numbers]
@@ -350,8 +343,8 @@ def c4_c5_tables(results: Results, models: list[str], specs: list[Spec], epochs:
             both = [r["undecided"]["all"] for r in runs if "undecided" in r.numbers]
             survivors = [len(r["probabilities"].get("theta", [])) + len(r["probabilities"].get("pi", []))
                          for r in runs if "probabilities" in r.numbers]
-            rows5.append([model, spec.label, results.n(model, spec), fmt(theta), fmt(pi), fmt(both),
-                          fmt(survivors, 1.0, 0)])
+            rows5.append([model, spec.label, results.n(model, spec), mean_sd(theta), mean_sd(pi), mean_sd(both),
+                          mean_sd(survivors, 1.0, 0)])
             both = [v for v in both if v is not None]
             undecided_zero += bool(both) and max(both) == 0
             if both:
@@ -385,10 +378,10 @@ def target_table(results: Results, models: list[str], specs: list[Spec]) -> str:
             ratio = [_latency_ratio(r) for r in runs]
             reached = ", ".join("-" if r.numbers.get("target_reached_epoch") is None
                                 else str(r.numbers["target_reached_epoch"]) for r in runs)
-            rows.append([model, spec.method, results.n(model, spec), fmt(results.values(model, spec, "dense_accuracy")),
-                         fmt(results.values(model, spec, "accuracy")), fmt(results.values(model, spec, "macs_removed")),
-                         fmt(results.values(model, spec, "params_removed")), fmt(dense_ms, 1.0, 3),
-                         fmt(compressed_ms, 1.0, 3), fmt(ratio, 1.0, 3),
+            rows.append([model, spec.method, results.n(model, spec), mean_sd(results.values(model, spec, "dense_accuracy")),
+                         mean_sd(results.values(model, spec, "accuracy")), mean_sd(results.values(model, spec, "macs_removed")),
+                         mean_sd(results.values(model, spec, "params_removed")), mean_sd(dense_ms, 1.0, 3),
+                         mean_sd(compressed_ms, 1.0, 3), mean_sd(ratio, 1.0, 3),
                          reached if spec.method == "bernoulli" else ""])
         bernoulli, channel = specs
         accuracy = compare(results.values(model, channel, "accuracy"), results.values(model, bernoulli, "accuracy"))
@@ -413,11 +406,11 @@ def time_table(results: Results, dense: list[dict[str, Any]], models: list[str],
     rows = []
     for model in models:
         seconds = [d["seconds"] for d in dense if d["model"] == model]
-        rows.append([model, "dense training", str(len(seconds)), fmt(seconds, 1.0, 0)])
+        rows.append([model, "dense training", str(len(seconds)), mean_sd(seconds, 1.0, 0)])
         for spec in specs:
             seconds = [run.seconds for run in results.runs if run.model == model and run.spec == spec]
             if seconds:
-                rows.append([model, spec.label, str(len(seconds)), fmt(seconds, 1.0, 0)])
+                rows.append([model, spec.label, str(len(seconds)), mean_sd(seconds, 1.0, 0)])
     return text_table(["model", "run", "runs", "wall s per run"], rows, title="wall time", left_columns=2)
 
 

@@ -29,7 +29,7 @@ import torch
 from compressor.api import compress
 from compressor.data import load_data
 from compressor.errors import CompressorError
-from compressor.tables import text_table
+from compressor.tables import mean_sd, text_table
 from compressor.training import TrainConfig, train
 
 # The models live with the tests, which check what these runs measure.
@@ -53,14 +53,6 @@ RUNS = [
     ("tiny-vit", "channel", "30%", "structured", {"round_to": 1}),
     ("lambda", "magnitude", "85%", "unstructured", {}),
 ]
-
-
-def _mean_sd(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
-    if not values:
-        return "-"
-    mean = statistics.fmean(values) * scale
-    sd = statistics.stdev(values) * scale if len(values) > 1 else 0.0
-    return f"{mean:.{digits}f} ± {sd:.{digits}f}"
 
 
 def _trained(name: str, seed: int, epochs: int, folder: Path) -> Path:
@@ -112,11 +104,11 @@ def main() -> None:
             structure = [r.structure for r in results if r.structure is not None]
             rows.append([
                 name, label,
-                _mean_sd([r.dense.accuracy for r in results]),
-                _mean_sd([r.compressed.accuracy for r in results]),
-                _mean_sd([s.macs_removed for s in structure]) if structure else "-",
-                _mean_sd([s.params_removed for s in structure]) if structure else "-",
-                _mean_sd([r.compressed.sparsity for r in results]),
+                mean_sd([r.dense.accuracy for r in results]),
+                mean_sd([r.compressed.accuracy for r in results]),
+                mean_sd([s.macs_removed for s in structure]) if structure else "-",
+                mean_sd([s.params_removed for s in structure]) if structure else "-",
+                mean_sd([r.compressed.sparsity for r in results]),
                 f"{max(r.onnx.max_abs_diff for r in results):.1e}",
                 f"{statistics.fmean(r.latency.compressed_ms / r.latency.dense_ms for r in results):.2f}",
                 f"{statistics.fmean(seconds):.1f}",

@@ -6,6 +6,7 @@ benchmark scripts) is rendered here, so they all look alike.
 
 from __future__ import annotations
 
+import statistics
 from typing import Sequence
 
 
@@ -30,3 +31,13 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> s
     lines = ["| " + " | ".join(str(c) for c in header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def mean_sd(values: Sequence[float | None], scale: float = 100.0, digits: int = 1) -> str:
+    """A table cell "mean ± standard deviation" of the values given (None skipped), scaled (100: percent);
+    "-" when there are none, a deviation of 0 for a single value."""
+    present = [value for value in values if value is not None]
+    if not present:
+        return "-"
+    sd = statistics.stdev(present) if len(present) > 1 else 0.0
+    return f"{statistics.fmean(present) * scale:.{digits}f} ± {sd * scale:.{digits}f}"

@@ -172,7 +172,6 @@ class BernoulliMethod(Method):
         self.budgeted = budget
         self.rho = c.rho if c.rho is not None else 0.1
         self.reached_epoch: int | None = None
-        self.settled = False  # survivors fixed at 1: the budget was met at an earlier epoch boundary
         self.removed_units: list[str] = []
         self.epochs: list[dict[str, float]] = []
         self.stages: dict[str, dict[str, Any]] = {}
@@ -305,6 +304,11 @@ class BernoulliMethod(Method):
         rho = self._rho_now()
         return self.regulariser(model, rho) if rho > 0 else None
 
+    @property
+    def settled(self) -> bool:
+        """Whether the survivors are fixed at 1: the budget was met by an epoch boundary already passed."""
+        return self.reached_epoch is not None and self.reached_epoch <= self._epoch
+
     def _rho_now(self) -> float:
         return 0.0 if self.reached_epoch is not None else self.rho
 
@@ -319,12 +323,11 @@ class BernoulliMethod(Method):
         epsilon = self.config.epsilon
         gates = [gate for _, gate in self._gates(model)]
         with torch.no_grad():
+            if self.settled:
+                _fix_survivors(gates)
+                return
             for gate in gates:
                 gate.probability.clamp_(0.0, 1.0)
-            if self.settled:
-                for gate in gates:
-                    gate.probability.copy_(gate.alive.float())
-                return
             if self.budgeted and self.reached_epoch is not None:
                 # Within budget: no structure may die any more.
                 for gate in gates:
@@ -382,12 +385,10 @@ class BernoulliMethod(Method):
                 self.reached_epoch = epoch
             else:
                 self.rho *= self.config.rho_growth
-        if self.reached_epoch is not None and not self.settled:
-            self.settled = True
+        if self.reached_epoch == epoch:  # the first boundary with the budget met: from here on, settled
             self._record_probabilities(model)
             with torch.no_grad():
-                for _, gate in self._gates(model):
-                    gate.probability.copy_(gate.alive.float())
+                _fix_survivors([gate for _, gate in self._gates(model)])
 
     def restructure(self, model: nn.Module, optimizer_state: dict[str, dict]) -> bool:
         gates = self._gates(model)
@@ -540,14 +541,12 @@ class BernoulliMethod(Method):
         return super().facts()
 
     def state_dict(self) -> dict:
-        return {"rho": self.rho, "reached_epoch": self.reached_epoch, "settled": self.settled,
-                "probabilities": dict(self.final_probabilities), "removed_units": list(self.removed_units),
+        return {"rho": self.rho, "reached_epoch": self.reached_epoch, "probabilities": dict(self.final_probabilities), "removed_units": list(self.removed_units),
                 "epochs": [dict(record) for record in self.epochs], "epoch": self._epoch}
 
     def load_state_dict(self, state: dict) -> None:
         self.rho = float(state["rho"])
         self.reached_epoch = state["reached_epoch"]
-        self.settled = bool(state["settled"])
         self.final_probabilities = dict(state["probabilities"])
         self.removed_units = list(state["removed_units"])
         self.epochs = [dict(record) for record in state["epochs"]]
@@ -560,6 +559,12 @@ class BernoulliMethod(Method):
                      probabilities=dict(self.final_probabilities), notes=list(self.notes),
                      target_reached_epoch=self.reached_epoch, rho_final=self.rho)
         return facts
+
+
+def _fix_survivors(gates: list[nn.Module]) -> None:
+    """Every survivor at 1, every dead structure at 0: the deterministic network."""
+    for gate in gates:
+        gate.probability.copy_(gate.alive.float())
 
 
 def _surviving_positions(gated: nn.Module, compiled: nn.Module, input_shape: tuple[int, ...]
