@@ -32,7 +32,7 @@ from compressor.methods import create_method
 from compressor.models import create_model
 from compressor.options import parse_fraction
 from compressor.report import (CompressedStats, DenseStats, EpochCost, LatencyStats, LayerShape, LayerStats, OnnxStats,
-                               PassStats, ProbabilityCounts, Report, StageStats, StructureStats, write_report)
+                               PassStats, ProbabilityCounts, PruningStage, Report, StageStats, StructureStats, write_report)
 from compressor.training import EpochRecord, TrainConfig, TrainResult, evaluate, model_device, train
 from compressor.verify import verify_onnx
 from compressor.passes.analysis import has_unbaked_mask, two_four_eligibility
@@ -256,9 +256,8 @@ def _compress_into(output: Output | None, state_path: Path, device: torch.device
         with together():
             model = compression.prepare(model, bundle)
         masked = {name for name, layer in prunable_layers(model) if has_unbaked_mask(layer)}
-        trained = train(model, bundle.train, bundle.test, TrainConfig(epochs=epochs, lr=lr, seed=seed),
-                        hooks=compression, state_path=state_path, resume=resume, progress=progress,
-                        description=f"{compression.name} training")
+        trained = compression.fit(model, bundle, TrainConfig(epochs=epochs, lr=lr, seed=seed), state_path=state_path,
+                                  resume=resume, progress=progress, description=f"{compression.name} training")
         model = compression.finalize(model)
     if not main:
         return None
@@ -362,6 +361,7 @@ def _structure_stats(model: nn.Module, shape: tuple[int, ...], dense: DenseStats
         stages=_stage_stats(facts.get("stages", {}), list(shapes_before)),
         probabilities=_probability_counts(facts.get("probabilities", {}), facts["config"].get("epsilon", 0.1)),
         notes=facts.get("notes", []),
+        pruning_stages=[PruningStage(**record) for record in facts.get("pruning_stages", [])],
     )
 
 

@@ -255,7 +255,7 @@ def _run_compress(args: argparse.Namespace) -> None:
     from compressor.methods.base import typed_options
 
     _quiet_onnxruntime()
-    from compressor.report import summary_text
+    from compressor.report import plot_files, summary_text
 
     report = compress(
         args.model, args.method, args.target, pattern=args.pattern, data=args.data, epochs=args.epochs, lr=args.lr,
@@ -267,10 +267,7 @@ def _run_compress(args: argparse.Namespace) -> None:
     if report is None:  # a process of a data-parallel run that writes nothing
         return
     print(summary_text(report))
-    plot = "channels.png" if report.structure is not None else "sparsity.png"
-    if report.training_cost:
-        plot += ", training_cost.png"
-    print(f"\nwrote {printable(args.out)}/: model.onnx, model.pt, report.json, report.md, {plot} "
+    print(f"\nwrote {printable(args.out)}/: model.onnx, model.pt, report.json, report.md, {', '.join(plot_files(report))} "
           f"(ONNX vs torch max |diff| {report.onnx.max_abs_diff:.2g})")
 
 

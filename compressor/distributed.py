@@ -220,6 +220,16 @@ def total(value: torch.Tensor) -> torch.Tensor:
     return value
 
 
+def from_main(value: object) -> object:
+    """The main process's `value` on every process (`value` itself when there is one): a decision every process
+    could compute, taken once, so that floating-point noise cannot make the processes disagree."""
+    if not group().parallel:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def check_replicas_agree(model: nn.Module) -> None:
     """Verify that every process ends training with bit-identical weights and buffers (masks, thresholds,
     gates among them): a method whose state drifts apart across processes would compress a model nobody

@@ -7,6 +7,7 @@ runs. A field that is a prediction says so in its name.
 Methods that change the network while they train add what the network was at every epoch: the MACs each epoch
 trained (`EpochCost`), so that the training's own cost can be set against training the dense model, and per
 stage what was removed (`StageStats`) and how sure the method ended about what it kept (`ProbabilityCounts`).
+A method that prunes in rounds of score → remove → retrain records each round (`PruningStage`).
 Reports written before these fields existed load with them empty, and render as they did.
 """
 
@@ -121,6 +122,22 @@ class ProbabilityCounts:
 
 
 @dataclass
+class PruningStage:
+    """One round of a method that prunes in stages: every unit's score when the round began (the units left),
+    the units it removed, the network it left (counted), and its test accuracy right after the removal and after
+    the round's retraining (None when the round did not retrain)."""
+
+    stage: int
+    units_before: int
+    removed: list[str]
+    dependence: dict[str, float]
+    params: int
+    macs: int
+    accuracy_after_removal: float
+    accuracy_after_retraining: float | None
+
+
+@dataclass
 class StructureStats:
     """What structural compression removed, counted on the compiled model; and from a method that prunes while
     it trains, what it removed per stage, its survivors' final probabilities and its notes (else empty)."""
@@ -134,6 +151,7 @@ class StructureStats:
     stages: list[StageStats] = field(default_factory=list)
     probabilities: list[ProbabilityCounts] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    pruning_stages: list[PruningStage] = field(default_factory=list)
 
 
 @dataclass
@@ -241,6 +259,7 @@ class Report:
             structure["layers"] = [LayerShape(**row) for row in structure["layers"]]
             structure["stages"] = [StageStats(**row) for row in structure.get("stages", [])]
             structure["probabilities"] = [ProbabilityCounts(**row) for row in structure.get("probabilities", [])]
+            structure["pruning_stages"] = [PruningStage(**row) for row in structure.get("pruning_stages", [])]
             values["structure"] = StructureStats(**structure)
         return cls(**values)
 
@@ -337,6 +356,7 @@ def _structure_section(structure: StructureStats) -> list[str]:
         "",
         *([_stage_table(structure.stages), ""] if structure.stages else []),
         *([_probability_table(structure.probabilities), ""] if structure.probabilities else []),
+        *(_pruning_stages_section(structure.pruning_stages) if structure.pruning_stages else []),
         *([*(f"- {note}" for note in structure.notes), ""] if structure.notes else []),
         *([markdown_table(["channels left whole (produced by)", "why"],
                           [[f"`{item['layer']}`", item["reason"]] for item in structure.left_whole]), ""]
@@ -358,6 +378,26 @@ def _stage_table(stages: list[StageStats]) -> str:
         rows.append([f"`{stage.name}`", f"{stage.units_kept}/{len(stage.units)}" if stage.units else "-",
                      ", ".join(f"`{unit}`" for unit in stage.removed_units) or "-", channels])
     return markdown_table(["stage", "skip-units kept", "skip-units removed", "hidden channels before → after"], rows)
+
+
+def _pruning_stages_section(stages: list[PruningStage]) -> list[str]:
+    """Per round: units scored and removed, the network left, and accuracy before and after retraining."""
+    rows = [[stage.stage, stage.units_before, len(stage.removed), ", ".join(f"`{u}`" for u in stage.removed) or "-",
+             f"{stage.params:,}", f"{stage.macs:,}", f"{stage.accuracy_after_removal:.2%}",
+             "-" if stage.accuracy_after_retraining is None else f"{stage.accuracy_after_retraining:.2%}"]
+            for stage in stages]
+    return [
+        "### Pruning stages",
+        "",
+        "Each stage scores the skip-units left by their energy dependence on the labels (D), removes some, and "
+        "retrains; params and MACs are counted on the network each stage left.",
+        "",
+        "![energy dependence D of each skip-unit along the depth, one line per stage](dependence.png)",
+        "",
+        markdown_table(["stage", "units scored", "removed", "units removed", "params", "MACs",
+                        "accuracy after removal", "after retraining"], rows),
+        "",
+    ]
 
 
 def _probability_table(counts: list[ProbabilityCounts]) -> str:
@@ -491,15 +531,53 @@ def plot_training_cost(report: Report, path: str | os.PathLike) -> Path:
     return written
 
 
+def plot_dependence(report: Report, path: str | os.PathLike) -> Path:
+    """dependence.png: each stage's D of every skip-unit it scored, along the depth (one line per stage), the
+    units each stage removed marked with a cross."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stages = report.structure.pruning_stages
+    units = list(stages[0].dependence)
+    position = {unit: index for index, unit in enumerate(units)}
+    figure, axes = plt.subplots(figsize=(max(6.0, 0.3 * len(units) + 2), 4.5))
+    colours = plt.get_cmap("viridis")
+    for number, stage in enumerate(stages):
+        colour = colours(number / max(1, len(stages) - 1))
+        scored = [unit for unit in units if unit in stage.dependence]
+        axes.plot([position[u] for u in scored], [stage.dependence[u] for u in scored], marker="o", markersize=3,
+                  color=colour, label=f"stage {stage.stage}")
+        axes.scatter([position[u] for u in stage.removed], [stage.dependence[u] for u in stage.removed], marker="x",
+                     s=60, color=colour, zorder=3)
+    axes.set_xticks(range(len(units)), units, rotation=75, ha="right", fontsize=7 if len(units) < 40 else 5)
+    axes.set_ylabel("energy dependence D")
+    axes.set_title(f"{report.arch or report.model}: D per skip-unit and stage (x: removed in that stage)")
+    axes.legend(loc="upper left", fontsize=8, ncol=2)
+    figure.tight_layout()
+    written = atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=120))
+    plt.close(figure)
+    return written
+
+
+def plot_files(report: Report) -> list[str]:
+    """The PNG files `write_report` writes for `report`."""
+    files = ["channels.png" if report.structure is not None else "sparsity.png"]
+    if report.training_cost:
+        files.append("training_cost.png")
+    if report.structure is not None and report.structure.pruning_stages:
+        files.append("dependence.png")
+    return files
+
+
 def write_report(report: Report, folder: str | os.PathLike) -> None:
-    """report.json, report.md and a plot in `folder`: sparsity.png, or channels.png for structured methods; and
-    training_cost.png when the method recorded what each epoch trained."""
+    """report.json, report.md and the plots of `plot_files`: sparsity.png, or channels.png for structured methods;
+    training_cost.png when the method recorded what each epoch trained; dependence.png when it pruned in stages."""
     folder = Path(folder)
     atomic_write_text(folder / "report.json", json.dumps(report.to_dict(), indent=2) + "\n")
     atomic_write_text(folder / "report.md", render_markdown(report))
-    if report.structure is not None:
-        plot_channels(report, folder / "channels.png")
-    else:
-        plot_sparsity(report, folder / "sparsity.png")
-    if report.training_cost:
-        plot_training_cost(report, folder / "training_cost.png")
+    plots = {"channels.png": plot_channels, "sparsity.png": plot_sparsity, "training_cost.png": plot_training_cost,
+             "dependence.png": plot_dependence}
+    for name in plot_files(report):
+        plots[name](report, folder / name)

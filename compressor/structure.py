@@ -82,3 +82,11 @@ def apply_structure(model: nn.Module, records: dict[str, dict[str, Any]]) -> nn.
             model.set_submodule(name, new)
     return model
 
+
+
+def take_shape_of(model: nn.Module, compiled: nn.Module) -> nn.Module:
+    """Rebuild `model` in place as `compiled`, a compiled copy of it: its modules take the compiled shapes and
+    its tensors the compiled values, so that whoever holds `model` holds the smaller network."""
+    apply_structure(model, describe_structure(compiled))
+    model.load_state_dict(compiled.state_dict())
+    return model

@@ -86,6 +86,17 @@ class TrainingHooks:
         """
         return None
 
+    def lr_schedule(self, optimizer: torch.optim.Optimizer, total_steps: int, steps_per_epoch: int
+                    ) -> torch.optim.lr_scheduler.LRScheduler | None:
+        """The weights' learning-rate schedule, stepped after every optimizer step (e.g. restarted at every stage
+        of a method that prunes in stages); None anneals the rate over `total_steps` on a cosine."""
+        return None
+
+    def stop_training(self) -> bool:
+        """Checked before every epoch: True ends the run there, before `config.epochs` (a method that prunes in
+        stages, once its last stage has retrained). A run resumed from a state saved after that epoch ends too."""
+        return False
+
     def extra_loss(self, model: nn.Module) -> torch.Tensor | None:
         """A scalar added to the task loss at every step (e.g. a budget penalty); None adds nothing."""
         return None
@@ -245,7 +256,7 @@ def _train(
         _check_fingerprint(state, state_path, fingerprint, config, hooks)
         if state.get("structure") is not None:
             hooks.restore_structure(model, state["structure"])
-    optimizers = _Optimizers(model, config, hooks, config.epochs * batches_per_epoch)
+    optimizers = _Optimizers(model, config, hooks, config.epochs * batches_per_epoch, batches_per_epoch)
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
 
     history: list[EpochRecord] = []
@@ -266,6 +277,8 @@ def _train(
 
     step = completed * batches_per_epoch
     for epoch in range(completed + 1, config.epochs + 1):
+        if hooks.stop_training():
+            break
         _seed_shuffling(train_loader, config.seed, epoch)
         training = [(name, tuple(p.shape)) for name, p in model.named_parameters() if p.requires_grad]
         if training != replicated:
@@ -353,11 +366,12 @@ class _Optimizers:
     was; the method carries its own optimizer's state.
     """
 
-    def __init__(self, model: nn.Module, config: TrainConfig, hooks: TrainingHooks, total_steps: int) -> None:
+    def __init__(self, model: nn.Module, config: TrainConfig, hooks: TrainingHooks, total_steps: int,
+                 steps_per_epoch: int) -> None:
         self.config, self.hooks, self.total_steps = config, hooks, total_steps
+        self.steps_per_epoch = steps_per_epoch
         self._build(model)
-        # Stepped per batch, so that a short fine-tune of one or two epochs still anneals smoothly.
-        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.sgd, T_max=total_steps)
+        self.scheduler = self._schedule()
 
     def _build(self, model: nn.Module) -> None:
         self.method = self.hooks.method_optimizer(model)
@@ -373,6 +387,11 @@ class _Optimizers:
             # Nesterov is undefined without momentum (torch refuses it), so momentum=0 means plain SGD.
             nesterov=self.config.nesterov and self.config.momentum > 0,
         )
+
+    def _schedule(self) -> torch.optim.lr_scheduler.LRScheduler:
+        schedule = self.hooks.lr_schedule(self.sgd, self.total_steps, self.steps_per_epoch)
+        # Stepped per batch, so that a short fine-tune of one or two epochs still anneals smoothly.
+        return schedule or torch.optim.lr_scheduler.CosineAnnealingLR(self.sgd, T_max=self.total_steps)
 
     def zero_grad(self) -> None:
         self.sgd.zero_grad(set_to_none=True)
@@ -401,7 +420,7 @@ class _Optimizers:
             if plain_parameter_name(name) in by_name:
                 self.sgd.state[parameter] = by_name[plain_parameter_name(name)]
         # A new scheduler starts by setting the initial rate; the loaded schedule puts back the current one.
-        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.sgd, T_max=self.total_steps)
+        self.scheduler = self._schedule()
         self.scheduler.load_state_dict(schedule)
         for param_group, lr in zip(self.sgd.param_groups, self.scheduler.get_last_lr()):
             param_group["lr"] = lr

@@ -39,7 +39,7 @@ from compressor.passes.enforce_two_four import EnforceTwoFourPass
 from compressor.passes.fold_batchnorm import fold_batchnorm
 from compressor.passes.pipeline import compile_model
 from compressor.structure import apply_structure, describe_structure
-from compressor.training import TrainConfig, train
+from compressor.training import TrainConfig
 from shared import assert_onnx_matches_torch, single_torch_thread
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; torch sees none")
@@ -58,6 +58,8 @@ CASES = {
     # within the epoch and are compiled away at its end.
     "bernoulli": ("lenet5", "bernoulli", 0.5, "structured", {}),
     "bernoulli-units": ("resnet20", "bernoulli", None, "structured", {"rho": 50.0, "probability_lr": 0.2}),
+    # Two stages of one epoch: scoring, removal and the compile between them happen on the model's device.
+    "energy": ("resnet20", "energy", None, "structured", {"stages": 2}),
 }
 
 
@@ -121,7 +123,7 @@ def compression_stages(model: nn.Module, method: Method, data: DataBundle) -> nn
     torch passes, and the counts and BatchNorm folding its report and export read."""
     shape = tuple(model.input_shape)
     model = method.prepare(model, data)
-    train(model, data.train, data.test, TrainConfig(epochs=1, lr=0.01), hooks=method, progress=False)
+    method.fit(model, data, TrainConfig(epochs=1, lr=0.01), progress=False)
     model = method.finalize(model)
     if method.structured:
         compiled = compile_model(model, shape, method.round_to).model
@@ -209,6 +211,15 @@ def test_budget_compresses_on_cuda(lenet5_checkpoint, tmp_path):
     report = compress_on_cuda(lenet5_checkpoint, tmp_path / "o", "budget", "85%")
     assert abs(report.compressed.sparsity - 0.85) <= 0.002
     assert all(row.predicted_sparsity is not None for row in report.layers if row.pattern == "unstructured")
+
+
+@needs_cuda
+def test_energy_compresses_on_cuda(tmp_path):
+    torch.manual_seed(0)
+    report = compress(create_model("resnet20"), "energy", "30%", epochs=1, out=tmp_path / "o", progress=False,
+                      device="cuda")
+    assert report.onnx.max_abs_diff <= report.onnx.tolerance
+    assert report.structure.macs_removed >= 0.3 and report.structure.removed_units
 
 
 @needs_cuda

@@ -14,6 +14,8 @@ from compressor.api import compress
 from compressor.cli import main
 from compressor.distributed import resolve_device
 from compressor.errors import CompressorError
+from compressor.loading import save_checkpoint
+from compressor.models import create_model
 from distributed_cases import BATCH, EPOCHS, SEED, reference_setup
 from compressor.training import TrainConfig, train
 
@@ -137,6 +139,20 @@ def test_torchrun_bernoulli_removes_structure_on_both_processes_alike(lenet5_che
     report = json.loads((tmp_path / "D" / "report.json").read_text())
     assert report["structure"]["macs_removed"] > 0
     assert (report["device"], report["processes"]) == ("cpu", 2)
+
+
+def test_torchrun_energy_removes_the_same_units_on_both_processes(tmp_path):
+    # Each process scores the units; the main process's choice is taken by both, and the run ends by checking
+    # that their weights agree.
+    torch.manual_seed(0)
+    save_checkpoint(create_model("resnet20"), tmp_path / "r20.pt")
+    result = torchrun("-m", "compressor", "r20.pt", "--method", "energy", "--option", "stages=2", "--epochs", "1",
+                      "--input-shape", "3,8,8", "--out", "D", "--no-progress", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "D" / "report.json").read_text())
+    assert [len(stage["removed"]) for stage in report["structure"]["pruning_stages"]] == [2, 1]
+    assert (report["device"], report["processes"]) == ("cpu", 2)
+    assert "dependence.png" in result.stdout
 
 
 @pytest.mark.parametrize("method, epochs", [("magnitude", 1), ("budget", 2)])

@@ -2,7 +2,7 @@
 
 A method decides *what* to remove and says so only through weight masks and gates (DESIGN.md); passes
 decide how the model becomes smaller. Its life cycle is `prepare` (attach masks/gates, possibly from data)
-→ training with the method's hooks (a `TrainingHooks` subclass: extra losses, optimizer groups, per-step
+→ training with the method's hooks (`fit`) (a `TrainingHooks` subclass: extra losses, optimizer groups, per-step
 work) → `finalize` (fix the decisions). Each method has a hyper-parameter dataclass whose defaults are its
 seed paper's, so the CLI and the Python API construct every method the same way and never special-case one.
 """
@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from compressor.data import DataBundle
 from compressor.errors import CompressorError
-from compressor.training import TrainingHooks
+from compressor.training import TrainConfig, TrainingHooks, TrainResult, train
 
 PATTERNS = ("unstructured", "2:4")
 
@@ -38,6 +38,8 @@ class Method(TrainingHooks, metaclass=ABCMeta):
     round_to: int = 1
 
     def __init__(self, target: float | None, pattern: str = "unstructured", config: Any = None):
+        if self.structured and pattern == "unstructured":
+            pattern = "structured"  # the command line's default pattern, given to a method that only removes structure
         if pattern not in self.patterns:
             raise CompressorError(f"method {self.name} supports patterns {', '.join(self.patterns)}, not {pattern!r}")
         self.target = target
@@ -49,6 +51,12 @@ class Method(TrainingHooks, metaclass=ABCMeta):
     @abstractmethod
     def prepare(self, model: nn.Module, data: DataBundle) -> nn.Module:
         """Attach the method's masks/gates to `model` (in place) and return it."""
+
+    def fit(self, model: nn.Module, data: DataBundle, config: TrainConfig, **loop: Any) -> TrainResult:
+        """Train the prepared model in the shared loop with this method's hooks; `loop` are `train`'s keyword
+        arguments (state path, resume, progress, description). A method that trains in stages sets the length
+        of the run here."""
+        return train(model, data.train, data.test, config, hooks=self, **loop)
 
     def finalize(self, model: nn.Module) -> nn.Module:
         """Fix the method's decisions after training; the default keeps the masks as they are."""

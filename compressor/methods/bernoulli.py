@@ -51,7 +51,7 @@ from compressor.passes.pipeline import compile_model
 from compressor.passes.zero_flow import WEIGHT_LAYERS
 from compressor.stochastic_gates import (CHANNEL_GATES, BernoulliChannelGate, BernoulliUnitGate,
                                          draw_per_forward, remove_stochastic_gates, unit_gates)
-from compressor.structure import apply_structure, describe_structure
+from compressor.structure import apply_structure, describe_structure, take_shape_of
 
 logger = logging.getLogger(__name__)
 
@@ -152,8 +152,6 @@ class BernoulliMethod(Method):
     default_lr = 0.05
 
     def __init__(self, target, pattern="structured", config=None):
-        if pattern == "unstructured":
-            pattern = "structured"
         super().__init__(target, pattern, config)
         c = self.config
         budget = target is not None or c.target_params is not None
@@ -439,8 +437,7 @@ class BernoulliMethod(Method):
             _carry_momentum(optimizer_state, compiled, positions)
 
         remove_stochastic_gates(model)
-        apply_structure(model, describe_structure(compiled))
-        model.load_state_dict(compiled.state_dict())
+        take_shape_of(model, compiled)
         self.removed_units += sorted(dead_units)
         units = [name for name in self._structure.units if name not in dead_units]
         roots, kept_values, kept_flags = [], {}, {}

@@ -82,8 +82,6 @@ class ChannelMethod(Method):
     structured = True
 
     def __init__(self, target, pattern="structured", config=None):
-        if pattern == "unstructured":
-            pattern = "structured"
         super().__init__(target, pattern, config)
         if self.config.scope not in SCOPES:
             raise CompressorError(f"channel scope must be one of {', '.join(SCOPES)}, not {self.config.scope!r}")
