@@ -221,7 +221,8 @@ class EnergyMethod(Method):
         return model
 
     def _check_reachable(self, model: nn.Module, groups) -> None:
-        """Refuse a target that removing every unit but the cheapest one would not reach."""
+        """Refuse a target that removing every unit but the cheapest one (in MACs, or in parameters) would not
+        reach."""
         if not self.budgeted:
             return
         counts = ExpectedCounts(model, self.shape, [model.get_submodule(u) for u in self.units], [], groups)
@@ -230,7 +231,7 @@ class EnergyMethod(Method):
             alone = torch.zeros(len(self.units), dtype=torch.float64, device=counts.out_total.device)
             alone[index] = 1
             costs.append(tuple(float(v) for v in counts(alone, [])))
-        params, macs = min(costs, key=lambda cost: cost[1])
+        params, macs = min(cost[0] for cost in costs), min(cost[1] for cost in costs)
         for what, asked, best in (("--target", self.target, 1 - macs / self.dense_macs),
                                   ("--target-params", self.config.target_params, 1 - params / self.dense_params)):
             if asked is not None and asked > best:
@@ -306,21 +307,27 @@ class EnergyMethod(Method):
         scores = from_main(self._scores(model, left, stage))
         groups = analyse_channels(model, self.shape).groups
         counts = ExpectedCounts(model, self.shape, [model.get_submodule(u) for u in left], [], groups)
-        generator = torch.Generator(device="cpu").manual_seed(self.seed * 7919 + stage)
         planned = self._planned(stage, len(left))
         values = [scores[name] for name in left]
-        chosen = removal(self.config.selection, values, planned, self.config.keep, generator)
-        self.last_stage = bool(self.config.stages) and stage >= self.config.stages
+
+        def pick(count: int) -> list[int]:
+            # The same draw for every count, so that `random` removing fewer units removes a subset.
+            generator = torch.Generator(device="cpu").manual_seed(self.seed * 7919 + stage)
+            return removal(self.config.selection, values, count, self.config.keep, generator)
+
+        chosen, reached = pick(planned), False
         if self.budgeted:
-            for count in range(1, planned + 1):
-                candidate = removal(self.config.selection, values, count, self.config.keep,
-                                    torch.Generator(device="cpu").manual_seed(self.seed * 7919 + stage))
-                if self._reaches(counts, len(left), candidate):
-                    chosen, self.last_stage = candidate, True
-                    break
-        if len(left) - len(chosen) <= 1 and not self.last_stage:
-            self.last_stage = True
-            self.notes.append(f"the target was not reached: stage {stage} left one skip-unit")
+            fewest = next((count for count in range(1, planned + 1) if self._reaches(counts, len(left), pick(count))),
+                          None)
+            if fewest is not None:
+                chosen, reached = pick(fewest), True
+        out_of_units = len(left) - len(chosen) <= 1
+        out_of_stages = bool(self.config.stages) and stage >= self.config.stages
+        self.last_stage = reached or out_of_units or out_of_stages
+        if self.budgeted and self.last_stage and not reached:
+            why = [text for ended, text in ((out_of_stages, f"the {self.config.stages} stages asked for ended"),
+                                            (out_of_units, f"stage {stage} left one skip-unit")) if ended]
+            self.notes.append("the target was not reached: " + " and ".join(why))
         removed = [left[i] for i in chosen]
         params, macs = (float(v) for v in counts(_presence(len(left), chosen, counts), []))
         self.predicted = {"macs_removed": 1 - macs / self.dense_macs, "params_removed": 1 - params / self.dense_params}

@@ -431,6 +431,15 @@ def test_the_stage_that_reaches_the_target_removes_the_fewest_units_that_reach_i
     assert method.predicted["macs_removed"] == pytest.approx(removed, abs=1e-12)
 
 
+def test_a_parameter_target_is_reached_and_a_stage_limit_that_stops_short_says_so(digits):
+    dense = count_params(resnet20())
+    model, method, _ = run(digits, 0, target_params=0.3)
+    assert 1 - count_params(model) / dense >= 0.3 and not method.notes
+    model, method, _ = run(digits, 0, target=0.6, stages=1)
+    assert len(method.pruning_stages) == 1
+    assert method.notes == ["the target was not reached: the 1 stages asked for ended"]
+
+
 def test_compress_reaches_the_target_with_fewer_conv_nodes_and_writes_the_stage_report(tmp_path):
     report = compress(resnet20(), method="energy", target="30%", epochs=1, out=tmp_path / "out", bench_runs=1,
                       progress=False, device="cpu")
