@@ -282,7 +282,8 @@ class EnergyMethod(Method):
             optimizer, lambda done: _LR_DECAY ** min(_LR_STEPS - 1, (done % stage_steps) // step))
 
     def after_epoch(self, model: nn.Module, epoch: int) -> None:
-        macs = count_macs(model, self.shape)
+        # The network changes only between stages: this epoch trained the one the newest stage left.
+        macs = self.pruning_stages[-1]["macs"]
         self.epochs.append({"epoch": epoch, "macs_trained": macs, "macs_alive": macs})
         if epoch % self.stage_epochs == 0:
             self.pruning_stages[-1]["accuracy_after_retraining"] = evaluate(model, self.data.test)
