@@ -48,7 +48,7 @@ from compressor.loading import load_model
 from compressor.methods import create_method
 from compressor.methods.energy import EnergyMethod, labels_of, samples_at
 from compressor.passes.base import copy_model
-from compressor.tables import mean_sd, text_table
+from compressor.tables import mean_sd, text_table, verdict
 from compressor.training import TrainConfig, evaluate
 
 SELECTIONS = ("ped", "random", "rank")
@@ -56,17 +56,6 @@ SELECTIONS = ("ped", "random", "rank")
 
 def _progress(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
-
-
-def verdict(a: list[float], b: list[float], names: tuple[str, str]) -> str:
-    """"a > b", "a < b" or "tie", a difference counting only when it exceeds the larger standard deviation."""
-    if not a or not b:
-        return "-"
-    spread = max(statistics.stdev(a) if len(a) > 1 else 0.0, statistics.stdev(b) if len(b) > 1 else 0.0)
-    difference = statistics.fmean(a) - statistics.fmean(b)
-    if abs(difference) <= spread:
-        return f"{names[0]} ≈ {names[1]} (tie)"
-    return f"{names[0]} {'>' if difference > 0 else '<'} {names[1]}"
 
 
 class SharedScores:

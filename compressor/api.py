@@ -27,13 +27,15 @@ from compressor.data import DataBundle, data_path, load_data
 from compressor.errors import CompressorError, VerificationError, printable
 from compressor.distributed import describe_device, group, start, together
 from compressor.files import Output, atomic_write_bytes, state_location
-from compressor.loading import check_finite_weights, load_model, module_pickler, save_checkpoint
+from compressor.loading import check_finite_weights, load_model, module_pickler, save_checkpoint, trained_with
 from compressor.methods import create_method
 from compressor.models import create_model
 from compressor.options import parse_fraction
 from compressor.report import (CompressedStats, DenseStats, EpochCost, LatencyStats, LayerShape, LayerStats, OnnxStats,
-                               PassStats, ProbabilityCounts, PruningStage, Report, StageStats, StructureStats, write_report)
-from compressor.training import EpochRecord, TrainConfig, TrainResult, evaluate, model_device, train
+                               PassStats, ProbabilityCounts, PruningStage, Report, SnapshotStats, StageStats,
+                               StructureStats, write_report)
+from compressor.training import (DEFAULT_WEIGHT_DECAY, EpochRecord, TrainConfig, TrainResult, check_config,
+                                 default_lr, evaluate, model_device, train)
 from compressor.verify import verify_onnx
 from compressor.passes.analysis import has_unbaked_mask, two_four_eligibility
 from compressor.passes.bake_masks import BakeMasksPass
@@ -52,6 +54,8 @@ from compressor.runtime.ort_backend import OrtBackend
 logger = logging.getLogger(__name__)
 
 VERIFY_BATCH = 64
+# The peak learning rate of dense training under SGD.
+DENSE_LR = 0.05
 
 
 def parse_target(value: str | float) -> float:
@@ -78,16 +82,25 @@ class TrainOutcome:
 
 
 def train_model(arch: str, out: str | os.PathLike | None = None, data: str = "digits", epochs: int = 10,
-                seed: int = 0, lr: float = 0.05, batch_size: int = 64, in_channels: int | None = None,
+                seed: int = 0, lr: float | None = None, batch_size: int = 64, in_channels: int | None = None,
                 num_classes: int = 10, force: bool = False, resume: bool = False, progress: bool = True,
-                device: str | torch.device | None = "auto") -> TrainOutcome:
+                device: str | torch.device | None = "auto", loss: str = "ce", optimizer: str = "sgd",
+                weight_decay: float = DEFAULT_WEIGHT_DECAY, wd_mode: str = "l2") -> TrainOutcome:
     """Train a dense zoo model on `data` on `device` and (if `out` is given) write its checkpoint atomically.
+
+    `loss` is the task loss (`ce`, or `bsp`: the bipolar softplus on log-likelihood-ratio outputs), `optimizer`
+    `sgd` (default rate 0.05) or `adam` (1e-3), and `wd_mode` says whether Adam's weight decay is L2 (`l2`) or
+    decoupled (`decoupled`, AdamW). The checkpoint records the loss and optimizer, which `compress` then keeps.
 
     The checkpoint is an `Output` (see `compressor.files`): locked for the run, its resume state beside it.
     Under torchrun every process trains its shard of the data and the main process writes the checkpoint (see
     `compressor.distributed`).
     """
+    lr = default_lr(optimizer, DENSE_LR) if lr is None else lr
     _check_settings(epochs, batch_size=batch_size, lr=lr)
+    config = TrainConfig(epochs=epochs, lr=lr, seed=seed, loss=loss, optimizer=optimizer, weight_decay=weight_decay,
+                         wd_mode=wd_mode)
+    check_config(config)
     device = start(device)
     with contextlib.ExitStack() as stack:
         output = None
@@ -98,17 +111,18 @@ def train_model(arch: str, out: str | os.PathLike | None = None, data: str = "di
             # Seeded before the model is built, so that the initial weights, too, follow --seed.
             torch.manual_seed(seed)
             model = create_model(arch, num_classes=num_classes, in_channels=in_channels).to(device)
+            model.trained_with = {"loss": loss, "optimizer": optimizer}
             if output is not None:
                 output.require_space(_run_space(model))
             bundle = load_data(data, model.input_shape, batch_size=batch_size, seed=seed,
                                num_classes=model.num_classes)
-        config = TrainConfig(epochs=epochs, lr=lr, seed=seed)
         result = train(model, bundle.train, bundle.test, config,
                        state_path=state_location(out, folder=False) if out is not None else None,
                        resume=resume, progress=progress, description=f"train {arch}")
         if output is not None:
             save_checkpoint(model, output.staging, extra={
-                "training": {"data": bundle.name, "epochs": epochs, "seed": seed, "lr": lr,
+                "training": {"data": bundle.name, "epochs": epochs, "seed": seed, "lr": lr, "loss": loss,
+                             "optimizer": optimizer, "weight_decay": weight_decay, "wd_mode": wd_mode,
                              "test_accuracy": result.test_accuracy}})
             output.commit()
     return TrainOutcome(model.eval(), result, output.destination if output else None)
@@ -157,13 +171,16 @@ def compress(model: str | os.PathLike | nn.Module, method: str = "magnitude", ta
              arch: str | None = None, trust_model: bool = False, input_shape: Sequence[int] | None = None,
              seed: int = 0, bench_batch: int = 1, threads: int | None = None, bench_runs: int = 50,
              method_options: dict[str, Any] | None = None, progress: bool = True,
-             device: str | torch.device | None = "auto") -> Report | None:
+             device: str | torch.device | None = "auto", loss: str | None = None, optimizer: str | None = None,
+             weight_decay: float = DEFAULT_WEIGHT_DECAY, wd_mode: str = "l2") -> Report | None:
     """Compress `model` with `method`; write model.onnx, model.pt, report.json/.md and a plot to `out`.
 
     For structured methods (`method="channel"`) `target` is the fraction of MACs to remove, and the gated model
     is compiled to a physically thinner one (see `compile_model`) before export.
 
-    `epochs` and `lr` default to the method's own (see `Method.default_epochs`). Every input is validated
+    `epochs` and `lr` default to the method's own (see `Method.default_epochs`; under Adam the rate defaults to
+    Adam's own). `loss` and `optimizer` default to those the checkpoint records (cross-entropy and SGD when it
+    records none); `weight_decay` and `wd_mode` are the training loop's (see `train_model`). Every input is validated
     before any work starts; the output folder is an `Output` (see `compressor.files`): locked for the run, it
     appears only when the run succeeded, and an interrupted or failed run keeps its training state in a hidden
     sibling folder and continues with `resume=True`.
@@ -178,9 +195,13 @@ def compress(model: str | os.PathLike | nn.Module, method: str = "magnitude", ta
     target_value = parse_target(target) if target is not None else None
     compression = create_method(method, target_value, pattern, **(method_options or {}))
     epochs = compression.default_epochs if epochs is None else epochs
-    lr = compression.default_lr if lr is None else lr
     _check_settings(epochs, lr=lr, batch_size=batch_size, bench_batch=bench_batch, bench_runs=bench_runs,
                     threads=threads)
+    # Checked now with stand-ins for what the model's checkpoint decides, so a bad setting stops before any work.
+    check_config(TrainConfig(loss=loss or "ce", optimizer=optimizer or "adam", weight_decay=weight_decay,
+                             wd_mode=wd_mode))
+    training = {"epochs": epochs, "lr": lr, "loss": loss, "optimizer": optimizer, "weight_decay": weight_decay,
+                "wd_mode": wd_mode, "seed": seed}
     device = start(device)
     inputs = [data_path(data)] + ([] if isinstance(model, nn.Module) else [model])
     with contextlib.ExitStack() as stack:
@@ -189,8 +210,8 @@ def compress(model: str | os.PathLike | nn.Module, method: str = "magnitude", ta
             if group().main:
                 output = stack.enter_context(Output(out, folder=True, what="output folder", force=force,
                                                     resume=resume, inputs=inputs))
-        report = _compress_into(output, state_location(out, folder=True), device, model, compression, data, epochs,
-                                lr, batch_size, arch, trust_model, input_shape, seed, bench_batch, threads,
+        report = _compress_into(output, state_location(out, folder=True), device, model, compression, data, training,
+                                batch_size, arch, trust_model, input_shape, seed, bench_batch, threads,
                                 bench_runs, progress, resume, timings)
         if report is None:
             return None
@@ -215,7 +236,7 @@ def _timed(timings: dict[str, float], stage: str, announce: bool = True):
 
 
 def _compress_into(output: Output | None, state_path: Path, device: torch.device, source, compression, data_spec,
-                   epochs, lr, batch_size, arch, trust_model, input_shape, seed, bench_batch, threads, bench_runs,
+                   training, batch_size, arch, trust_model, input_shape, seed, bench_batch, threads, bench_runs,
                    progress, resume, timings) -> Report | None:
     """The run itself; `output` is None on the processes of a data-parallel run that write nothing, which
     return None once the method has trained."""
@@ -246,6 +267,8 @@ def _compress_into(output: Output | None, state_path: Path, device: torch.device
         outputs = _output_classes(model, shape)
         bundle = load_data(data_spec, shape, batch_size=batch_size, seed=seed, num_classes=outputs)
         _check_data_fits(model, bundle)
+        config = _method_training(model, compression, training)
+        model.trained_with = {"loss": config.loss, "optimizer": config.optimizer}
     if main:
         with _timed(timings, "measure dense"):
             dense = DenseStats(count_params(model), sum(l.macs for l in count_layer_macs(model, shape).values()),
@@ -256,7 +279,7 @@ def _compress_into(output: Output | None, state_path: Path, device: torch.device
         with together():
             model = compression.prepare(model, bundle)
         masked = {name for name, layer in prunable_layers(model) if has_unbaked_mask(layer)}
-        trained = compression.fit(model, bundle, TrainConfig(epochs=epochs, lr=lr, seed=seed), state_path=state_path,
+        trained = compression.fit(model, bundle, config, state_path=state_path,
                                   resume=resume, progress=progress, description=f"{compression.name} training")
         model = compression.finalize(model)
     if not main:
@@ -307,7 +330,7 @@ def _compress_into(output: Output | None, state_path: Path, device: torch.device
         method=compression.name,
         target=compression.target,
         pattern=compression.pattern,
-        epochs=epochs,
+        epochs=config.epochs,
         method_config=compression.facts()["config"],
         dense=dense,
         compressed=CompressedStats(
@@ -326,12 +349,27 @@ def _compress_into(output: Output | None, state_path: Path, device: torch.device
                              dense_p90_ms=dense_bench.p90_ms, compressed_p90_ms=compressed_bench.p90_ms,
                              runs=compressed_bench.runs),
         passes=[PassStats(s.name, s.modified, round(s.seconds, 4)) for s in compiled.steps + exported.steps],
-        seconds_per_epoch=trained.seconds_per_epoch if epochs else None,
+        seconds_per_epoch=trained.seconds_per_epoch if config.epochs else None,
         structure=structure,
         device=describe_device(device),
         processes=group().size,
         training_cost=_training_cost(compression.facts().get("training_cost", []), trained.history),
+        training={"loss": config.loss, "optimizer": config.optimizer, "lr": config.lr,
+                  "weight_decay": config.weight_decay, "wd_mode": config.wd_mode},
+        snapshot=SnapshotStats.from_dict(facts["snapshot"]) if "snapshot" in facts else None,
     )
+
+
+def _method_training(model: nn.Module, compression, training: dict[str, Any]) -> TrainConfig:
+    """The method's training settings: what the caller gave, else the loss and optimizer the model was trained
+    with, and the method's learning rate (Adam's own under Adam)."""
+    recorded = trained_with(model)
+    optimizer = training["optimizer"] or recorded["optimizer"]
+    lr = training["lr"] if training["lr"] is not None else default_lr(optimizer, compression.default_lr)
+    config = TrainConfig(epochs=training["epochs"], lr=lr, seed=training["seed"], loss=training["loss"] or recorded["loss"],
+                         optimizer=optimizer, weight_decay=training["weight_decay"], wd_mode=training["wd_mode"])
+    check_config(config)
+    return config
 
 
 def _training_cost(records: list[dict[str, Any]], history: list[EpochRecord]) -> list[EpochCost]:

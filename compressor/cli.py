@@ -43,6 +43,8 @@ examples:
   compress lenet5.pt --method magnitude --pattern 2:4 --out lenet5-24
   compress lenet5.pt --method budget --target 85% --epochs 10 --out lenet5-budget
   compress lenet5.pt --method budget --target 85% --flops-target 80% --budget-loss hinge
+  compress train lenet5 --loss bsp --optimizer adam --weight-decay 4e-4 -o lenet5-llr.pt
+  compress lenet5-llr.pt --method snapshot --option sweep=10 --out lenet5-snap
   compress weights.pth --arch resnet20 --method magnitude --target 0.9 --data cifar10:./cifar-10-batches-py
   compress bench lenet5-85 --baseline lenet5.pt --batch 1,32 --json bench.json --plot bench.png
   compress deploy lenet5-24/model.onnx --target jetson-orin -o lenet5-orin
@@ -98,7 +100,9 @@ def _compress_parser() -> argparse.ArgumentParser:
                         help="training epochs of the method: masked fine-tuning for magnitude (default 5), threshold "
                              "learning then masked fine-tuning for budget (default 10)")
     parser.add_argument("--lr", type=float,
-                        help="learning rate of the method's training (default: magnitude 0.01, budget 0.05)")
+                        help="learning rate of the method's training (default: the method's, e.g. magnitude 0.01, "
+                             "budget 0.05; under Adam 1e-3)")
+    _add_training_options(parser, fine_tune=True)
     parser.add_argument("--out", default="compressed", metavar="DIR",
                         help="output folder (default ./compressed); e.g. --out lenet5-85")
     parser.add_argument("--force", action="store_true", help="replace an existing output folder")
@@ -159,11 +163,25 @@ def _train_parser() -> argparse.ArgumentParser:
     parser.add_argument("arch", metavar="ARCH", help="zoo architecture (see `compress zoo`); e.g. lenet5")
     parser.add_argument("-o", "--out", required=True, metavar="PATH", help="checkpoint to write; e.g. -o lenet5.pt")
     parser.add_argument("--epochs", type=int, default=10, help="training epochs (default 10)")
-    parser.add_argument("--lr", type=float, default=0.05, help="peak learning rate (default 0.05)")
+    parser.add_argument("--lr", type=float, help="peak learning rate (default 0.05 under SGD, 1e-3 under Adam)")
+    _add_training_options(parser, fine_tune=False)
     parser.add_argument("--in-channels", type=int, help="input channels, if not the architecture's own")
     parser.add_argument("--force", action="store_true", help="replace an existing checkpoint")
     _add_data_options(parser)
     return parser
+
+
+def _add_training_options(parser: argparse.ArgumentParser, fine_tune: bool) -> None:
+    recorded = " (default: the one the checkpoint records, else {})" if fine_tune else " (default {})"
+    parser.add_argument("--loss", choices=["ce", "bsp"], default=None if fine_tune else "ce",
+                        help="task loss: ce (softmax cross-entropy) or bsp (bipolar softplus on log-likelihood-ratio "
+                             "outputs)" + recorded.format("ce"))
+    parser.add_argument("--optimizer", choices=["sgd", "adam"], default=None if fine_tune else "sgd",
+                        help="optimizer of the weights: sgd (Nesterov momentum) or adam" + recorded.format("sgd"))
+    parser.add_argument("--weight-decay", type=float, default=5e-4, metavar="W", help="weight decay (default 5e-4)")
+    parser.add_argument("--wd-mode", choices=["l2", "decoupled"], default="l2",
+                        help="under Adam: l2 adds the decay to the gradient (Adam, default), decoupled shrinks the "
+                             "weights apart (AdamW)")
 
 
 def _add_model_loading_options(parser: argparse.ArgumentParser) -> None:
@@ -263,7 +281,8 @@ def _run_compress(args: argparse.Namespace) -> None:
         trust_model=args.trust_model, input_shape=parse_input_shape(args.input_shape) if args.input_shape else None,
         seed=args.seed, bench_batch=args.bench_batch, threads=args.threads,
         method_options={**typed_options(args.method, _parse_options(args.option)), **_flag_options(args)},
-        progress=not args.no_progress, device=args.device)
+        progress=not args.no_progress, device=args.device, loss=args.loss, optimizer=args.optimizer,
+        weight_decay=args.weight_decay, wd_mode=args.wd_mode)
     if report is None:  # a process of a data-parallel run that writes nothing
         return
     print(summary_text(report))
@@ -276,7 +295,8 @@ def _run_train(args: argparse.Namespace) -> None:
 
     outcome = train_model(args.arch, args.out, data=args.data, epochs=args.epochs, seed=args.seed, lr=args.lr,
                           batch_size=args.batch_size, in_channels=args.in_channels, force=args.force,
-                          resume=args.resume, progress=not args.no_progress, device=args.device)
+                          resume=args.resume, progress=not args.no_progress, device=args.device, loss=args.loss,
+                          optimizer=args.optimizer, weight_decay=args.weight_decay, wd_mode=args.wd_mode)
     if outcome.path is None:  # a process of a data-parallel run that writes nothing
         return
     print(f"{args.arch}: test accuracy {outcome.result.test_accuracy:.2%} after {args.epochs} epochs; "

@@ -8,6 +8,7 @@ Sparsity is counted from the weights themselves (zeros ÷ weights), never estima
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -139,3 +140,24 @@ def global_sparsity(rows: list[LayerSparsity]) -> float:
     """Zero weights ÷ weights over the given layers."""
     weights = sum(r.weights for r in rows)
     return sum(r.zeros for r in rows) / weights if weights else 0.0
+
+
+def counted_params(model: nn.Module) -> int:
+    """Parameters a sparse model stores: its non-zero prunable weights and every other parameter (biases,
+    normalisation scales and shifts), whatever their value."""
+    return count_params(model) - sum(row.zeros for row in layer_sparsity(model))
+
+
+def binary_entropy(probability: float) -> float:
+    """H2(p) in bits: the entropy of a coin that comes up heads with probability p."""
+    if probability <= 0.0 or probability >= 1.0:
+        return 0.0
+    return -(probability * math.log2(probability) + (1 - probability) * math.log2(1 - probability))
+
+
+def storage_bits(model: nn.Module, value_bits: int = 32) -> float:
+    """Bits to store a sparse model, a lower bound of our own making: `value_bits` per parameter `counted_params`
+    counts, plus, for each prunable layer of n weights at density d, the n·H2(d) bits that an entropy coder needs
+    at least to say which weights are non-zero."""
+    masks = sum(row.weights * binary_entropy(1 - row.sparsity) for row in layer_sparsity(model))
+    return value_bits * counted_params(model) + masks

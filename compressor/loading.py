@@ -3,7 +3,8 @@
 Loading never runs code from a file unless the user says they trust it: checkpoints and state_dicts are read
 with `torch.load(weights_only=True)`, TorchScript with `torch.jit.load` (its own restricted format), and a
 whole pickled `nn.Module` only with `trust=True`, because unpickling executes whatever the file contains.
-Every loaded model carries `input_shape` (C, H, W); zoo models also carry `arch` and `num_classes`. A model
+Every loaded model carries `input_shape` (C, H, W); zoo models also carry `arch`, `num_classes` and
+`trained_with` (the task loss and optimizer its checkpoint records). A model
 whose parameters or buffers hold a NaN or Inf is refused by the name of the layer that holds it. torch's own
 message for a file that `torch.load(weights_only=True)` cannot read is never passed on: it advises loading with
 `weights_only=False`, which for a file from anywhere means running its code.
@@ -47,6 +48,10 @@ CHECKPOINT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 
 
+# What a model that records nothing was trained with.
+DEFAULT_TRAINING = {"loss": "ce", "optimizer": "sgd"}
+
+
 def parse_input_shape(text: str) -> tuple[int, int, int]:
     """'3,32,32' → (3, 32, 32)."""
     try:
@@ -76,9 +81,15 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, extra: dict[str, 
         "structure": describe_structure(model),
         # Stored from the CPU, so the checkpoint reads back the same on a machine without the training GPU.
         "state_dict": {name: tensor.cpu() for name, tensor in model.state_dict().items()},
-        "extra": extra or {},
+        "extra": {**(extra or {}), "trained_with": trained_with(model)},
     }
     return atomic_torch_save(payload, path)
+
+
+def trained_with(model: nn.Module) -> dict[str, str]:
+    """The task loss and optimizer `model` was trained with (a checkpoint records them, so that fine-tuning and
+    evaluation keep them): what the model carries, else cross-entropy under SGD."""
+    return {**DEFAULT_TRAINING, **getattr(model, "trained_with", {})}
 
 
 def module_pickler(model: nn.Module) -> ModuleType | None:
@@ -315,6 +326,8 @@ def _from_payload(payload: Any, path: Path, arch: str | None) -> nn.Module:
         if payload.get("structure"):
             apply_structure(model, payload["structure"])
         _load_state(model, payload["state_dict"], path, payload["arch"])
+        recorded = payload.get("extra", {}).get("trained_with", {})
+        model.trained_with = {key: str(recorded[key]) for key in DEFAULT_TRAINING if key in recorded}
         return model
     state_dict = _find_state_dict(payload)
     if state_dict is None:

@@ -7,7 +7,9 @@ runs. A field that is a prediction says so in its name.
 Methods that change the network while they train add what the network was at every epoch: the MACs each epoch
 trained (`EpochCost`), so that the training's own cost can be set against training the dense model, and per
 stage what was removed (`StageStats`) and how sure the method ended about what it kept (`ProbabilityCounts`).
-A method that prunes in rounds of score → remove → retrain records each round (`PruningStage`).
+A method that prunes in rounds of score → remove → retrain records each round (`PruningStage`). Snapshot
+pruning records its thresholds per weight group and, with a sweep, one efficiency point per θ setting
+(`SnapshotStats`, `efficiency.png`).
 Reports written before these fields existed load with them empty, and render as they did.
 """
 
@@ -155,6 +157,65 @@ class StructureStats:
 
 
 @dataclass
+class ThresholdGroup:
+    """One weight group of snapshot pruning: its θ (after a target's common scale) and the paper's, the pooled σ
+    and threshold τ = θσ (None when each layer took its own σ), and the weights it pruned."""
+
+    group: str
+    layers: list[str]
+    theta: float
+    paper_theta: float
+    sigma: float | None
+    threshold: float | None
+    weights: int
+    pruned: int
+
+
+@dataclass
+class EfficiencyPoint:
+    """One θ setting of a snapshot sweep, pruned from the same trained model and retrained alone. Parameters are
+    the paper's count: non-zero weights plus every non-weight parameter; bits are our lower bound (32 bits per
+    parameter counted plus the entropy of each layer's mask)."""
+
+    k: int
+    theta: float
+    params: int
+    params_dense: int
+    sparsity: float
+    bits: float
+    accuracy_after_pruning: float
+    accuracy_after_retraining: float
+
+    @property
+    def compression(self) -> float:
+        return self.params_dense / self.params
+
+
+@dataclass
+class SnapshotStats:
+    """Snapshot pruning of the shipped model (mode θ, target or 2:4) and the sweep's efficiency points."""
+
+    mode: str
+    groups: list[ThresholdGroup]
+    accuracy_after_pruning: float
+    params: int
+    params_dense: int
+    sparsity: float
+    bits: float
+    scale: float | None = None  # the common factor a target put on every θ
+    family: str | None = None
+    swept_group: str | None = None
+    sweep: list[EfficiencyPoint] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SnapshotStats":
+        values = dict(data)
+        values["groups"] = [ThresholdGroup(**row) for row in data.get("groups", [])]
+        values["sweep"] = [EfficiencyPoint(**row) for row in data.get("sweep", [])]
+        return cls(**values)
+
+
+@dataclass
 class OnnxStats:
     """The exported file: where it is, its opset, and its agreement with torch on real test data."""
 
@@ -233,6 +294,8 @@ class Report:
     device: str = "cpu"
     processes: int = 1
     training_cost: list[EpochCost] = field(default_factory=list)  # empty: the method trained a fixed network
+    training: dict[str, Any] = field(default_factory=dict)  # the method's loss, optimizer, rate and weight decay
+    snapshot: SnapshotStats | None = None
 
     @property
     def relative_training_cost(self) -> float | None:
@@ -261,6 +324,8 @@ class Report:
             structure["probabilities"] = [ProbabilityCounts(**row) for row in structure.get("probabilities", [])]
             structure["pruning_stages"] = [PruningStage(**row) for row in structure.get("pruning_stages", [])]
             values["structure"] = StructureStats(**structure)
+        if data.get("snapshot"):
+            values["snapshot"] = SnapshotStats.from_dict(data["snapshot"])
         return cls(**values)
 
     def summary_rows(self) -> list[tuple[str, str, str]]:
@@ -301,6 +366,7 @@ def render_markdown(report: Report) -> str:
         f"{r.epochs} training epochs "
         f"on `{r.data}` ({r.device}{f', {r.processes} data-parallel processes' if r.processes > 1 else ''}); "
         f"input {'x'.join(map(str, r.input_shape))}; compressor {r.tool_version}.",
+        *([f"Training: {_training_text(r.training)}."] if r.training else []),
         "",
         "## Summary",
         "",
@@ -329,6 +395,7 @@ def render_markdown(report: Report) -> str:
             _layer_table(r.layers),
             "",
         ]),
+        *(_snapshot_section(r) if r.snapshot is not None else []),
         *_training_cost_section(r),
         "## Passes",
         "",
@@ -398,6 +465,62 @@ def _pruning_stages_section(stages: list[PruningStage]) -> list[str]:
                         "accuracy after removal", "after retraining"], rows),
         "",
     ]
+
+
+def _training_text(training: dict[str, Any]) -> str:
+    optimizer = training["optimizer"]
+    if optimizer == "adam":
+        optimizer = "AdamW (decoupled weight decay)" if training["wd_mode"] == "decoupled" else "Adam (L2 weight decay)"
+    loss = {"ce": "softmax cross-entropy", "bsp": "bipolar softplus on log-likelihood-ratio outputs"}[training["loss"]]
+    return f"{loss}; {optimizer}, learning rate {training['lr']:g}, weight decay {training['weight_decay']:g}"
+
+
+def _snapshot_section(report: Report) -> list[str]:
+    """Thresholds per weight group, test error through pruning and the non-weight retrain, and the sweep."""
+    snap, dense = report.snapshot, report.dense
+    groups = [[g.group, len(g.layers), f"{g.theta:.4g}", f"{g.paper_theta:g}",
+               "per layer" if g.sigma is None else f"{g.sigma:.4g}",
+               "per layer" if g.threshold is None else f"{g.threshold:.4g}", f"{g.weights:,}", f"{g.pruned:,}",
+               f"{g.pruned / g.weights:.2%}"] for g in snap.groups]
+    how = {"θ": f"at the paper's θ for the {snap.family} family",
+           "target": f"at the paper's θ ratios scaled by one common factor {snap.scale:.4g} to meet the target"
+           if snap.scale is not None else "",
+           "2:4": "keeping the 2 largest of every 4 weights (2:4)"}[snap.mode]
+    lines = [
+        "## Snapshot pruning",
+        "",
+        f"Pruned once, {how}, then only biases and normalisation parameters retrained (every Conv/Linear weight "
+        "frozen). Parameters are counted as the paper does: non-zero weights plus every non-weight parameter.",
+        "",
+    ]
+    if groups:
+        lines += [markdown_table(["group", "layers", "θ", "paper's θ", "σ (pooled)", "τ = θσ", "weights", "pruned",
+                                  "share pruned"], groups), ""]
+    lines += [markdown_table(
+        ["", "test error", "parameters", "compression", "storage bits (our lower bound)"],
+        [["dense", f"{1 - dense.accuracy:.2%}", f"{snap.params_dense:,}", "1.0×", f"{32 * snap.params_dense:,}"],
+         ["pruned, before the retrain", f"{1 - snap.accuracy_after_pruning:.2%}", f"{snap.params:,}",
+          f"{snap.params_dense / snap.params:.1f}×", f"{snap.bits:,.0f}"],
+         ["after the non-weight retrain", f"{1 - report.compressed.accuracy:.2%}", f"{snap.params:,}",
+          f"{snap.params_dense / snap.params:.1f}×", f"{snap.bits:,.0f}"]]), ""]
+    if snap.sweep:
+        rows = [[p.k, f"{p.theta:g}", f"{p.params:,}", f"{p.compression:.1f}×", f"{p.sparsity:.2%}",
+                 f"{1 - dense.accuracy:.2%}", f"{1 - p.accuracy_after_pruning:.2%}",
+                 f"{1 - p.accuracy_after_retraining:.2%}", f"{p.bits:,.0f}"] for p in snap.sweep]
+        lines += [
+            "### Efficiency curve",
+            "",
+            f"Each θ setting of the {snap.swept_group} group (the others fixed at the paper's) pruned from the same "
+            "trained model and retrained alone; bottom-left is more efficient. Storage bits: 32 per parameter "
+            "counted plus each layer's mask entropy (our lower bound, not the paper's).",
+            "",
+            "![test error against parameters, one point per θ](efficiency.png)",
+            "",
+            markdown_table(["k", f"θ {snap.swept_group}", "parameters", "compression", "weight sparsity",
+                            "error before pruning", "after pruning", "after retrain", "storage bits"], rows),
+            "",
+        ]
+    return lines
 
 
 def _probability_table(counts: list[ProbabilityCounts]) -> str:
@@ -561,6 +684,41 @@ def plot_dependence(report: Report, path: str | os.PathLike) -> Path:
     return written
 
 
+def plot_efficiency(report: Report, path: str | os.PathLike) -> Path:
+    """efficiency.png: test error against parameters (non-zero weights plus non-weight parameters), one point per
+    θ of the sweep, after the non-weight retrain and right after pruning; the dense model and the shipped one
+    marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    snap = report.snapshot
+    points = snap.sweep
+    params = [p.params for p in points]
+    figure, axes = plt.subplots(figsize=(6.5, 4.5))
+    axes.plot(params, [100 * (1 - p.accuracy_after_retraining) for p in points], marker="o", color="tab:blue",
+              label="after the non-weight retrain")
+    axes.plot(params, [100 * (1 - p.accuracy_after_pruning) for p in points], marker="o", fillstyle="none",
+              linestyle=":", color="tab:orange", label="right after pruning")
+    for p in points:
+        axes.annotate(f"{p.theta:g}", (p.params, 100 * (1 - p.accuracy_after_retraining)), fontsize=7,
+                      textcoords="offset points", xytext=(3, 4))
+    axes.scatter([snap.params_dense], [100 * (1 - report.dense.accuracy)], marker="*", s=120, color="black",
+                 label="dense", zorder=3)
+    axes.scatter([snap.params], [100 * (1 - report.compressed.accuracy)], marker="D", s=50, color="tab:red",
+                 label="shipped model", zorder=3)
+    axes.set_xscale("log")
+    axes.set_xlabel("parameters (non-zero weights + non-weight parameters)")
+    axes.set_ylabel("test error, %")
+    axes.set_title(f"{report.arch or report.model}: snapshot efficiency (labels: θ {snap.swept_group})")
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    written = atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=120))
+    plt.close(figure)
+    return written
+
+
 def plot_files(report: Report) -> list[str]:
     """The PNG files `write_report` writes for `report`."""
     files = ["channels.png" if report.structure is not None else "sparsity.png"]
@@ -568,16 +726,19 @@ def plot_files(report: Report) -> list[str]:
         files.append("training_cost.png")
     if report.structure is not None and report.structure.pruning_stages:
         files.append("dependence.png")
+    if report.snapshot is not None and report.snapshot.sweep:
+        files.append("efficiency.png")
     return files
 
 
 def write_report(report: Report, folder: str | os.PathLike) -> None:
     """report.json, report.md and the plots of `plot_files`: sparsity.png, or channels.png for structured methods;
-    training_cost.png when the method recorded what each epoch trained; dependence.png when it pruned in stages."""
+    training_cost.png when the method recorded what each epoch trained; dependence.png when it pruned in stages;
+    efficiency.png when a snapshot sweep ran."""
     folder = Path(folder)
     atomic_write_text(folder / "report.json", json.dumps(report.to_dict(), indent=2) + "\n")
     atomic_write_text(folder / "report.md", render_markdown(report))
     plots = {"channels.png": plot_channels, "sparsity.png": plot_sparsity, "training_cost.png": plot_training_cost,
-             "dependence.png": plot_dependence}
+             "dependence.png": plot_dependence, "efficiency.png": plot_efficiency}
     for name in plot_files(report):
         plots[name](report, folder / name)

@@ -41,3 +41,15 @@ def mean_sd(values: Sequence[float | None], scale: float = 100.0, digits: int = 
         return "-"
     sd = statistics.stdev(present) if len(present) > 1 else 0.0
     return f"{statistics.fmean(present) * scale:.{digits}f} ± {sd * scale:.{digits}f}"
+
+
+def verdict(a: Sequence[float], b: Sequence[float], names: tuple[str, str]) -> str:
+    """"a > b", "a < b" or "a ≈ b (tie)" for two sets of measurements (seeds), a difference of the means counting
+    only when it exceeds the larger standard deviation; "-" when either set is empty."""
+    if not a or not b:
+        return "-"
+    spread = max(statistics.stdev(a) if len(a) > 1 else 0.0, statistics.stdev(b) if len(b) > 1 else 0.0)
+    difference = statistics.fmean(a) - statistics.fmean(b)
+    if abs(difference) <= spread:
+        return f"{names[0]} ≈ {names[1]} (tie)"
+    return f"{names[0]} {'>' if difference > 0 else '<'} {names[1]}"

@@ -1,7 +1,8 @@
 """The one training loop, shared by dense training and by compression methods that fine-tune.
 
-`train` runs SGD with Nesterov momentum and a cosine learning-rate schedule on a classification model and
-evaluates test accuracy after every epoch. Compression methods do not get their own loops: they plug into
+`train` runs SGD with Nesterov momentum (or Adam, with L2 weight decay inside it or decoupled as AdamW) and a
+cosine learning-rate schedule on a classification model under its task loss (cross-entropy, or the bipolar
+softplus of `compressor.losses`), and evaluates test accuracy after every epoch. Compression methods do not get their own loops: they plug into
 this one through `TrainingHooks` (extra optimizer groups, an extra loss term, work after each step or
 epoch, state to keep across a resume). Given a `state_path`, the loop saves everything it needs after every
 epoch, so an interrupted run resumed with `resume=True` ends with exactly the weights an uninterrupted run
@@ -30,12 +31,23 @@ from compressor.distributed import (check_every_parameter_trains, check_replicas
                                     share_running_statistics, together, total)
 from compressor.errors import CompressorError, ResumeRefused, first_line, printable, quoted
 from compressor.files import atomic_torch_save
+from compressor.losses import LOSSES, task_criterion
 from compressor.paths import cannot_read
 
 logger = logging.getLogger(__name__)
 
 # Bumped when the layout of the resume state changes, so an old file is refused instead of misread.
 _STATE_FORMAT = 2
+
+
+DEFAULT_WEIGHT_DECAY = 5e-4
+# Adam's rate when none is given: torch's default, and the rate seed 000 trained its MNIST models with.
+ADAM_LR = 1e-3
+
+
+def default_lr(optimizer: str, sgd_lr: float) -> float:
+    """The learning rate to use when none is given: `sgd_lr` under SGD, Adam's own default under Adam."""
+    return ADAM_LR if optimizer == "adam" else sgd_lr
 
 
 @dataclass
@@ -45,10 +57,19 @@ class TrainConfig:
     epochs: int = 10
     lr: float = 0.05
     momentum: float = 0.9
-    weight_decay: float = 5e-4
+    weight_decay: float = DEFAULT_WEIGHT_DECAY
     nesterov: bool = True
     seed: int = 0
     label_smoothing: float = 0.0
+    # The task loss (`compressor.losses.LOSSES`), the optimizer of the weights, and how Adam applies the weight
+    # decay: "l2" adds it to the gradient (torch's Adam), "decoupled" shrinks the weights apart (AdamW).
+    loss: str = "ce"
+    optimizer: str = "sgd"
+    wd_mode: str = "l2"
+
+
+OPTIMIZERS = ("sgd", "adam")
+WD_MODES = ("l2", "decoupled")
 
 
 class TrainingHooks:
@@ -140,7 +161,7 @@ class TrainingHooks:
 
 @dataclass
 class EpochRecord:
-    """One epoch: mean task (cross-entropy) loss and accuracy on the training batches, test accuracy, and
+    """One epoch: mean task loss and accuracy on the training batches, test accuracy, and
     the seconds spent in the training pass (evaluation and saving excluded)."""
 
     epoch: int
@@ -215,7 +236,7 @@ def train(
     processes, only the main process saves the state, and the run ends by verifying that every process holds
     the same weights.
     """
-    _check_config(config)
+    check_config(config)
     hooks = hooks if hooks is not None else TrainingHooks()
     was_training = model.training
     try:
@@ -257,7 +278,7 @@ def _train(
         if state.get("structure") is not None:
             hooks.restore_structure(model, state["structure"])
     optimizers = _Optimizers(model, config, hooks, config.epochs * batches_per_epoch, batches_per_epoch)
-    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    criterion = task_criterion(config.loss, config.label_smoothing)
 
     history: list[EpochRecord] = []
     completed = 0
@@ -343,13 +364,22 @@ def _train(
     )
 
 
-def _check_config(config: TrainConfig) -> None:
+def check_config(config: TrainConfig) -> None:
+    """Refuse settings the loop cannot train with, in one line each."""
     if config.epochs < 0:
         raise CompressorError(f"epochs must be 0 or more, got {config.epochs}")
     if config.lr < 0 or config.momentum < 0 or config.weight_decay < 0:
         raise CompressorError("lr, momentum and weight decay must not be negative")
     if not 0.0 <= config.label_smoothing < 1.0:
         raise CompressorError(f"label smoothing must be in [0, 1), got {config.label_smoothing}")
+    if config.loss not in LOSSES:
+        raise CompressorError(f"unknown loss {config.loss!r}; known losses: {', '.join(LOSSES)}")
+    if config.optimizer not in OPTIMIZERS:
+        raise CompressorError(f"unknown optimizer {config.optimizer!r}; known optimizers: {', '.join(OPTIMIZERS)}")
+    if config.wd_mode not in WD_MODES:
+        raise CompressorError(f"unknown weight-decay mode {config.wd_mode!r}; known modes: {', '.join(WD_MODES)}")
+    if config.wd_mode == "decoupled" and config.optimizer != "adam":
+        raise CompressorError("decoupled weight decay (AdamW) needs --optimizer adam; SGD's weight decay is L2")
 
 
 def plain_parameter_name(name: str) -> str:
@@ -359,9 +389,11 @@ def plain_parameter_name(name: str) -> str:
 
 
 class _Optimizers:
-    """The weights' SGD with its cosine schedule, and the method's own optimizer when it has one.
+    """The weights' optimizer (SGD, Adam or AdamW) with its cosine schedule, and the method's own optimizer when it
+    has one.
 
-    After a method's `restructure` changed the model, both are built anew for the new parameters: SGD carries
+    After a method's `restructure` changed the model, both are built anew for the new parameters: the weights'
+    optimizer carries
     each surviving parameter's state by name (as the method sliced it) and its schedule continues where it
     was; the method carries its own optimizer's state.
     """
@@ -379,27 +411,20 @@ class _Optimizers:
         groups = self.hooks.param_groups(model)
         if groups is None:
             groups = [{"params": [p for p in model.parameters() if p.requires_grad and id(p) not in own]}]
-        self.sgd = torch.optim.SGD(
-            groups,
-            lr=self.config.lr,
-            momentum=self.config.momentum,
-            weight_decay=self.config.weight_decay,
-            # Nesterov is undefined without momentum (torch refuses it), so momentum=0 means plain SGD.
-            nesterov=self.config.nesterov and self.config.momentum > 0,
-        )
+        self.weights = weights_optimizer(groups, self.config)
 
     def _schedule(self) -> torch.optim.lr_scheduler.LRScheduler:
-        schedule = self.hooks.lr_schedule(self.sgd, self.total_steps, self.steps_per_epoch)
+        schedule = self.hooks.lr_schedule(self.weights, self.total_steps, self.steps_per_epoch)
         # Stepped per batch, so that a short fine-tune of one or two epochs still anneals smoothly.
-        return schedule or torch.optim.lr_scheduler.CosineAnnealingLR(self.sgd, T_max=self.total_steps)
+        return schedule or torch.optim.lr_scheduler.CosineAnnealingLR(self.weights, T_max=self.total_steps)
 
     def zero_grad(self) -> None:
-        self.sgd.zero_grad(set_to_none=True)
+        self.weights.zero_grad(set_to_none=True)
         if self.method is not None:
             self.method.zero_grad(set_to_none=True)
 
     def step(self) -> None:
-        self.sgd.step()
+        self.weights.step()
         if self.method is not None:
             self.method.step()
         self.scheduler.step()
@@ -407,33 +432,44 @@ class _Optimizers:
     def restructure(self, model: nn.Module) -> None:
         """Let the method remove structure; rebuild the optimizers when it did."""
         names = {id(p): plain_parameter_name(name) for name, p in model.named_parameters()}
-        by_name = {names[id(p)]: dict(state) for p, state in self.sgd.state.items() if id(p) in names}
+        by_name = {names[id(p)]: dict(state) for p, state in self.weights.state.items() if id(p) in names}
         if not self.hooks.restructure(model, by_name):
             return
-        old_groups, schedule = self.sgd.param_groups, self.scheduler.state_dict()
+        old_groups, schedule = self.weights.param_groups, self.scheduler.state_dict()
         self._build(model)
-        if len(self.sgd.param_groups) != len(old_groups):
+        if len(self.weights.param_groups) != len(old_groups):
             raise RuntimeError("a method's restructure changed the number of optimizer groups")
-        for new, old in zip(self.sgd.param_groups, old_groups):
+        for new, old in zip(self.weights.param_groups, old_groups):
             new["lr"], new["initial_lr"] = old["lr"], old.get("initial_lr", old["lr"])
         for name, parameter in model.named_parameters():
             if plain_parameter_name(name) in by_name:
-                self.sgd.state[parameter] = by_name[plain_parameter_name(name)]
+                self.weights.state[parameter] = by_name[plain_parameter_name(name)]
         # A new scheduler starts by setting the initial rate; the loaded schedule puts back the current one.
         self.scheduler = self._schedule()
         self.scheduler.load_state_dict(schedule)
-        for param_group, lr in zip(self.sgd.param_groups, self.scheduler.get_last_lr()):
+        for param_group, lr in zip(self.weights.param_groups, self.scheduler.get_last_lr()):
             param_group["lr"] = lr
 
     def state_dict(self) -> dict:
-        return {"optimizer": self.sgd.state_dict(), "scheduler": self.scheduler.state_dict(),
+        return {"optimizer": self.weights.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "method_optimizer": self.method.state_dict() if self.method is not None else None}
 
     def load_state_dict(self, state: dict) -> None:
-        self.sgd.load_state_dict(state["optimizer"])
+        self.weights.load_state_dict(state["optimizer"])
         if self.method is not None:
             self.method.load_state_dict(state["method_optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+
+
+def weights_optimizer(groups: list[dict], config: TrainConfig) -> torch.optim.Optimizer:
+    """The optimizer `config` names over `groups`: SGD with (Nesterov) momentum, Adam with L2 weight decay added
+    to the gradient, or AdamW with decoupled weight decay; Adam's betas and epsilon are torch's defaults."""
+    if config.optimizer == "adam":
+        adam = torch.optim.AdamW if config.wd_mode == "decoupled" else torch.optim.Adam
+        return adam(groups, lr=config.lr, weight_decay=config.weight_decay)
+    # Nesterov is undefined without momentum (torch refuses it), so momentum=0 means plain SGD.
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
+                           nesterov=config.nesterov and config.momentum > 0)
 
 
 def _seed_shuffling(loader: DataLoader, seed: int, epoch: int) -> None:

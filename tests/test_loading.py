@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from compressor.errors import CompressorError
-from compressor.loading import load_model, module_pickler, parse_input_shape, save_checkpoint
+from compressor.loading import load_model, module_pickler, parse_input_shape, save_checkpoint, trained_with
 from compressor.models import create_model
 from compressor.models.units import PadShortcut, ResidualUnit
 from shared import set_values_
@@ -60,7 +60,17 @@ def test_checkpoint_round_trip(tmp_path):
     loaded = load_model(tmp_path / "m.pt")
     assert (loaded.arch, loaded.num_classes, loaded.input_shape) == ("resnet20", 7, (1, 32, 32))
     assert same_outputs(model, loaded, (1, 32, 32))
-    assert torch.load(tmp_path / "m.pt", weights_only=True)["extra"] == {"note": 1}
+    assert torch.load(tmp_path / "m.pt", weights_only=True)["extra"] == {
+        "note": 1, "trained_with": {"loss": "ce", "optimizer": "sgd"}}
+
+
+def test_checkpoint_keeps_the_loss_and_optimizer_the_model_was_trained_with(tmp_path):
+    model = create_model("lenet5")
+    model.trained_with = {"loss": "bsp", "optimizer": "adam"}
+    save_checkpoint(model, tmp_path / "m.pt")
+    assert load_model(tmp_path / "m.pt").trained_with == {"loss": "bsp", "optimizer": "adam"}
+    torch.save({**torch.load(tmp_path / "m.pt", weights_only=True), "extra": {}}, tmp_path / "old.pt")
+    assert trained_with(load_model(tmp_path / "old.pt")) == {"loss": "ce", "optimizer": "sgd"}
 
 
 def test_state_dict_needs_the_right_arch(tmp_path):
