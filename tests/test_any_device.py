@@ -60,6 +60,8 @@ CASES = {
     "bernoulli-units": ("resnet20", "bernoulli", None, "structured", {"rho": 50.0, "probability_lr": 0.2}),
     # Two stages of one epoch: scoring, removal and the compile between them happen on the model's device.
     "energy": ("resnet20", "energy", None, "structured", {"stages": 2}),
+    # Thresholds, frozen weights and a sweep of two θ settings, each retrained from a copy of the model.
+    "snapshot": ("resnet20", "snapshot", 0.7, "unstructured", {"sweep": 2}),
 }
 
 
@@ -220,6 +222,13 @@ def test_energy_compresses_on_cuda(tmp_path):
                       device="cuda")
     assert report.onnx.max_abs_diff <= report.onnx.tolerance
     assert report.structure.macs_removed >= 0.3 and report.structure.removed_units
+
+
+@needs_cuda
+def test_snapshot_compresses_on_cuda(lenet5_checkpoint, tmp_path):
+    report = compress_on_cuda(lenet5_checkpoint, tmp_path / "o", "snapshot", "90%")
+    assert f"{report.compressed.sparsity:.4f}" == "0.9000"
+    assert report.snapshot.params == report.compressed.params_nonzero
 
 
 @needs_cuda

@@ -155,7 +155,7 @@ def test_torchrun_energy_removes_the_same_units_on_both_processes(tmp_path):
     assert "dependence.png" in result.stdout
 
 
-@pytest.mark.parametrize("method, epochs", [("magnitude", 1), ("budget", 2)])
+@pytest.mark.parametrize("method, epochs", [("magnitude", 1), ("budget", 2), ("snapshot", 1)])
 def test_torchrun_compress_writes_the_output_once(method, epochs, lenet5_checkpoint, tmp_path):
     result = torchrun("-m", "compressor", lenet5_checkpoint, "--method", method, "--target", "85%", "--epochs", epochs,
                       "--out", "D", "--no-progress", cwd=tmp_path)
