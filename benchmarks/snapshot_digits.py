@@ -168,9 +168,9 @@ def claims(rows: list[dict[str, Any]], model: str, settings: list[str]) -> list[
         pruned = series(setting, lambda r: 1 - r["snapshot"]["accuracy_after_pruning"])
         retrained = series(setting, lambda r: 1 - r["snapshot"]["accuracy_after_retraining"])
         baseline = series(setting, lambda r: 1 - r["magnitude"]["accuracy"])
-        lines.append(f"  (3) {LABELS[setting]}: error after retrain vs right after pruning: "
-                     f"{verdict(retrained, pruned, ('retrained', 'pruned'))}; snapshot vs magnitude+FT: "
-                     f"{verdict(retrained, baseline, ('snapshot', 'magnitude'))}")
+        lines.append(f"  (3) {LABELS[setting]}: test error after the retrain vs right after pruning: "
+                     f"{verdict(retrained, pruned, ('retrained', 'pruned'))}; test error of snapshot vs magnitude+FT: "
+                     f"{verdict(retrained, baseline, ('snapshot', 'magnitude+FT'))}")
     for suffix in ("", "+l2"):
         llr, softmax = series(f"bsp{suffix}", compression), series(f"ce{suffix}", compression)
         lines.append(f"  (4) LLR vs softmax{' (+WD)' if suffix else ''}: compression {ratio(llr, softmax)}: "

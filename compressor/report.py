@@ -490,7 +490,8 @@ def _snapshot_section(report: Report) -> list[str]:
         "## Snapshot pruning",
         "",
         f"Pruned once, {how}, then only biases and normalisation parameters retrained (every Conv/Linear weight "
-        "frozen). Parameters are counted as the paper does: non-zero weights plus every non-weight parameter.",
+        f"frozen; retrain weight decay {report.method_config.get('retrain_weight_decay', 0):g}). Parameters are "
+        "counted as the paper does: non-zero weights plus every non-weight parameter.",
         "",
     ]
     if groups:
@@ -701,7 +702,8 @@ def plot_efficiency(report: Report, path: str | os.PathLike) -> Path:
               label="after the non-weight retrain")
     axes.plot(params, [100 * (1 - p.accuracy_after_pruning) for p in points], marker="o", fillstyle="none",
               linestyle=":", color="tab:orange", label="right after pruning")
-    for p in points:
+    # Labelled at both ends and the middle: neighbouring points sit too close for every label.
+    for p in (points[i] for i in sorted({0, len(points) // 2, len(points) - 1})):
         axes.annotate(f"{p.theta:g}", (p.params, 100 * (1 - p.accuracy_after_retraining)), fontsize=7,
                       textcoords="offset points", xytext=(3, 4))
     axes.scatter([snap.params_dense], [100 * (1 - report.dense.accuracy)], marker="*", s=120, color="black",
