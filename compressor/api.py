@@ -33,7 +33,7 @@ from compressor.models import create_model
 from compressor.options import parse_fraction
 from compressor.report import (CompressedStats, DenseStats, EpochCost, LatencyStats, LayerShape, LayerStats, OnnxStats,
                                PassStats, ProbabilityCounts, PruningStage, Report, SnapshotStats, StageStats,
-                               StructureStats, write_report)
+                               StructureStats, SwitcherStats, write_report)
 from compressor.training import (DEFAULT_WEIGHT_DECAY, EpochRecord, TrainConfig, TrainResult, check_config,
                                  default_lr, evaluate, model_device, train)
 from compressor.verify import verify_onnx
@@ -282,6 +282,8 @@ def _compress_into(output: Output | None, state_path: Path, device: torch.device
         trained = compression.fit(model, bundle, config, state_path=state_path,
                                   resume=resume, progress=progress, description=f"{compression.name} training")
         model = compression.finalize(model)
+        # A method may also attach its masks when it fixes its decisions (switcher's connection mode does).
+        masked |= {name for name, layer in prunable_layers(model) if has_unbaked_mask(layer)}
     if not main:
         return None
     structure = None
@@ -357,6 +359,7 @@ def _compress_into(output: Output | None, state_path: Path, device: torch.device
         training={"loss": config.loss, "optimizer": config.optimizer, "lr": config.lr,
                   "weight_decay": config.weight_decay, "wd_mode": config.wd_mode},
         snapshot=SnapshotStats.from_dict(facts["snapshot"]) if "snapshot" in facts else None,
+        switcher=SwitcherStats.from_dict(facts["switcher"]) if "switcher" in facts else None,
     )
 
 

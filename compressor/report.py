@@ -216,6 +216,42 @@ class SnapshotStats:
 
 
 @dataclass
+class SwitchedLayer:
+    """One Linear layer gated by a switcher: its switches (counts of exactly 0, in (0, 1) and ≥ 1) at the start and
+    at the end of training, and its zero weights at the start, at the end (emergent) and in the shipped model
+    (after a target's top-up); in neuron mode, its input neurons and those switched off, and the producer channels
+    removed with them (by the producer's name)."""
+
+    name: str
+    weights: int
+    switches_start: dict[str, int]
+    switches_end: dict[str, int]
+    zeros_start: int
+    zeros_end: int
+    zeros_final: int
+    neurons: int | None = None
+    neurons_switched_off: int | None = None
+    channels_removed: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class SwitcherStats:
+    """Switcher networks: the mode, the gated layers' emergent sparsity (what the switchers zeroed) and the shipped
+    one, the test accuracy at the end of the alternating training, and whether a target's top-up ran."""
+
+    mode: str
+    emergent_sparsity: float
+    final_sparsity: float
+    accuracy_emergent: float
+    topped_up: bool
+    layers: list[SwitchedLayer]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SwitcherStats":
+        return cls(**{**data, "layers": [SwitchedLayer(**row) for row in data["layers"]]})
+
+
+@dataclass
 class OnnxStats:
     """The exported file: where it is, its opset, and its agreement with torch on real test data."""
 
@@ -296,6 +332,7 @@ class Report:
     training_cost: list[EpochCost] = field(default_factory=list)  # empty: the method trained a fixed network
     training: dict[str, Any] = field(default_factory=dict)  # the method's loss, optimizer, rate and weight decay
     snapshot: SnapshotStats | None = None
+    switcher: SwitcherStats | None = None
 
     @property
     def relative_training_cost(self) -> float | None:
@@ -326,6 +363,8 @@ class Report:
             values["structure"] = StructureStats(**structure)
         if data.get("snapshot"):
             values["snapshot"] = SnapshotStats.from_dict(data["snapshot"])
+        if data.get("switcher"):
+            values["switcher"] = SwitcherStats.from_dict(data["switcher"])
         return cls(**values)
 
     def summary_rows(self) -> list[tuple[str, str, str]]:
@@ -396,6 +435,7 @@ def render_markdown(report: Report) -> str:
             "",
         ]),
         *(_snapshot_section(r) if r.snapshot is not None else []),
+        *(_switcher_section(r) if r.switcher is not None else []),
         *_training_cost_section(r),
         "## Passes",
         "",
@@ -473,6 +513,32 @@ def _training_text(training: dict[str, Any]) -> str:
         optimizer = "AdamW (decoupled weight decay)" if training["wd_mode"] == "decoupled" else "Adam (L2 weight decay)"
     loss = {"ce": "softmax cross-entropy", "bsp": "bipolar softplus on log-likelihood-ratio outputs"}[training["loss"]]
     return f"{loss}; {optimizer}, learning rate {training['lr']:g}, weight decay {training['weight_decay']:g}"
+
+
+def _switcher_section(report: Report) -> list[str]:
+    """Emergent and shipped sparsity of the gated layers, and each layer's switches at the start and the end."""
+    sw = report.switcher
+
+    def counts(c: dict[str, int]) -> str:
+        return f"{c['zero']:,} / {c['weak']:,} / {c['strong']:,}"
+
+    rows = [[f"`{l.name}`", f"{l.weights:,}", counts(l.switches_start), counts(l.switches_end),
+             f"{l.zeros_start / l.weights:.2%}", f"{l.zeros_end / l.weights:.2%}", f"{l.zeros_final / l.weights:.2%}",
+             "-" if l.neurons is None else f"{l.neurons_switched_off:,} of {l.neurons:,}"] for l in sw.layers]
+    what = "connection (W ⊙ Z)" if sw.mode == "connection" else "neuron (W·diag(z), one switch per input neuron)"
+    topped = (f" A target's top-up then switched off the smallest remaining weights and trained the task network "
+              f"one epoch with the switches frozen: {sw.final_sparsity:.2%}." if sw.topped_up else "")
+    return [
+        "## Switcher",
+        "",
+        f"Mode {what}; switchers and task network trained in alternating epochs on the task loss alone. Emergent "
+        f"sparsity of the gated layers (what the switchers zeroed): {sw.emergent_sparsity:.2%}, test accuracy "
+        f"{sw.accuracy_emergent:.2%}.{topped} Switches are counted as 0 / (0, 1) / ≥ 1.",
+        "",
+        markdown_table(["layer", "weights", "switches at start", "switches at end", "zeros at start", "emergent",
+                        "shipped", "neurons switched off"], rows),
+        "",
+    ]
 
 
 def _snapshot_section(report: Report) -> list[str]:

@@ -113,6 +113,11 @@ class TrainingHooks:
         of a method that prunes in stages); None anneals the rate over `total_steps` on a cosine."""
         return None
 
+    def before_epoch(self, model: nn.Module, epoch: int) -> None:
+        """Called before each epoch's batches, with the model in training mode: a method that trains its parameter
+        sets in turn freezes the others here (`requires_grad_(False)`: no gradient, so neither momentum nor weight
+        decay moves them) and puts modules whose running statistics must not move in eval mode."""
+
     def stop_training(self) -> bool:
         """Checked before every epoch: True ends the run there, before `config.epochs` (a method that prunes in
         stages, once its last stage has retrained). A run resumed from a state saved after that epoch ends too."""
@@ -301,10 +306,11 @@ def _train(
         if hooks.stop_training():
             break
         _seed_shuffling(train_loader, config.seed, epoch)
+        model.train()
+        hooks.before_epoch(model, epoch)
         training = [(name, tuple(p.shape)) for name, p in model.named_parameters() if p.requires_grad]
         if training != replicated:
             network, replicated, checked = replicate(model, device), training, False
-        model.train()
         start = time.perf_counter()
         # Sums stay on the device so that, with the progress bar off, the loop never waits on the GPU.
         loss_sum = torch.zeros((), device=device)

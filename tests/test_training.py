@@ -170,6 +170,38 @@ class FreezeFirstLayer(TrainingHooks):
         return [{"params": first, "lr": 0.0, "weight_decay": 0.0}, {"params": rest}]
 
 
+class AlternateLayers(TrainingHooks):
+    """Odd epochs train the first layer only, even epochs the last; the weights are copied after every epoch."""
+
+    def __init__(self):
+        self.calls: list[tuple[int, bool]] = []
+        self.after: list[nn.Module] = []
+
+    def before_epoch(self, model, epoch):
+        self.calls.append((epoch, model.training))
+        for p in model[0].parameters():
+            p.requires_grad_(epoch % 2 == 1)
+        for p in model[3].parameters():
+            p.requires_grad_(epoch % 2 == 0)
+
+    def after_epoch(self, model, epoch):
+        self.after.append(copy.deepcopy(model))
+
+
+def test_before_epoch_may_freeze_a_parameter_set_that_then_does_not_move():
+    model = mlp()
+    train_loader, test_loader = loaders()
+    hooks = AlternateLayers()
+    # Weight decay and momentum: neither may move a parameter frozen for the epoch.
+    train(model, train_loader, test_loader, fast(3, weight_decay=0.1), hooks=hooks, progress=False)
+    assert hooks.calls == [(1, True), (2, True), (3, True)]
+    first, second, third = hooks.after
+    assert_same_weights(first[3], mlp()[3])
+    assert_same_weights(second[0], first[0])
+    assert_same_weights(third[3], second[3])
+    assert not torch.equal(first[0].weight, mlp()[0].weight) and not torch.equal(second[3].weight, first[3].weight)
+
+
 def test_param_groups_are_honoured():
     model = mlp()
     first_before = copy.deepcopy(model[0])
