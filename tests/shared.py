@@ -211,6 +211,21 @@ class ReopensLogNet(nn.Module):
         self.log = open(os.devnull, "w")
 
 
+def random_data(shape: Sequence[int], samples: int = 48, batch_size: int = 16):
+    """A DataBundle of seeded random images and labels of 10 classes, shuffled reproducibly, for method tests that
+    need data of the model's shape but not real data."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from compressor.data import DataBundle
+
+    generator = torch.Generator().manual_seed(0)
+    dataset = TensorDataset(torch.randn(samples, *shape, generator=generator),
+                            torch.randint(0, 10, (samples,), generator=generator))
+    return DataBundle(train=DataLoader(dataset, batch_size=batch_size, shuffle=True,
+                                       generator=torch.Generator().manual_seed(0)),
+                      test=DataLoader(dataset, batch_size=batch_size), num_classes=10, name="random")
+
+
 def assert_onnx_matches_torch(model: nn.Module, onnx_path: str | Path, batch: int = 3) -> None:
     """The exported ONNX computes what the torch model computes on a random batch (within 1e-4 × max |output|)."""
     from compressor.runtime.ort_backend import OrtBackend

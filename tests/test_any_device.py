@@ -62,6 +62,11 @@ CASES = {
     "energy": ("resnet20", "energy", None, "structured", {"stages": 2}),
     # Thresholds, frozen weights and a sweep of two θ settings, each retrained from a copy of the model.
     "snapshot": ("resnet20", "snapshot", 0.7, "unstructured", {"sweep": 2}),
+    # Switchers built on the model's device; a target beyond the emergent sparsity tops up with frozen switches.
+    "switcher": ("lenet5", "switcher", 0.99, "unstructured", {"encoder_channels": "4", "bottleneck_channels": 4}),
+    # Neuron switches folded into columns, dead producer channels gated and sliced on the model's device.
+    "switcher-neuron": ("lenet300_100", "switcher", None, "structured",
+                        {"mode": "neuron", "encoder_channels": "4", "bottleneck_channels": 4}),
 }
 
 
@@ -229,6 +234,15 @@ def test_snapshot_compresses_on_cuda(lenet5_checkpoint, tmp_path):
     report = compress_on_cuda(lenet5_checkpoint, tmp_path / "o", "snapshot", "90%")
     assert f"{report.compressed.sparsity:.4f}" == "0.9000"
     assert report.snapshot.params == report.compressed.params_nonzero
+
+
+@needs_cuda
+@pytest.mark.parametrize("mode", ["connection", "neuron"])
+def test_switcher_compresses_on_cuda(lenet5_checkpoint, tmp_path, mode):
+    report = compress(lenet5_checkpoint, "switcher", None, epochs=2, out=tmp_path / "o", progress=False, device="cuda",
+                      method_options={"mode": mode})
+    assert report.onnx.max_abs_diff <= report.onnx.tolerance
+    assert report.switcher.mode == mode and report.device.startswith("cuda")
 
 
 @needs_cuda

@@ -169,6 +169,18 @@ def test_torchrun_compress_writes_the_output_once(method, epochs, lenet5_checkpo
     assert (report["device"], report["processes"]) == ("cpu", 2)
 
 
+def test_torchrun_switcher_alternates_and_tops_up_alike_on_both_processes(lenet5_checkpoint, tmp_path):
+    # A switcher epoch, a task epoch, then the top-up epoch with frozen switches: three trainable sets in turn.
+    result = torchrun("-m", "compressor", lenet5_checkpoint, "--method", "switcher", "--target", "95%", "--option",
+                      "encoder_channels=4", "--option", "bottleneck_channels=4", "--epochs", "2", "--out", "D",
+                      "--no-progress", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("wrote D/") == 1 and "[rank1]" not in result.stderr
+    report = json.loads((tmp_path / "D" / "report.json").read_text())
+    assert report["switcher"]["topped_up"] and abs(report["switcher"]["final_sparsity"] - 0.95) < 1e-5
+    assert (report["device"], report["processes"]) == ("cpu", 2)
+
+
 def test_torchrun_train_writes_the_checkpoint_once(tmp_path):
     result = torchrun("-m", "compressor", "train", "lenet300_100", "--epochs", "1", "-o", "m.pt", "--no-progress",
                       cwd=tmp_path)

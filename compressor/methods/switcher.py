@@ -64,9 +64,9 @@ class SwitcherConfig:
     # Re-initialise the task network before training, as the paper does; by default the user's weights are kept.
     from_scratch: bool = False
     # The switchers' SGD. The paper's rate, 0.1, switches every connection off within the first epoch on digits
-    # (all ReLU outputs 0, after which no gradient reaches the switcher); 1e-3 is ours. Momentum 0.9 and no weight
-    # decay (a decayed switcher would drift to 0) are ours too.
-    snn_lr: float = 1e-3
+    # (all ReLU outputs 0, after which no gradient reaches the switcher), and 1e-3 within a few epochs; 1e-4 is
+    # ours. Momentum 0.9 and no weight decay (a decayed switcher would drift to 0) are ours too.
+    snn_lr: float = 1e-4
     snn_momentum: float = 0.9
     # Channels of the encoder's blocks and of the bottleneck (the paper does not give them).
     encoder_channels: str = "8,16"
@@ -116,26 +116,29 @@ class SwitcherNet(nn.Module):
     ReLU gives z. No BatchNorm or dropout: g(W) is the same in training and evaluation.
     """
 
-    def __init__(self, n_out: int, n_in: int, mode: str, channels: list[int], bottleneck: int) -> None:
+    def __init__(self, n_out: int, n_in: int, mode: str, channels: list[int], bottleneck: int,
+                 device: torch.device | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.mode = mode
+        on = {"device": device, "dtype": dtype}
         widths = [n_out]
         for _ in channels:
             widths.append(math.ceil(widths[-1] / 2))
         inputs = [1] + channels
-        self.encoder = nn.ModuleList(nn.Conv2d(inputs[i], channels[i], 3, padding=1) for i in range(len(channels)))
+        self.encoder = nn.ModuleList(nn.Conv2d(inputs[i], channels[i], 3, padding=1, **on) for i in range(len(channels)))
         self.pool = nn.MaxPool2d((1, 2), ceil_mode=True)
-        self.bottleneck = nn.Conv2d(channels[-1], bottleneck, 3, padding=1)
+        self.bottleneck = nn.Conv2d(channels[-1], bottleneck, 3, padding=1, **on)
         above = [*channels[1:], bottleneck]  # the channels arriving at each level from the one below it
         if mode == "connection":
-            self.rows = nn.ModuleList(nn.Conv2d(c, c, (1, 3), padding=(0, 1)) for c in channels)
-            self.decoder = nn.ModuleList(nn.Conv2d(a + c, c, 3, padding=1) for a, c in zip(above, channels))
+            self.rows = nn.ModuleList(nn.Conv2d(c, c, (1, 3), padding=(0, 1), **on) for c in channels)
+            self.decoder = nn.ModuleList(nn.Conv2d(a + c, c, 3, padding=1, **on) for a, c in zip(above, channels))
             self.bottleneck_row = None
         else:
-            self.rows = nn.ModuleList(nn.Conv2d(c, c, (1, w)) for c, w in zip(channels, widths[:-1]))
-            self.decoder = nn.ModuleList(nn.Conv2d(a + c, c, (3, 1), padding=(1, 0)) for a, c in zip(above, channels))
-            self.bottleneck_row = nn.Conv2d(bottleneck, bottleneck, (1, widths[-1]))
-        self.head = nn.Conv2d(channels[0], 1, 1)
+            self.rows = nn.ModuleList(nn.Conv2d(c, c, (1, w), **on) for c, w in zip(channels, widths[:-1]))
+            self.decoder = nn.ModuleList(nn.Conv2d(a + c, c, (3, 1), padding=(1, 0), **on)
+                                         for a, c in zip(above, channels))
+            self.bottleneck_row = nn.Conv2d(bottleneck, bottleneck, (1, widths[-1]), **on)
+        self.head = nn.Conv2d(channels[0], 1, 1, **on)
         _init(self)
 
     def start(self, weight: torch.Tensor, unit_mean: bool) -> None:
@@ -289,8 +292,8 @@ class SwitcherMethod(Method):
             _reinitialise(model)
         for name, layer in gated:
             n_out, n_in = layer.weight.shape
-            switcher = SwitcherNet(n_out, n_in, self.config.mode, self.channels, self.config.bottleneck_channels)
-            switcher.to(device=layer.weight.device, dtype=layer.weight.dtype)
+            switcher = SwitcherNet(n_out, n_in, self.config.mode, self.channels, self.config.bottleneck_channels,
+                                   device=layer.weight.device, dtype=layer.weight.dtype)
             switcher.start(layer.weight, self.config.unit_start)
             parametrize.register_parametrization(layer, "weight", SwitchedWeight(switcher, self.config.detach_snn_input))
         self.gated = [name for name, _ in gated]

@@ -6,27 +6,16 @@ import math
 
 import pytest
 import torch
-from torch.utils.data import DataLoader, TensorDataset
 
 from compressor.cli import main
 from compressor.counting import counted_params, layer_sparsity, prunable_layers, storage_bits
-from compressor.data import DataBundle
 from compressor.errors import CompressorError
 from compressor.methods import create_method
 from compressor.methods.snapshot import FAMILIES, sweep_settings, weight_groups
 from compressor.models import create_model
 from compressor.passes.analysis import is_two_four, to_groups, two_four_eligibility
 from compressor.training import TrainConfig
-from shared import assert_onnx_matches_torch
-
-
-def random_data(shape, samples=48, batch_size=16) -> DataBundle:
-    generator = torch.Generator().manual_seed(0)
-    dataset = TensorDataset(torch.randn(samples, *shape, generator=generator),
-                            torch.randint(0, 10, (samples,), generator=generator))
-    return DataBundle(train=DataLoader(dataset, batch_size=batch_size, shuffle=True,
-                                       generator=torch.Generator().manual_seed(0)),
-                      test=DataLoader(dataset, batch_size=batch_size), num_classes=10, name="random")
+from shared import assert_onnx_matches_torch, random_data
 
 
 def masks_of(model):

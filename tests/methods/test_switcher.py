@@ -8,10 +8,8 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, TensorDataset
 
 from compressor.cli import main
-from compressor.data import DataBundle
 from compressor.errors import CompressorError
 from compressor.loading import load_model, save_checkpoint
 from compressor.methods import create_method
@@ -20,18 +18,9 @@ from compressor.models import create_model
 from compressor.passes.base import copy_model
 from compressor.passes.pipeline import compile_model
 from compressor.training import TrainConfig, train
-from shared import assert_onnx_matches_torch
+from shared import assert_onnx_matches_torch, random_data
 
 SMALL = {"encoder_channels": "4", "bottleneck_channels": 4}  # a switcher small enough for the test suite's time
-
-
-def random_data(shape, samples=48, batch_size=16) -> DataBundle:
-    generator = torch.Generator().manual_seed(0)
-    dataset = TensorDataset(torch.randn(samples, *shape, generator=generator),
-                            torch.randint(0, 10, (samples,), generator=generator))
-    return DataBundle(train=DataLoader(dataset, batch_size=batch_size, shuffle=True,
-                                       generator=torch.Generator().manual_seed(0)),
-                      test=DataLoader(dataset, batch_size=batch_size), num_classes=10, name="random")
 
 
 def mlp_with_batchnorm() -> nn.Module:
