@@ -252,3 +252,19 @@ def test_compress_end_to_end(tmp_path, capsys, mode, target):
         assert {row["pattern"] for row in report["layers"]} == {"unstructured"}
     assert_onnx_matches_torch(load_model(out / "model.pt"), out / "model.onnx")
     capsys.readouterr()
+
+
+def test_from_scratch_reinitialises_the_task_network_and_a_resume_matches_on_settings_only():
+    given = mlp_with_batchnorm()
+    with torch.no_grad():
+        given[2].running_mean.fill_(3.0)
+    model, method = switched(copy_model(given), from_scratch=True)
+    assert not torch.equal(model[1].parametrizations.weight.original, given[1].weight)
+    assert (model[1].bias == 0).all() and (model[2].running_mean == 0).all()
+    kept_model, kept = switched(copy_model(given))
+    assert torch.equal(kept_model[1].parametrizations.weight.original, given[1].weight)
+    # The switchers' random start changes the recorded switch counts, not what a resumed run must match.
+    torch.manual_seed(1)
+    other = create_method("switcher", None, **SMALL)
+    other.prepare(mlp_with_batchnorm(), random_data((1, 8, 8)))
+    assert other.fingerprint() == kept.fingerprint()
