@@ -13,7 +13,7 @@ Training alternates whole epochs on one loss, the task's, with no sparsity term:
 epochs 0, 2, …, counted from 0) train the switchers with the task network frozen, its BatchNorm statistics
 included; even epochs train the task network with the switchers frozen. Each side has its own SGD and its own
 cosine schedule over its own epochs. A frozen side is left out of the backward pass (`requires_grad` off), so no
-momentum or weight decay moves it. The user's trained network is the starting point; `from_scratch=true`
+momentum or weight decay moves it. Task epochs take the switches as constants (`detach_snn_input`). The user's trained network is the starting point; `from_scratch=true`
 re-initialises it (Kaiming normal, zero biases) as the paper trains.
 
 Sparsity is emergent: whatever the switchers zero. With `--target` (the share of the gated layers' weights to
@@ -75,8 +75,10 @@ class SwitcherConfig:
     # switcher sizes, and with Kaiming-normal weights alone the switches' scale depends on them: on digits the
     # switched network starts near chance and training stalls at the uniform prediction). False: the plain start.
     unit_start: bool = True
-    # Task epochs differentiate L(W ⊙ g(W)) through g as well; true treats the switcher's input as a constant.
-    detach_snn_input: bool = False
+    # Task epochs take the switches as constants (the gradient of L(W ⊙ Z) with Z fixed). False differentiates
+    # through g(W) as well, which the paper leaves open: on digits that gradient made the first task epoch diverge
+    # (loss 1.7 → 5.3, or NaN, where with Z fixed it fell to 0.5).
+    detach_snn_input: bool = True
     # Neuron mode: also switch the network's inputs (the pixels read by the first Linear), folded into its columns.
     gate_inputs: bool = False
     # The learning rate of the task epoch that follows a target's top-up (a fine-tune, like magnitude's).

@@ -268,3 +268,17 @@ def test_from_scratch_reinitialises_the_task_network_and_a_resume_matches_on_set
     other = create_method("switcher", None, **SMALL)
     other.prepare(mlp_with_batchnorm(), random_data((1, 8, 8)))
     assert other.fingerprint() == kept.fingerprint()
+
+
+@pytest.mark.parametrize("detach", [True, False])
+def test_task_gradients_take_the_switches_as_constants_unless_asked(detach):
+    model, method = switched(create_model("lenet300_100"), detach_snn_input=detach)
+    layer = model.get_submodule("features.fc2")
+    weight = layer.parametrizations.weight.original
+    x = torch.randn(4, 300)
+    layer(x).square().sum().backward()
+    switches = layer_switches(layer)
+    effective = (weight * switches).detach().requires_grad_(True)
+    F.linear(x, effective, layer.bias).square().sum().backward()
+    constant = effective.grad * switches  # d/dW of L(W ⊙ Z) with Z fixed
+    assert torch.allclose(weight.grad, constant, atol=1e-5) == detach
