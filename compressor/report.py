@@ -245,6 +245,7 @@ class SwitcherStats:
     accuracy_emergent: float
     topped_up: bool
     layers: list[SwitchedLayer]
+    cut_layers: list[str] = field(default_factory=list)  # gated layers left with every switch at 0
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "SwitcherStats":
@@ -526,6 +527,8 @@ def _switcher_section(report: Report) -> list[str]:
              f"{l.zeros_start / l.weights:.2%}", f"{l.zeros_end / l.weights:.2%}", f"{l.zeros_final / l.weights:.2%}",
              "-" if l.neurons is None else f"{l.neurons_switched_off:,} of {l.neurons:,}"] for l in sw.layers]
     what = "connection (W ⊙ Z)" if sw.mode == "connection" else "neuron (W·diag(z), one switch per input neuron)"
+    cut = (f" **Every switch of {', '.join(f'`{name}`' for name in sw.cut_layers)} is 0: the network no longer reads "
+           f"its input.**" if sw.cut_layers else "")
     topped = (f" A target's top-up then switched off the smallest remaining weights and trained the task network "
               f"one epoch with the switches frozen: {sw.final_sparsity:.2%}." if sw.topped_up else "")
     return [
@@ -533,7 +536,7 @@ def _switcher_section(report: Report) -> list[str]:
         "",
         f"Mode {what}; switchers and task network trained in alternating epochs on the task loss alone. Emergent "
         f"sparsity of the gated layers (what the switchers zeroed): {sw.emergent_sparsity:.2%}, test accuracy "
-        f"{sw.accuracy_emergent:.2%}.{topped} Switches are counted as 0 / (0, 1) / ≥ 1.",
+        f"{sw.accuracy_emergent:.2%}.{topped}{cut} Switches are counted as 0 / (0, 1) / ≥ 1.",
         "",
         markdown_table(["layer", "weights", "switches at start", "switches at end", "zeros at start", "emergent",
                         "shipped", "neurons switched off"], rows),

@@ -26,6 +26,7 @@ every column is zero in its only reader gets a channel gate of 0, which SliceCha
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +45,8 @@ from compressor.methods.masks import attach_masks
 from compressor.passes.base import unparametrize
 from compressor.passes.coupling import ChannelGroup, analyse_channels
 from compressor.training import TrainConfig, TrainingHooks, TrainResult, train
+
+logger = logging.getLogger(__name__)
 
 MODES = ("connection", "neuron")
 _DRAWS = 10  # random starts a switcher may take to switch enough on
@@ -455,6 +458,11 @@ class SwitcherMethod(Method):
             if self.config.mode == "neuron":
                 info["neurons"] = switches.numel()
                 info["neurons_switched_off"] = int((switches == 0).sum())
+        # A layer with every switch at 0 passes nothing on: the network then predicts from biases alone.
+        self.details["cut_layers"] = [name for name, switches in folded.items() if not switches.any()]
+        if self.details["cut_layers"]:
+            logger.warning("switcher: every switch of %s is 0, so the network no longer reads its input; try a "
+                           "smaller learning rate", ", ".join(self.details["cut_layers"]))
         if self.config.mode == "connection":
             attach_masks(model, {name: (model.get_submodule(name).weight != 0).float() for name in self.gated})
         else:

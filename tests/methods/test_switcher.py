@@ -285,3 +285,12 @@ def test_task_gradients_take_the_switches_as_constants_unless_asked(detach):
     F.linear(x, effective, layer.bias).square().sum().backward()
     constant = effective.grad * switches  # d/dW of L(W ⊙ Z) with Z fixed
     assert torch.allclose(weight.grad, constant, atol=1e-5) == detach
+
+
+def test_a_layer_switched_off_entirely_is_named_in_a_warning(caplog):
+    model, method = switched(mlp_with_batchnorm())
+    layer = model.get_submodule("6")
+    switched_weight(layer).fixed = torch.zeros_like(layer.parametrizations.weight.original)
+    with caplog.at_level("WARNING"):
+        method.finalize(model)
+    assert method.details["cut_layers"] == ["6"] and "every switch of 6 is 0" in caplog.text
