@@ -3,7 +3,8 @@
 Per model and seed a dense model is trained (SGD, `--dense-epochs`). From it, for each mode (connection, neuron):
 
 - `switcher` for `--epochs` alternating epochs (half train the switchers, half the task network), no target: the
-  sparsity is what the switchers zero (emergent);
+  sparsity is what the switchers zero (emergent); with `--from-scratch` the task network is re-initialised first,
+  as the paper trains;
 - `magnitude` pruning to the same number of zero weights, fine-tuned with the masks fixed for as many epochs as the
   task network trained (the baseline the paper lacks);
 - the switches at the start (the random Kaiming-normal switcher, rescaled to a mean of 1) and at the end: the share
@@ -71,7 +72,7 @@ def run_mode(arch: str, seed: int, mode: str, dense: torch.nn.Module, data, args
     torch.manual_seed(seed)
     model = copy_model(dense)
     method = create_method("switcher", None, mode=mode, encoder_channels=args.encoder_channels,
-                           bottleneck_channels=args.bottleneck_channels)
+                           bottleneck_channels=args.bottleneck_channels, from_scratch=args.from_scratch)
     method.prepare(model, data)
     method.fit(model, data, TrainConfig(epochs=args.epochs, lr=FINE_TUNE_LR, seed=seed), progress=False)
     facts = method.facts()["switcher"]
@@ -120,7 +121,8 @@ def compression(row: dict[str, Any]) -> float:
     return row["params_dense"] / row["params"]
 
 
-def report(rows: list[dict[str, Any]], models: list[str], modes: list[str]) -> str:
+def report(rows: list[dict[str, Any]], models: list[str], modes: list[str], from_scratch: bool) -> str:
+    start = "from scratch (the task network re-initialised)" if from_scratch else "from the trained model"
     parts = []
     for model in models:
         table = []
@@ -144,8 +146,8 @@ def report(rows: list[dict[str, Any]], models: list[str], modes: list[str]) -> s
         parts.append(text_table(
             ["mode", "seeds", "dense acc %", "switcher acc %", "magnitude acc %", "zeros at start %",
              "emergent %", "switches ≥1 start %", "≥1 end %", "neurons off", "params (K)", "compression ×", "s/run"],
-            table, title=f"{model}: switchers from the trained model, no target (magnitude: as many zeros, "
-                         "fine-tuned as long)", left_columns=1))
+            table, title=f"{model}: switchers {start}, no target (magnitude: as many zeros, fine-tuned as long)",
+            left_columns=1))
         parts.append("\n".join(claims(rows, model, modes)))
     return "\n\n".join(parts)
 
@@ -178,6 +180,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10, help="alternating epochs (half of them train the switchers)")
     parser.add_argument("--encoder-channels", default="8,16")
     parser.add_argument("--bottleneck-channels", type=int, default=32)
+    parser.add_argument("--from-scratch", action="store_true",
+                        help="re-initialise the task network first, as the paper trains (the baselines keep the dense model)")
     parser.add_argument("--dense-cache", type=Path, help="keep dense models here and reuse them")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -198,7 +202,7 @@ def main() -> None:
                 if args.json:
                     args.json.write_text(json.dumps({"settings": {k: str(v) for k, v in vars(args).items()},
                                                      "results": rows}, indent=1) + "\n")
-    print(report(rows, models, args.modes))
+    print(report(rows, models, args.modes, args.from_scratch))
 
 
 if __name__ == "__main__":
