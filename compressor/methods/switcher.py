@@ -314,8 +314,8 @@ class SwitcherMethod(Method):
             switcher.start(layer.weight, self.config.calibrated_start)
             parametrize.register_parametrization(layer, "weight", SwitchedWeight(switcher, self.config.detach_snn_input))
         self.gated = [name for name, _ in gated]
-        switcher_ids = {id(p) for name in self.gated for p in switched_weight(model.get_submodule(name)).parameters()}
         self._switchers = [p for name in self.gated for p in switched_weight(model.get_submodule(name)).parameters()]
+        switcher_ids = {id(p) for p in self._switchers}
         self._task = [p for p in model.parameters() if p.requires_grad and id(p) not in switcher_ids]
         self._norms = [m for m in model.modules() if isinstance(m, NORM_TYPES)]
         self.details = {"mode": self.config.mode, "layers": {name: {"name": name} for name in self.gated}}
