@@ -282,8 +282,6 @@ def _compress_into(output: Output | None, state_path: Path, device: torch.device
         trained = compression.fit(model, bundle, config, state_path=state_path,
                                   resume=resume, progress=progress, description=f"{compression.name} training")
         model = compression.finalize(model)
-        # A method may also attach its masks when it fixes its decisions (switcher's connection mode does).
-        masked |= {name for name, layer in prunable_layers(model) if has_unbaked_mask(layer)}
     if not main:
         return None
     structure = None

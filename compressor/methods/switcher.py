@@ -13,8 +13,9 @@ Training alternates whole epochs on one loss, the task's, with no sparsity term:
 epochs 0, 2, …, counted from 0) train the switchers with the task network frozen, its BatchNorm statistics
 included; even epochs train the task network with the switchers frozen. Each side has its own SGD and its own
 cosine schedule over its own epochs. A frozen side is left out of the backward pass (`requires_grad` off), so no
-momentum or weight decay moves it. Task epochs take the switches as constants (`detach_snn_input`). The user's trained network is the starting point; `from_scratch=true`
-re-initialises it (Kaiming normal, zero biases) as the paper trains.
+momentum or weight decay moves it. Task epochs take the switches as constants (`detach_snn_input`). The user's
+trained network is the starting point; `from_scratch=true` re-initialises it (Kaiming normal, zero biases) as the
+paper trains.
 
 Sparsity is emergent: whatever the switchers zero. With `--target` (the share of the gated layers' weights to
 zero) a run short of it is topped up by the smallest |W ⊙ Z| (connection) or z_j·‖W[:, j]‖ (neuron), and one task
@@ -103,12 +104,16 @@ def encoder_channels(text: str) -> list[int]:
 
 
 def _init(module: nn.Module) -> None:
-    """Kaiming-normal weights and zero biases (the paper's initialisation), for every Conv/Linear of `module`."""
+    """The paper's initialisation of a switcher or a task network: Kaiming-normal Conv/Linear weights, zero
+    biases, and BatchNorm at its initial state."""
     for layer in module.modules():
-        if isinstance(layer, (nn.Conv2d, nn.Linear)):
+        if isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
             nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
             if layer.bias is not None:
                 nn.init.zeros_(layer.bias)
+        elif isinstance(layer, NORM_TYPES):
+            layer.reset_parameters()
+            layer.reset_running_stats()
 
 
 class SwitcherNet(nn.Module):
@@ -212,9 +217,12 @@ class SwitchedWeight(nn.Module):
             return self.fixed
         return self.switcher(weight.detach() if self.detach_input else weight)
 
-    def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        switches = self.switches(weight)
+    def apply(self, weight: torch.Tensor, switches: torch.Tensor) -> torch.Tensor:
+        """The weight the layer computes with under `switches`."""
         return weight * switches if self.switcher.mode == "connection" else weight * switches[None, :]
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return self.apply(weight, self.switches(weight))
 
 
 def switched_weight(layer: nn.Module) -> SwitchedWeight:
@@ -265,8 +273,7 @@ class SwitcherMethod(Method):
         if pattern == "2:4":
             raise CompressorError("method switcher has no 2:4 mode (its paper switches connections or neurons); "
                                   "drop --pattern 2:4")
-        if config.mode not in MODES:
-            raise CompressorError(f"option mode of method switcher takes one of {', '.join(MODES)}, not {config.mode!r}")
+        _parse_mode(config.mode)
         if pattern == "structured" and config.mode == "connection":
             raise CompressorError("switcher's connection mode prunes unstructured; --option mode=neuron removes neurons")
         # Neuron switches remove neurons, which the compiler slices away: that mode is a structured method.
@@ -306,7 +313,7 @@ class SwitcherMethod(Method):
                 raise CompressorError("switcher's neuron mode found no Linear layer reading hidden neurons; "
                                       "--option gate_inputs=true switches the network's inputs")
         if self.config.from_scratch:
-            _reinitialise(model)
+            _init(model)
         for name, layer in gated:
             n_out, n_in = layer.weight.shape
             switcher = SwitcherNet(n_out, n_in, self.config.mode, self.channels, self.config.bottleneck_channels,
@@ -336,10 +343,11 @@ class SwitcherMethod(Method):
         """Per gated layer: the switch histogram and the weights the switches zero, at the start or the end."""
         for name in self.gated:
             layer = model.get_submodule(name)
+            switches, original = layer_switches(layer), layer.parametrizations.weight.original
             with torch.no_grad():
-                zeros = int((layer.weight == 0).sum())
-            self.details["layers"][name].update({f"switches_{when}": histogram(layer_switches(layer)),
-                                                 f"zeros_{when}": zeros, "weights": layer.weight.numel()})
+                zeros = int((switched_weight(layer).apply(original, switches) == 0).sum())
+            self.details["layers"][name].update({f"switches_{when}": histogram(switches), f"zeros_{when}": zeros,
+                                                 "weights": original.numel()})
 
     # --- training hooks --------------------------------------------------------------------------------------
 
@@ -397,7 +405,8 @@ class SwitcherMethod(Method):
         for p in self._switchers:
             p.requires_grad_(False)
         self._record(model, "end")
-        emergent = self._gated_sparsity(model)
+        layers = self.details["layers"].values()
+        emergent = sum(layer["zeros_end"] for layer in layers) / sum(layer["weights"] for layer in layers)
         self.details.update({"emergent_sparsity": emergent, "accuracy_emergent": result.test_accuracy,
                              "topped_up": False})
         if self.target is not None and emergent < self.target:
@@ -406,21 +415,22 @@ class SwitcherMethod(Method):
             result = train(model, data.train, data.test, topup, hooks=_TaskOnly(self._task),
                            progress=loop.get("progress", True), description="switcher top-up")
             self.details["topped_up"] = True
-        self.details["final_sparsity"] = self._gated_sparsity(model)
+            with torch.no_grad():
+                zeros = sum(int((model.get_submodule(name).weight == 0).sum()) for name in self.gated)
+            self.details["final_sparsity"] = zeros / sum(layer["weights"] for layer in layers)
+        else:
+            self.details["final_sparsity"] = emergent
         return result
-
-    def _gated_sparsity(self, model: nn.Module) -> float:
-        with torch.no_grad():
-            zeros = sum(int((model.get_submodule(name).weight == 0).sum()) for name in self.gated)
-        return zeros / sum(model.get_submodule(name).weight.numel() for name in self.gated)
 
     def _top_up(self, model: nn.Module) -> None:
         """Freeze every gated layer's switches, with the smallest remaining |W ⊙ Z| (connection) or z_j·‖W[:, j]‖
         (neuron) across the gated layers switched off until the target share of their weights is zero."""
-        scores, new_zeros, total, zeros = {}, {}, 0, 0
+        scores, new_zeros, switches, total, zeros = {}, {}, {}, 0, 0
         with torch.no_grad():
             for name in self.gated:
-                switched = model.get_submodule(name).weight.detach()
+                layer = model.get_submodule(name)
+                switches[name] = layer_switches(layer)
+                switched = switched_weight(layer).apply(layer.parametrizations.weight.original, switches[name])
                 nonzero = (switched != 0).to(switched.dtype)
                 if self.config.mode == "connection":
                     scores[name], new_zeros[name] = switched.abs().flatten(), nonzero.flatten()
@@ -436,14 +446,8 @@ class SwitcherMethod(Method):
             count = int(torch.searchsorted(added, torch.tensor(float(needed), dtype=added.dtype, device=added.device))) + 1
             keep = torch.ones_like(flat_scores)
             keep[order[:count]] = 0
-            offset = 0
-            for name in self.gated:
-                layer = model.get_submodule(name)
-                size = scores[name].numel()
-                switches = layer_switches(layer)
-                piece = keep[offset:offset + size]
-                switched_weight(layer).fixed = switches * (piece.view_as(switches))
-                offset += size
+            for name, piece in zip(self.gated, keep.split([scores[n].numel() for n in self.gated])):
+                switched_weight(model.get_submodule(name)).fixed = switches[name] * piece.view_as(switches[name])
 
     def finalize(self, model: nn.Module) -> nn.Module:
         shape = tuple(model.input_shape)
@@ -501,16 +505,3 @@ class _TaskOnly(TrainingHooks):
 
     def param_groups(self, model: nn.Module) -> list[dict] | None:
         return [{"params": self.task}]
-
-
-def _reinitialise(model: nn.Module) -> None:
-    """Start the task network afresh, as the paper trains: Kaiming-normal Conv/Linear weights, zero biases, and
-    BatchNorm at its initial state."""
-    for module in model.modules():
-        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
-            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, NORM_TYPES):
-            module.reset_parameters()
-            module.reset_running_stats()
