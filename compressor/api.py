@@ -197,6 +197,7 @@ def compress(model: str | os.PathLike | nn.Module, method: str = "magnitude", ta
     epochs = compression.default_epochs if epochs is None else epochs
     _check_settings(epochs, lr=lr, batch_size=batch_size, bench_batch=bench_batch, bench_runs=bench_runs,
                     threads=threads)
+    compression.bench_batch, compression.bench_threads = bench_batch, threads
     # Checked now with stand-ins for what the model's checkpoint decides, so a bad setting stops before any work.
     check_config(TrainConfig(loss=loss or "ce", optimizer=optimizer or "adam", weight_decay=weight_decay,
                              wd_mode=wd_mode))
@@ -319,6 +320,10 @@ def _compress_into(output: Output | None, state_path: Path, device: torch.device
     with _timed(timings, "latency"):
         dense_bench = benchmark(dense_onnx, (bench_batch,), threads, bench_runs)[0]
         compressed_bench = benchmark(exported.model, (bench_batch,), threads, bench_runs)[0]
+    latency_target = None
+    if compression.latency_goal is not None:
+        with _timed(timings, "latency target"):
+            latency_target = compression.latency_goal.outcome(dense_onnx, exported.model, model)
     save_checkpoint(model, output.staging / "model.pt", extra={"compression": facts})
     macs = count_layer_macs(model, shape).values()
     return Report(
@@ -358,6 +363,7 @@ def _compress_into(output: Output | None, state_path: Path, device: torch.device
                   "weight_decay": config.weight_decay, "wd_mode": config.wd_mode},
         snapshot=SnapshotStats.from_dict(facts["snapshot"]) if "snapshot" in facts else None,
         switcher=SwitcherStats.from_dict(facts["switcher"]) if "switcher" in facts else None,
+        latency_target=latency_target,
     )
 
 

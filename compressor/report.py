@@ -279,6 +279,55 @@ class LatencyStats:
 
 
 @dataclass
+class LatencyLayer:
+    """One timed layer of a latency target: its shape before and after, and its table entries (ms, × calls)."""
+
+    name: str
+    dense: str
+    compressed: str
+    dense_ms: float
+    compressed_ms: float
+
+
+@dataclass
+class LatencyTargetStats:
+    """A `--target-latency` run: the target, the latency table's prediction (the sum of the layers' entries)
+    and the whole models timed on the same backend in the same run, and how the table was filled."""
+
+    backend: str
+    batch: int
+    precision: str
+    threads: int | None
+    target: float  # the fraction of latency to remove
+    dense_predicted_ms: float
+    compressed_predicted_ms: float
+    dense_measured_ms: float
+    compressed_measured_ms: float
+    entries_measured: int
+    cache_hits: int
+    seconds_measuring: float
+    cache: str
+    untimed: list[str] = field(default_factory=list)
+    layers: list[LatencyLayer] = field(default_factory=list)
+
+    @property
+    def requested_ms(self) -> float:
+        return (1 - self.target) * self.dense_measured_ms
+
+    @property
+    def measured_removed(self) -> float:
+        return 1 - self.compressed_measured_ms / self.dense_measured_ms
+
+    @property
+    def predicted_removed(self) -> float:
+        return 1 - self.compressed_predicted_ms / self.dense_predicted_ms
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "LatencyTargetStats":
+        return cls(**{**data, "layers": [LatencyLayer(**row) for row in data.get("layers", [])]})
+
+
+@dataclass
 class EpochCost:
     """One training epoch of a method that changes the network while it trains.
 
@@ -334,6 +383,7 @@ class Report:
     training: dict[str, Any] = field(default_factory=dict)  # the method's loss, optimizer, rate and weight decay
     snapshot: SnapshotStats | None = None
     switcher: SwitcherStats | None = None
+    latency_target: LatencyTargetStats | None = None
 
     @property
     def relative_training_cost(self) -> float | None:
@@ -366,6 +416,8 @@ class Report:
             values["snapshot"] = SnapshotStats.from_dict(data["snapshot"])
         if data.get("switcher"):
             values["switcher"] = SwitcherStats.from_dict(data["switcher"])
+        if data.get("latency_target"):
+            values["latency_target"] = LatencyTargetStats.from_dict(data["latency_target"])
         return cls(**values)
 
     def summary_rows(self) -> list[tuple[str, str, str]]:
@@ -383,11 +435,16 @@ class Report:
                 ("MACs (non-zero weights)", f"{d.macs:,}", f"{c.macs_nonzero:,}"),
                 ("sparsity", "0.00%", f"{c.sparsity:.2%}"),
             ]
-        return [
+        rows = [
             *shape_rows,
             ("accuracy", f"{d.accuracy:.2%}", f"{c.accuracy:.2%}"),
             (f"latency {lat.backend} b={lat.batch} (median)", f"{lat.dense_ms:.3f} ms", f"{lat.compressed_ms:.3f} ms"),
         ]
+        lt = self.latency_target
+        if lt is not None:
+            rows.append((f"latency target −{lt.target:.0%} on {lt.backend} b={lt.batch}", f"{lt.dense_measured_ms:.3f} ms",
+                         f"{lt.compressed_measured_ms:.3f} ms (−{lt.measured_removed:.1%})"))
+        return rows
 
 
 def summary_text(report: Report) -> str:
@@ -427,6 +484,7 @@ def render_markdown(report: Report) -> str:
               f"{r.latency.compressed_ms:.3f}", f"{r.latency.dense_p90_ms:.3f}", f"{r.latency.compressed_p90_ms:.3f}",
               r.latency.runs]]),
         "",
+        *(_latency_target_section(r.latency_target) if r.latency_target is not None else []),
         *(_structure_section(r.structure) if r.structure is not None else [
             "## Layers",
             "",
@@ -445,6 +503,36 @@ def render_markdown(report: Report) -> str:
         "",
     ]
     return "\n".join(parts)
+
+
+def _latency_target_section(lt: LatencyTargetStats) -> list[str]:
+    """Target, prediction and measurement of a latency target, how close the table's sum came to the measured
+    models, and each timed layer's entries."""
+    threads = "" if lt.threads is None else f", {lt.threads} threads"
+    rows = [["dense", f"{lt.dense_predicted_ms:.3f}", f"{lt.dense_measured_ms:.3f}",
+             f"{lt.dense_predicted_ms / lt.dense_measured_ms:.2f}", "-"],
+            ["compressed", f"{lt.compressed_predicted_ms:.3f}", f"{lt.compressed_measured_ms:.3f}",
+             f"{lt.compressed_predicted_ms / lt.compressed_measured_ms:.2f}", f"{lt.measured_removed:.1%}"]]
+    layers = [[f"`{l.name}`", l.dense, l.compressed, f"{l.dense_ms:.3f}", f"{l.compressed_ms:.3f}"] for l in lt.layers]
+    untimed = (f" Layers left out of the sum (not timed): {', '.join(f'`{n}`' for n in lt.untimed)}."
+               if lt.untimed else "")
+    return [
+        "## Latency target",
+        "",
+        f"Target: remove {lt.target:.1%} of the latency on {lt.backend} ({lt.precision}{threads}), batch {lt.batch}: "
+        f"{lt.requested_ms:.3f} ms requested; the compressed model measured {lt.compressed_measured_ms:.3f} ms "
+        f"({lt.compressed_measured_ms / lt.requested_ms - 1:+.1%} from the request), {lt.measured_removed:.1%} "
+        f"removed against {lt.predicted_removed:.1%} predicted. The prediction is the sum of the timed layers' "
+        f"entries in the latency table; the two models were timed in alternating rounds in this run.{untimed}",
+        "",
+        markdown_table(["model", "predicted ms", "measured ms", "predicted ÷ measured", "latency removed"], rows),
+        "",
+        f"Latency table `{lt.cache}`: {lt.entries_measured} layer shapes measured in this run "
+        f"({lt.seconds_measuring:.1f} s), {lt.cache_hits} lookups answered from the table.",
+        "",
+        markdown_table(["layer", "dense", "compressed", "dense ms", "compressed ms (predicted)"], layers),
+        "",
+    ]
 
 
 def _structure_section(structure: StructureStats) -> list[str]:

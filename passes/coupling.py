@@ -792,6 +792,14 @@ class CountPredictor:
         params = alive_out * alive_in * layer.per_pair + (alive_out if layer.has_bias else 0)
         return params, layer.macs_per_pair * alive_out * alive_in
 
+    def widths(self, module: nn.Module) -> tuple[int, int]:
+        """(input, output) channels of Conv/Linear `module` under the last plan predicted (its input features
+        for a Linear after flatten); a depthwise convolution's input follows its output."""
+        layer = self._layers[module]
+        alive_out = layer.out_total - self._lost[(module, True)]
+        alive_in = alive_out if layer.reading == "depthwise" else layer.in_total - self._lost[(module, False)]
+        return alive_in, alive_out
+
     def __call__(self, removed_channels: Sequence[Iterable[int]]) -> tuple[int, int]:
         touched = set()
         plan = list(removed_channels)

@@ -131,7 +131,7 @@ def benchmark(
         _check_input_fits(backend, shape)
         # A fresh generator per batch size: dense and compressed models see identical input at each batch.
         x = np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
-        timing = _measure(backend, x, warmup, runs)
+        timing = measure_backend(backend, x, warmup, runs)
         elapsed_ms = timing.times_ms
         median_ms = float(np.percentile(elapsed_ms, 50))
         results.append(
@@ -152,7 +152,8 @@ def benchmark(
     return results
 
 
-def _measure(backend: Backend, x: np.ndarray, warmup: int, runs: int) -> Timing:
+def measure_backend(backend: Backend, x: np.ndarray, warmup: int, runs: int) -> Timing:
+    """`runs` timed runs of `backend` on `x` after `warmup` untimed ones, by its `measure` if it has one."""
     measure = getattr(backend, "measure", None)
     if measure is not None:
         return measure(x, warmup, runs)

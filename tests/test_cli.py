@@ -195,6 +195,14 @@ def bad_inputs(tmp_path_factory):
     ["sd.pt", "--arch", "lenet5", "--method", "channel", "--target", "50%", "--channel-scope", "local"],
     ["sd.pt", "--arch", "lenet5", "--method", "channel", "--target", "99.9%"],
     ["sd.pt", "--arch", "lenet5", "--target", "50%", "--round-to", "8"],
+    ["sd.pt", "--arch", "lenet5", "--method", "channel", "--target-latency", "0"],
+    ["sd.pt", "--arch", "lenet5", "--method", "channel", "--target-latency", "100%"],
+    ["sd.pt", "--arch", "lenet5", "--method", "channel", "--target-latency", "1x"],
+    ["sd.pt", "--arch", "lenet5", "--method", "channel", "--target-latency", "50%", "--latency-backend", "abacus"],
+    ["sd.pt", "--arch", "lenet5", "--method", "channel", "--target-latency", "50%", "--round-to", "1"],
+    pytest.param(["sd.pt", "--arch", "lenet5", "--method", "channel", "--target-latency", "2x", "--latency-backend",
+                  "torch-cuda"], marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")),
+    ["sd.pt", "--arch", "lenet5", "--target-latency", "50%"],
     ["sd.pt", "--arch", "lenet5", "--target", "50%", "--channel-scope", "layer"],
 ])
 def test_bad_input_is_one_line_and_writes_nothing(bad_inputs, args, capsys, monkeypatch):

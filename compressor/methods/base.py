@@ -36,6 +36,11 @@ class Method(TrainingHooks, metaclass=ABCMeta):
     # keeping channel counts at multiples of `round_to`.
     structured: ClassVar[bool] = False
     round_to: int = 1
+    # The batch size and CPU threads the run measures latency at (`compress --bench-batch/--threads`), for a
+    # method that steers by measured latency; such a method leaves its `LatencyGoal` here for the report.
+    bench_batch: int = 1
+    bench_threads: int | None = None
+    latency_goal: Any = None
 
     def __init__(self, target: float | None, pattern: str = "unstructured", config: Any = None):
         if self.structured and pattern == "unstructured":

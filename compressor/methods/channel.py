@@ -7,7 +7,9 @@ groups together on scores divided by their group's mean (so wide and narrow laye
 `scope="uniform"` removes the same fraction from every group. Channels are gated off, lowest score first,
 until the predicted MACs removed reach `--target` (and the parameters removed reach `--target-params`, when
 given); every group keeps at least one channel, and each group's width stays a multiple of `--round-to`
-(8 unless told otherwise; 1 turns rounding off).
+(8 unless told otherwise; 1 turns rounding off). With `--target-latency` the channels go instead by the least
+importance lost per millisecond saved, as measured per layer on the deployment backend
+(compressor.latency_target), until the predicted latency has fallen by the target.
 The gated model is then fine-tuned and compiled by the structural passes, which remove the gated channels.
 """
 
@@ -24,7 +26,9 @@ import torch.nn as nn
 from compressor.counting import count_layer_macs, count_params
 from compressor.data import DataBundle
 from compressor.errors import CompressorError
+from compressor.distributed import from_main, group as process_group
 from compressor.gates import gate_group
+from compressor.latency_target import LatencyGoal, check_latency_settings, greedy_by_latency, parse_latency_target
 from compressor.methods.base import Method, register_method
 from compressor.options import method_flag, target_params_field
 from compressor.passes.base import copy_model
@@ -58,6 +62,15 @@ class ChannelConfig:
     round_to: int = field(default=8, metadata=method_flag(
         "--round-to", "structured methods: keep channel counts at multiples of 8 (default), 16 or 32; 1 turns "
                       "rounding off", _parse_round_to))
+    target_latency: float | None = field(default=None, metadata=method_flag(
+        "--target-latency", "structured methods: remove channels by importance per millisecond until the latency "
+                            "predicted from per-layer measurements falls by this much, as 50%% or 2x",
+        parse_latency_target))
+    latency_backend: str | None = field(default=None, metadata=method_flag(
+        "--latency-backend", "backend --target-latency measures on: ort-cpu, ort-cuda, ort-trt, trt, torch-cuda or "
+                             "torch-cpu (default: torch-cuda with a GPU, else ort-cpu)"))
+    latency_cache: str | None = field(default=None, metadata=method_flag(
+        "--latency-cache", "folder of the per-layer latency tables (default $COMPRESSOR_CACHE or ~/.cache/compressor)"))
 
 
 def filter_l1(group: ChannelGroup) -> torch.Tensor:
@@ -78,6 +91,8 @@ class ChannelMethod(Method):
 
     name = "channel"
     Config = ChannelConfig
+    # Replaces the latency table's timer (a callable LayerSpec → ms), e.g. with a synthetic table.
+    latency_measure = None
     patterns = ("structured",)
     structured = True
 
@@ -85,10 +100,15 @@ class ChannelMethod(Method):
         super().__init__(target, pattern, config)
         if self.config.scope not in SCOPES:
             raise CompressorError(f"channel scope must be one of {', '.join(SCOPES)}, not {self.config.scope!r}")
-        if target is None and self.config.target_params is None:
-            raise CompressorError("method channel needs --target (fraction of MACs to remove) or --target-params")
+        if target is None and self.config.target_params is None and self.config.target_latency is None:
+            raise CompressorError("method channel needs --target (fraction of MACs to remove), --target-params or "
+                                  "--target-latency")
         if self.config.round_to not in ROUNDINGS:
             raise CompressorError(f"round_to must be one of {', '.join(map(str, ROUNDINGS))}, not {self.config.round_to}")
+        if self.config.target_latency is not None and self.config.scope != "global":
+            raise CompressorError("--target-latency ranks channels globally by importance per millisecond; it does not "
+                                  "combine with --channel-scope uniform")
+        check_latency_settings(self.config.target_latency, self.config.latency_backend, self.config.round_to)
         self.predicted: dict[str, float] = {}
         self.left_whole: list[dict[str, str]] = []
 
@@ -149,11 +169,13 @@ class ChannelMethod(Method):
                 plan.append(order[:_removable(group.size, wanted, multiple)])
             return self._rounded(groups, orders, realizable(groups, plan))
 
-        def meets(plan: list[list[int]]) -> bool:
-            params, macs = predict(plan)
+        def counts_met(params: int, macs: int) -> bool:
             met_macs = self.target is None or 1 - macs / dense_macs >= self.target
             met_params = self.config.target_params is None or 1 - params / dense_params >= self.config.target_params
             return met_macs and met_params
+
+        def meets(plan: list[list[int]]) -> bool:
+            return counts_met(*predict(plan))
 
         high = 1.0 if self.config.scope == "uniform" else float(max(
             (s / s.mean().clamp_min(1e-12)).max() for s in scores)) + 1.0
@@ -162,7 +184,9 @@ class ChannelMethod(Method):
             whole = f"; channels left whole: {analysis.explain()}" if analysis.left_whole else ""
             raise CompressorError(f"method channel cannot reach the target on this model: even with {floor} left "
                                   f"per group the MACs/parameters removed fall short{whole}")
-        if self.config.scope == "global" and self.round_to > 1:
+        if self.config.target_latency is not None:
+            plan = self._latency_greedy(model, input_shape, groups, scores, orders, predict, counts_met)
+        elif self.config.scope == "global" and self.round_to > 1:
             plan = self._block_greedy(groups, scores, orders, meets)
         else:
             low = 0.0
@@ -176,7 +200,34 @@ class ChannelMethod(Method):
         params, macs = predict(plan)
         self.predicted = {"macs_removed": 1 - macs / dense_macs, "params_removed": 1 - params / dense_params,
                           "channels_removed": sum(map(len, plan)), "channels": sum(g.size for g in groups)}
+        if self.latency_goal is not None:
+            goal = self.latency_goal
+            self.predicted.update(latency_ms=goal.predict(predict), dense_latency_ms=goal.dense_predicted_ms)
         return list(zip(groups, plan))
+
+    def _latency_greedy(self, model: nn.Module, input_shape: tuple[int, ...], groups: list[ChannelGroup],
+                        scores: list[torch.Tensor], orders: list[list[int]], predict: CountPredictor,
+                        counts_met) -> list[list[int]]:
+        """`greedy_by_latency` on this model's latency table; measured and chosen by the main process only,
+        so that the processes of a data-parallel run cannot pick different channels from different timings."""
+        plan = None
+        if process_group().main:
+            goal = LatencyGoal(model, input_shape, self.config.target_latency, self.config.latency_backend,
+                               self.bench_batch, self.bench_threads, self.config.latency_cache, self.latency_measure)
+
+            def realize(removed: list[int]) -> list[list[int]]:
+                return self._rounded(groups, orders, realizable(groups, [o[:r] for o, r in zip(orders, removed)]))
+
+            def evaluate(candidate: list[list[int]]) -> tuple[int, int, float]:
+                params, macs = predict(candidate)
+                return params, macs, goal.predict(predict)
+
+            normalised = [score / score.mean().clamp_min(1e-12) for score in scores]
+            plan, _ = greedy_by_latency([g.size for g in groups], self._multiples, orders, normalised, realize,
+                                        evaluate, goal.goal_ms, counts_met)
+            goal.table.save()
+            self.latency_goal = goal
+        return from_main(plan)
 
     def _block_greedy(self, groups: list[ChannelGroup], scores: list[torch.Tensor], orders: list[list[int]],
                       meets) -> list[list[int]]:

@@ -1,0 +1,172 @@
+"""`--target-latency`: remove the channels that cost the least importance per millisecond they save.
+
+A structured method given a latency target asks a `LatencyModel` (compressor.runtime.latency_model) what each
+prunable layer costs on the chosen backend at each width, and removes channels in blocks of the group's
+multiple (`--round-to`), greedily, by the smallest importance lost per millisecond of predicted latency saved,
+until the predicted latency has fallen by the target. Latency is not linear in width (onnxruntime's blocked
+CPU kernels and GPU tensor cores reward some widths only), so a move may save nothing until the next block
+goes too; each step therefore also weighs removing up to `LOOKAHEAD` blocks of a group at once. The model is
+then compiled, and `LatencyGoal.outcome` times it against the dense model on the same backend, in the same run,
+so the report gives the target, the prediction and the measurement side by side.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable, Sequence
+
+import torch
+import torch.nn as nn
+
+from compressor.errors import CompressorError
+from compressor.passes.base import copy_model
+from compressor.passes.coupling import CountPredictor
+from compressor.report import LatencyLayer, LatencyTargetStats
+from compressor.runtime.backends import Subject
+from compressor.runtime.latency_model import (LatencyModel, LatencyTable, backend_precision_of,
+                                              check_latency_backend, default_latency_backend,
+                                              latency_backend_unavailable, measure_models)
+
+logger = logging.getLogger(__name__)
+
+LOOKAHEAD = 4
+# Rounding to single channels would need a measurement for every pair of widths of every layer.
+LATENCY_ROUNDINGS = (8, 16, 32)
+
+
+def parse_latency_target(value: str | float) -> float:
+    """The fraction of latency to remove: '50%' or '0.5' → 0.5 (the latency falls by half), '2x' → 0.5 (twice
+    as fast), '4x' → 0.75; 0, 100% and more, and speedups of 1x or less are errors."""
+    text = str(value).strip()
+    try:
+        if text.lower().endswith("x"):
+            speedup = float(text[:-1])
+            if not speedup > 1:
+                raise CompressorError(f"--target-latency as a speedup must be above 1x, got {value!r}")
+            return 1 - 1 / speedup
+        fraction = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise CompressorError(f"--target-latency must look like 50% (latency removed), 0.5 or 2x (speedup), "
+                              f"not {value!r}") from None
+    if not 0 < fraction < 1:
+        raise CompressorError(f"--target-latency must lie strictly between 0% and 100% (or be a speedup above 1x), "
+                              f"got {value!r}")
+    return fraction
+
+
+def check_latency_settings(target: float | None, backend: str | None, round_to: int) -> None:
+    """Refuse a latency setting that cannot work, before any work starts."""
+    if backend is not None:
+        check_latency_backend(backend)
+        reason = latency_backend_unavailable(backend) if target is not None else None
+        if reason is not None:
+            raise CompressorError(f"--latency-backend {backend} cannot run here: {reason}")
+    if target is not None and round_to not in LATENCY_ROUNDINGS:
+        raise CompressorError(f"--target-latency needs --round-to {', '.join(map(str, LATENCY_ROUNDINGS))}: "
+                              "at single channels the latency table would need every pair of widths of every layer")
+
+
+class LatencyGoal:
+    """A latency target on one backend: the table, the dense model's prediction, and the measurement after."""
+
+    def __init__(self, model: nn.Module, input_shape: Sequence[int], target: float, backend: str | None, batch: int,
+                 threads: int | None, cache_dir: str | None = None,
+                 measure: Callable | None = None) -> None:
+        self.target = target
+        self.backend = backend or default_latency_backend()
+        self.batch = batch
+        self.input_shape = tuple(input_shape)
+        self.table = LatencyTable(self.backend, batch, threads=threads, cache_dir=cache_dir, measure=measure,
+                                  progress=self._announce)
+        self.model = LatencyModel(model, self.input_shape, self.table)
+        # The dense model as it was, for timing it against the compressed one at the end; on the CPU, where
+        # the ONNX check runs (a torch backend moves its own copy to its device).
+        self.dense = copy_model(model).cpu().eval()
+        self.dense_predicted_ms = self.model.predict()
+        self.planned_ms: float | None = None
+        self.layer_plan: dict[str, tuple[int, int]] = {}
+
+    def _announce(self, spec) -> None:
+        if self.table.measured and self.table.measured % 25 == 0:
+            logger.info("latency table: %d layer shapes measured on %s so far", self.table.measured, self.backend)
+
+    @property
+    def goal_ms(self) -> float:
+        return (1 - self.target) * self.dense_predicted_ms
+
+    def predict(self, counts: CountPredictor) -> float:
+        """Predicted milliseconds of the model at the widths of the plan `counts` last predicted."""
+        return sum(self.model.layer_ms(layer.module, *counts.widths(layer.module)) for layer in self.model.layers)
+
+    def outcome(self, dense_onnx, compressed_onnx, compressed: nn.Module) -> LatencyTargetStats:
+        """Time the dense and the compiled model on the goal's backend (alternating rounds, same input) and
+        predict the compiled model from the table; the report's latency-target section."""
+        compiled = LatencyModel(compressed, self.input_shape, self.table)
+        predicted = dict((layer.name, ms) for layer, ms in compiled.per_layer())
+        subjects = [Subject("dense", dense_onnx, self.dense, self.input_shape),
+                    Subject("compressed", compressed_onnx, compressed, self.input_shape)]
+        dense_ms, compressed_ms = measure_models(self.backend, subjects, self.batch, threads=self.table.threads)
+        self.table.save()
+        widths = {layer.name: layer.spec for layer in compiled.layers}
+        layers = [LatencyLayer(name=layer.name, dense=layer.spec.describe(),
+                               compressed=widths[layer.name].describe() if layer.name in widths else "removed",
+                               dense_ms=ms, compressed_ms=predicted.get(layer.name, 0.0))
+                  for layer, ms in self.model.per_layer()]
+        return LatencyTargetStats(
+            backend=self.backend, batch=self.batch, precision=backend_precision_of(self.backend),
+            threads=self.table.threads, target=self.target,
+            dense_predicted_ms=self.dense_predicted_ms, compressed_predicted_ms=compiled.predict(),
+            dense_measured_ms=dense_ms, compressed_measured_ms=compressed_ms,
+            entries_measured=self.table.measured, cache_hits=self.table.hits,
+            seconds_measuring=self.table.seconds, cache=str(self.table.path),
+            untimed=sorted(set(self.model.untimed) | set(compiled.untimed)), layers=layers)
+
+
+def greedy_by_latency(sizes: Sequence[int], multiples: Sequence[int], orders: Sequence[list[int]],
+                      importance: Sequence[torch.Tensor], realize: Callable[[list[int]], list[list[int]]],
+                      evaluate: Callable[[list[list[int]]], tuple[int, int, float]], goal_ms: float,
+                      other_targets_met: Callable[[int, int], bool]) -> tuple[list[list[int]], float]:
+    """The channels to remove per group, and their predicted milliseconds.
+
+    `orders[g]` is group g's channels, least important first, and `importance[g]` each channel's importance;
+    `realize(removed)` turns a count of channels removed per group into the plan slicing can realise (rounded to
+    the group's multiple); `evaluate(plan)` gives its (parameters, MACs, predicted ms). Each step weighs, for
+    every group, removing its next 1 to LOOKAHEAD blocks, and takes the move with the least importance lost per
+    millisecond saved; when no move saves time (the table is flat there), the least important move. It stops
+    once the predicted latency is at most `goal_ms` and `other_targets_met(params, MACs)`.
+    """
+    removed = [0] * len(sizes)
+    plan = realize(removed)
+    params, macs, ms = evaluate(plan)
+
+    def lost(candidate: list[list[int]]) -> float:
+        return sum(float(importance[g][sorted(set(candidate[g]) - set(plan[g]))].sum())
+                   for g in range(len(sizes)) if set(candidate[g]) - set(plan[g]))
+
+    while not (ms <= goal_ms and other_targets_met(params, macs)):
+        best, fallback = None, None
+        for group, (size, multiple) in enumerate(zip(sizes, multiples)):
+            kept = size - removed[group]
+            step = kept % multiple or multiple  # the first step lands the width on a multiple
+            for extra in range(LOOKAHEAD):
+                new_kept = kept - step - extra * multiple
+                if new_kept < multiple:
+                    break
+                trial = list(removed)
+                trial[group] = size - new_kept
+                candidate = realize(trial)
+                if candidate == plan:
+                    continue
+                cost = lost(candidate)
+                counted = evaluate(candidate)
+                saved = ms - counted[2]
+                if saved > 0 and (best is None or cost / saved < best[0]):
+                    best = (cost / saved, trial, candidate, counted)
+                if fallback is None or cost < fallback[0]:
+                    fallback = (cost, trial, candidate, counted)
+        chosen = best or fallback
+        if chosen is None:
+            raise CompressorError(f"the latency target cannot be reached: with every group at its narrowest the "
+                                  f"predicted latency is {ms:.3f} ms, the goal {goal_ms:.3f} ms")
+        removed, plan, (params, macs, ms) = chosen[1], chosen[2], chosen[3]
+    return plan, ms
