@@ -10,7 +10,9 @@ Which layers qualify is answered without a GPU by `semi_structured_candidates`: 
 along `in_features`, and a 1x1, stride-1, unpadded, ungrouped `Conv2d` that is 2:4 along its input channels
 and runs as one GEMM over the channels (`Conv1x1AsGemm`); both must meet torch's minimum FP16 shapes for
 semi-structured tensors. On the GPU each such layer is timed dense and sparse on the input it really receives
-and stays sparse only where that is faster, the way TensorRT picks sparse kernels only where they pay.
+and stays sparse only where that is faster, the way TensorRT picks sparse kernels only where they pay. With
+cuSPARSELt the sparse form is timed with each algorithm cuSPARSELt's own search picks at the benchmark's batch
+sizes as well as with its default one (`cusparselt_algorithm_search` says which search this torch offers).
 `semi_structured_unavailable` and `cuda_unavailable` say in one line why a backend cannot run here.
 """
 
@@ -20,6 +22,7 @@ import contextlib
 import copy
 import dataclasses
 import functools
+import inspect
 import logging
 import warnings
 from dataclasses import dataclass
@@ -66,9 +69,61 @@ class LayerChoice:
     reason: str
     dense_ms: float | None = None
     sparse_ms: float | None = None
+    alg_id: int | None = None
+    alg_search: str | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+# The searches torch has offered for cuSPARSELt's algorithm, newest first. `torch._C._cusparselt.mm_search` also
+# returns the split-k it found; newer torch builds deprecate `torch._cslt_sparse_mm_search` in its favour.
+_SEARCH_BINDING = "torch._C._cusparselt.mm_search"
+_SEARCH_OP = "torch._cslt_sparse_mm_search"
+
+
+@dataclass(frozen=True)
+class AlgorithmSearch:
+    """How torch-24 chooses cuSPARSELt's algorithm (`alg_id`) for a sparse weight.
+
+    `function` is the search torch offers (`torch._C._cusparselt.mm_search` or `torch._cslt_sparse_mm_search`),
+    or None when there is none to use; `reason` says what that means for the sparse weights.
+    """
+
+    function: str | None
+    reason: str
+
+    @property
+    def available(self) -> bool:
+        return self.function is not None
+
+    def to_dict(self) -> dict:
+        return {"function": self.function, "available": self.available, "reason": self.reason}
+
+
+def cusparselt_algorithm_search(backend: str) -> AlgorithmSearch:
+    """Which cuSPARSELt algorithm search this torch offers to the semi-structured `backend`, answered without a GPU.
+
+    A searched algorithm only reaches the matmul through `SparseSemiStructuredTensorCUSPARSELT.from_dense(...,
+    alg_id=...)`, so a torch whose `from_dense` takes no `alg_id` has no usable search either. Without one every
+    sparse weight keeps cuSPARSELt's default algorithm (alg_id 0).
+    """
+    _tensor_class(backend)
+    if backend != "cusparselt":
+        return AlgorithmSearch(None, "torch's CUTLASS 2:4 kernels have no algorithm to choose; cuSPARSELt's "
+                                     "search does not apply")
+    fallback = "every sparse weight uses cuSPARSELt's default algorithm (alg_id 0)"
+    if "alg_id" not in inspect.signature(_tensor_class(backend).from_dense).parameters:
+        return AlgorithmSearch(None, f"this torch's ({torch.__version__}) SparseSemiStructuredTensorCUSPARSELT."
+                                     f"from_dense takes no alg_id, so {fallback}")
+    if callable(getattr(getattr(torch._C, "_cusparselt", None), "mm_search", None)):
+        return AlgorithmSearch(_SEARCH_BINDING, "searched per sparse layer at each batch size; the fastest of "
+                                                "the algorithms found and the default is kept")
+    if callable(getattr(torch, "_cslt_sparse_mm_search", None)):
+        return AlgorithmSearch(_SEARCH_OP, "searched per sparse layer at each batch size; the fastest of the "
+                                           "algorithms found and the default is kept")
+    return AlgorithmSearch(None, f"this torch ({torch.__version__}) offers neither {_SEARCH_BINDING} nor "
+                                 f"{_SEARCH_OP}, so {fallback}")
 
 
 def cuda_unavailable() -> str | None:
@@ -325,10 +380,15 @@ class Conv1x1AsGemm(nn.Module):
         bias = None if conv.bias is None else conv.bias.detach().clone()
         return cls(weight, bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def rows(x: torch.Tensor) -> torch.Tensor:
+        """The [N·H·W, C] matrix the GEMM multiplies: one row per pixel."""
         n, c, h, w = x.shape
-        rows = x.permute(0, 2, 3, 1).reshape(n * h * w, c)
-        out = F.linear(rows, self.weight, self.bias)
+        return x.permute(0, 2, 3, 1).reshape(n * h * w, c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = x.shape
+        out = F.linear(self.rows(x), self.weight, self.bias)
         return out.reshape(n, h, w, -1).permute(0, 3, 1, 2)
 
 
@@ -411,23 +471,56 @@ def semi_structured_candidates(model: nn.Module, backend: str | None = None) -> 
             if isinstance(module, PRUNABLE_TYPES)]
 
 
-def _semi_structured(weight: torch.Tensor, backend: str) -> nn.Parameter:
+def _semi_structured(weight: torch.Tensor, backend: str, alg_id: int | None) -> nn.Parameter:
     # -0.0 counts as a non-zero in some 2:4 compressors (CUTLASS's, pytorch/ao#1671); make every zero +0.0.
     weight = torch.where(weight == 0, torch.zeros_like(weight), weight.detach()).contiguous()
+    options = {} if alg_id is None else {"alg_id": alg_id}
     with _quiet_prototype_warning():
-        sparse = _tensor_class(backend).from_dense(weight)
+        sparse = _tensor_class(backend).from_dense(weight, **options)
     return nn.Parameter(sparse, requires_grad=False)
 
 
-def _sparse_layer(module: nn.Module, backend: str) -> nn.Module:
-    """A copy of an eligible layer whose weight is a semi-structured sparse tensor."""
+def _sparse_layer(module: nn.Module, backend: str, alg_id: int | None = None) -> nn.Module:
+    """A copy of an eligible layer whose weight is a semi-structured sparse tensor (multiplied with cuSPARSELt's
+    algorithm `alg_id`; None: the library's default)."""
     if isinstance(module, nn.Linear):
         layer = copy.deepcopy(module)
-        layer.weight = _semi_structured(module.weight, backend)
+        layer.weight = _semi_structured(module.weight, backend, alg_id)
         return layer
     layer = Conv1x1AsGemm.from_conv(module)
-    layer.weight = _semi_structured(layer.weight, backend)
+    layer.weight = _semi_structured(layer.weight, backend, alg_id)
     return layer
+
+
+def _gemm_rows(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The activation matrix a sparse layer's GEMM multiplies for input `x`: [rows, in] with one row per sample
+    (per pixel for a 1x1 convolution)."""
+    if isinstance(layer, Conv1x1AsGemm):
+        return layer.rows(x)
+    return x.reshape(-1, x.shape[-1])
+
+
+def _search_algorithm(search: AlgorithmSearch, layer: nn.Module, x: torch.Tensor) -> tuple[int, int | None]:
+    """cuSPARSELt's fastest algorithm for the sparse GEMM `layer` runs on input `x`, and the split-k it chose
+    (None where the search does not report it).
+
+    torch multiplies `F.linear(x, W)` as W·xᵀ with the activation rows padded to the dense minimum shape and the
+    result written transposed (`torch.ops.semi_structured.cusparselt_mm`); the search is run on that same product.
+    """
+    weight = layer.weight
+    rule = weight._DTYPE_SHAPE_CONSTRAINTS[weight.dtype]
+    rows = _gemm_rows(layer, x)
+    pad_rows, pad_cols = -rows.shape[0] % rule.dense_min_rows, -rows.shape[1] % rule.dense_min_cols
+    if pad_rows or pad_cols:
+        rows = F.pad(rows, (0, pad_cols, 0, pad_rows))
+    if search.function == _SEARCH_BINDING:
+        # A pybind11 function: positional arguments only (compressed A, dense B, bias, alpha, out_dtype,
+        # transpose_result); it returns (alg_id, split_k, split_k_mode, max_alg_id).
+        alg_id, split_k, *_ = torch._C._cusparselt.mm_search(weight.packed, rows.t(), layer.bias, None, None, True)
+        return int(alg_id), int(split_k)
+    if search.function == _SEARCH_OP:
+        return int(torch._cslt_sparse_mm_search(weight.packed, rows.t(), bias=layer.bias, transpose_result=True)), None
+    raise CompressorError(f"no cuSPARSELt algorithm search to run: {search.reason}")
 
 
 def _capture_inputs(model: nn.Module, names: Sequence[str], samples: Sequence[torch.Tensor],
@@ -458,16 +551,14 @@ def _median_ms(timing: Timing) -> float:
     return float(np.median(timing.times_ms))
 
 
-def _time_pair(dense_step: Callable[[], object], sparse_step: Callable[[], object]) -> tuple[float, float]:
-    """Median ms of the dense and the sparse step, both timed as CUDA graphs or both as eager launches."""
-    dense = time_cuda(dense_step, _LAYER_WARMUP, _LAYER_RUNS)
-    sparse = time_cuda(sparse_step, _LAYER_WARMUP, _LAYER_RUNS)
+def _time_steps(steps: Sequence[Callable[[], object]]) -> list[float]:
+    """Median ms of each step, all timed as CUDA graphs or all as eager launches."""
+    timings = [time_cuda(step, _LAYER_WARMUP, _LAYER_RUNS) for step in steps]
     # A replayed graph has no launch overhead and eager launches do: compare like with like.
-    if dense.cuda_graph and not sparse.cuda_graph:
-        dense = time_cuda(dense_step, _LAYER_WARMUP, _LAYER_RUNS, graph=False)
-    elif sparse.cuda_graph and not dense.cuda_graph:
-        sparse = time_cuda(sparse_step, _LAYER_WARMUP, _LAYER_RUNS, graph=False)
-    return _median_ms(dense), _median_ms(sparse)
+    if len({timing.cuda_graph for timing in timings}) > 1:
+        timings = [time_cuda(step, _LAYER_WARMUP, _LAYER_RUNS, graph=False) if timing.cuda_graph else timing
+                   for step, timing in zip(steps, timings)]
+    return [_median_ms(timing) for timing in timings]
 
 
 def _layer_disagreement(dense: nn.Module, sparse: nn.Module, inputs: Sequence[torch.Tensor]) -> str | None:
@@ -489,6 +580,16 @@ class SemiStructuredBackend(_ModuleRunner):
     Conv/Linear layer's choice and reason. Finally the whole model is checked against the dense one within the
     FP16 tolerance (`agreement`); a model that disagrees is an error.
 
+    torch runs `F.linear(x, W)` with a semi-structured W as the sparse-times-dense product W·xᵀ: the 2:4 weight
+    is the [out_features, in_features] operand (cuSPARSELt's m x k, sparse along k) and the batch (N·H·W for a
+    1x1 convolution) is the dense operand's n columns, so the batch sizes set the GEMMs' third dimension. With
+    cuSPARSELt, which kernel runs a GEMM depends on all three: where this torch offers cuSPARSELt's algorithm
+    search (`algorithm_search`, see `cusparselt_algorithm_search`), it runs once per eligible layer at each batch
+    size on the layer's captured input, and the sparse form is timed with every algorithm found as well as the
+    default; the fastest becomes the layer's sparse form (`LayerChoice.alg_id`, `LayerChoice.alg_search`). A
+    split-k the search reports is recorded but not applied: a semi-structured tensor carries only `alg_id`.
+    Where torch offers no search, the default algorithm is timed and `describe()` says so.
+
     torch pads the activation rows of a sparse GEMM to its minimum dense shape (8 rows for FP16) and cuts the
     result back, so any batch size runs; that padding is part of what the per-layer timing measures. So is the
     layout copy a sparse 1x1 convolution makes when `channels_last` is off; with it on (the default) the GEMM
@@ -505,6 +606,7 @@ class SemiStructuredBackend(_ModuleRunner):
         batch_sizes = check_batch_sizes(batch_sizes)
         self.dense = TorchBackend(model, input_shape, device="cuda", precision="fp16", channels_last=channels_last)
         self.backend = semi_structured_backend()
+        self.algorithm_search = cusparselt_algorithm_search(self.backend)
         self.batch_sizes = batch_sizes
         sample_shape = tuple(self.dense.input_shape[1:])
         inputs = [np.random.default_rng(seed).standard_normal((b, *sample_shape), dtype=np.float32)
@@ -531,29 +633,76 @@ class SemiStructuredBackend(_ModuleRunner):
                 f"torch-24 does not compute what the dense FP16 model computes: {self.agreement.describe()}")
 
     def _choose(self, choice: LayerChoice, inputs: list[list[torch.Tensor]]) -> tuple[LayerChoice, nn.Module | None]:
-        """Time one eligible layer dense and sparse on its captured inputs; keep sparse where it is faster."""
+        """Time one eligible layer dense and sparse (with each candidate algorithm) on its captured inputs; keep
+        the fastest sparse form where it beats dense."""
         if not any(inputs):
             return dataclasses.replace(choice, reason="not called in a forward pass, left dense"), None
         dense_layer = self.dense.model.get_submodule(choice.name)
+        samples = [x for xs in inputs for x in xs]
         try:
             sparse_layer = _sparse_layer(dense_layer, self.backend)
             with torch.inference_mode():
-                disagreement = _layer_disagreement(dense_layer, sparse_layer, [x for xs in inputs for x in xs])
+                disagreement = _layer_disagreement(dense_layer, sparse_layer, samples)
                 if disagreement is not None:
                     reason = f"sparse result differs from dense ({disagreement}), left dense"
                     return dataclasses.replace(choice, reason=reason), None
-                times = [_time_pair(lambda xs=xs: [dense_layer(x) for x in xs],
-                                    lambda xs=xs: [sparse_layer(x) for x in xs]) for xs in inputs if xs]
+                variants, search_note = self._algorithm_variants(dense_layer, sparse_layer, inputs, samples)
+                times = [_time_steps([lambda xs=xs: [dense_layer(x) for x in xs]]
+                                     + [lambda xs=xs, layer=layer: [layer(x) for x in xs] for _, layer in variants])
+                         for xs in inputs if xs]
         except RuntimeError as error:
             return dataclasses.replace(choice, reason=f"sparse kernel failed ({first_line(error)}), left dense"), None
-        dense_ms = sum(d for d, _ in times)
-        sparse_ms = sum(s for _, s in times)
+        dense_ms = sum(t[0] for t in times)
+        variant_ms = [sum(t[i + 1] for t in times) for i in range(len(variants))]
+        best = min(range(len(variants)), key=variant_ms.__getitem__)
+        alg_id, sparse_layer = variants[best]
+        sparse_ms = variant_ms[best]
+        if search_note is not None and len(variants) > 1:
+            timed = ", ".join(f"alg_id {a}: {ms:.4f} ms" for (a, _), ms in zip(variants, variant_ms))
+            search_note = f"{search_note}; timed {timed}; kept alg_id {alg_id}"
         sparse = sparse_ms < dense_ms
         verdict = "sparse is faster" if sparse else "dense is as fast or faster, left dense"
         reason = f"{verdict} ({sparse_ms:.4f} ms sparse vs {dense_ms:.4f} ms dense)"
         logger.info("torch-24: %s %s: %s", choice.kind, choice.name, reason)
-        chosen = dataclasses.replace(choice, sparse=sparse, reason=reason, dense_ms=dense_ms, sparse_ms=sparse_ms)
+        chosen = dataclasses.replace(choice, sparse=sparse, reason=reason, dense_ms=dense_ms, sparse_ms=sparse_ms,
+                                     alg_id=alg_id, alg_search=search_note)
         return chosen, sparse_layer if sparse else None
+
+    def _algorithm_variants(self, dense_layer: nn.Module, default_layer: nn.Module,
+                            inputs: list[list[torch.Tensor]], samples: list[torch.Tensor],
+                            ) -> tuple[list[tuple[int | None, nn.Module]], str | None]:
+        """The sparse forms of one layer worth timing, as (alg_id, layer): cuSPARSELt's default algorithm and each
+        one its search picks at the batch sizes, with a line on what the search found (None with CUTLASS)."""
+        if self.backend != "cusparselt":
+            return [(None, default_layer)], None
+        default = int(default_layer.weight.alg_id_cusparselt)
+        variants: list[tuple[int | None, nn.Module]] = [(default, default_layer)]
+        if not self.algorithm_search.available:
+            return variants, f"not searched, default alg_id {default}: {self.algorithm_search.reason}"
+        try:
+            # One search per batch size, on the layer's first call at that size.
+            found = [(batch, *_search_algorithm(self.algorithm_search, default_layer, xs[0]))
+                     for batch, xs in zip(self.batch_sizes, inputs) if xs]
+        except RuntimeError as error:
+            return variants, f"{self.algorithm_search.function} failed ({first_line(error)}), default alg_id {default}"
+        notes = [f"{self.algorithm_search.function} found "
+                 + ", ".join(f"alg_id {alg_id}" + ("" if split_k in (None, 1) else f" (split_k {split_k}, not applied)")
+                             + f" at batch {batch}" for batch, alg_id, split_k in found)]
+        for alg_id in sorted({alg_id for _, alg_id, _ in found} - {default}):
+            # A searched algorithm that fails or computes something else costs only itself, not the layer.
+            try:
+                # Built as the default form was, outside inference mode, so that only the algorithm differs.
+                with torch.inference_mode(False):
+                    layer = _sparse_layer(dense_layer, self.backend, alg_id)
+                disagreement = _layer_disagreement(dense_layer, layer, samples)
+            except RuntimeError as error:
+                notes.append(f"alg_id {alg_id} failed ({first_line(error)}), not used")
+                continue
+            if disagreement is None:
+                variants.append((alg_id, layer))
+            else:
+                notes.append(f"alg_id {alg_id} differs from dense ({disagreement}), not used")
+        return variants, "; ".join(notes)
 
     @property
     def sparse_layers(self) -> list[str]:
@@ -561,10 +710,12 @@ class SemiStructuredBackend(_ModuleRunner):
         return [c.name for c in self.layers if c.sparse]
 
     def describe(self) -> dict:
-        """The backend's settings, every layer's choice, and the agreement with the dense FP16 model."""
+        """The backend's settings (the cuSPARSELt algorithm search among them), every layer's choice, and the
+        agreement with the dense FP16 model."""
         return {
             **super().describe(),
             "library": self.backend,
+            "algorithm_search": self.algorithm_search.to_dict(),
             "batch_sizes": list(self.batch_sizes),
             "eligible_layers": sum(c.eligible for c in self.layers),
             "sparse_layers": len(self.sparse_layers),
