@@ -22,14 +22,31 @@ interleaved in one loop (one run of each per round, same input), not one after t
 worker threads not spinning between runs (OrtBackend's `spin_wait=False`). A second table times compiling a
 gated resnet110: the pass pipeline, the ONNX export and the onnxruntime check.
 
+Beside them, `ours by latency` removes the same share of *latency* (`--target-latency`, multiples of 8): its
+channels go by L1 importance per millisecond saved, read from a latency table measured per layer on the
+backend at `--latency-batch` (cached, so a second run measures nothing). `--backend torch-cuda` times every
+variant with PyTorch on the GPU (FP16, channels-last, CUDA events and graphs) instead of onnxruntime's CPU
+provider, and measures the latency table there too.
+
+`--checkpoint ARCH=PATH` (a model trained with `compress train`) adds the comparison at the same *measured*
+latency: for each target, `ours by latency` is timed against the dense model; `ours by MACs` (its MACs target)
+and Torch-Pruning (its pruning_ratio) are bisected until their measured latency ratio is within
+`LATENCY_MATCH` of it; all three, cut from the trained weights, are then fine-tuned alike on digits
+(`--finetune-epochs`, SGD at 0.01, cosine) and their test accuracy is given before and after.
+
     python benchmarks/latency_vs_macs.py --out bench-latency      # resnet56, mobilenet_v1; 25%, 50%; b=1, 32
     python benchmarks/latency_vs_macs.py --models resnet56 --targets 50% --batches 1 --runs 5
+    python benchmarks/latency_vs_macs.py --models resnet56 --targets 50% --batches 32 \
+        --checkpoint resnet56=resnet56.pt --finetune-epochs 5           # + accuracy at the same latency
+    python benchmarks/latency_vs_macs.py --backend torch-cuda --batches 32,256   # on a GPU
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
+import math
 import statistics
 import time
 import traceback
@@ -45,15 +62,20 @@ import torch.nn as nn
 import torch_pruning as tp
 
 from compressor.api import VERIFY_BATCH, export_onnx
+from compressor.data import load_data
+from compressor.loading import load_model
 from compressor.passes.pipeline import compile_model
 from compressor.counting import count_macs, count_params
 from compressor.errors import CompressorError
 from compressor.methods import create_method
 from compressor.options import parse_fraction
 from compressor.tables import text_table
+from compressor.training import TrainConfig, evaluate, train
 from compressor.verify import verify_onnx
 from compressor.models import PadShortcut, ResidualUnit, create_model
-from compressor.runtime.bench import parse_batch_sizes
+from compressor.runtime.backends import Subject
+from compressor.runtime.bench import benchmark, parse_batch_sizes
+from compressor.runtime.latency_model import measure_models, runner
 from compressor.runtime.ort_backend import CPU_PROVIDER, OrtBackend
 
 SEED = 0
@@ -64,6 +86,10 @@ MATCH_TOLERANCE = 0.005  # the search stops this close to ours
 MATCH_ACCEPTED = 0.01  # and a result this close gets a table row
 COMPILE_ARCH, COMPILE_TARGET, COMPILE_REPEATS = "resnet110", 0.5, 3
 ROUNDINGS = (1, 8, 16)  # the first must be 1: Torch-Pruning is matched to its MACs, and it always succeeds
+LATENCY_ROUND_TO = 8
+LATENCY_MATCH = 0.03  # a matched variant's latency ratio is within this of ours by latency
+LATENCY_STEPS = 8
+FINETUNE_LR = 0.01
 
 
 @dataclass
@@ -117,33 +143,65 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=20, help="timed runs per variant and batch size")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--out", default="bench-latency")
+    parser.add_argument("--backend", default="ort-cpu", choices=["ort-cpu", "torch-cuda"],
+                        help="what times the variants and measures the latency table (torch-cuda: FP16, channels-last)")
+    parser.add_argument("--latency-batch", type=int, help="batch of the latency table (default: the largest of --batches)")
+    parser.add_argument("--cache", help="folder of the latency tables (default: compressor's own cache)")
+    parser.add_argument("--checkpoint", action="append", default=[], metavar="ARCH=PATH",
+                        help="trained weights of ARCH: adds the accuracy comparison at the same measured latency")
+    parser.add_argument("--finetune-epochs", type=int, default=5)
+    parser.add_argument("--skip-compile-table", action="store_true")
     args = parser.parse_args()
-    if args.runs < 1 or args.warmup < 0 or args.threads < 1:
-        parser.error("need --runs >= 1, --warmup >= 0 and --threads >= 1")
+    if args.runs < 1 or args.warmup < 0 or args.threads < 1 or args.finetune_epochs < 0:
+        parser.error("need --runs >= 1, --warmup >= 0, --threads >= 1 and --finetune-epochs >= 0")
     # The passes' and the exporter's info logs would drown the tables.
     logging.basicConfig(level=logging.WARNING)
     root = Path(args.out)
     root.mkdir(parents=True, exist_ok=True)
     targets = args.targets.split(",")
     batches = parse_batch_sizes(args.batches)
+    settings = Settings(args.backend, args.threads, args.latency_batch or max(batches), args.cache, args.runs,
+                        args.warmup)
+    checkpoints = dict(item.split("=", 1) for item in args.checkpoint)
 
     rows, notes = [], []
     for arch in args.models.split(","):
-        variants = _variants(arch, targets, notes)
-        _time_interleaved(variants, batches, args.threads, args.runs, args.warmup)
+        variants = _variants(arch, targets, notes, settings)
+        _time_variants(variants, batches, settings)
         rows += [_row(arch, variant, batches) for variant in variants]
     header = ["model", "target", "variant", "MACs (M)", "MACs ratio", "params ratio"]
     for batch in batches:
         header += [f"ms b={batch}", f"latency ratio b={batch}", f"quotient b={batch}"]
-    title = (f"latency vs MACs on onnxruntime CPU, {args.threads} threads, median of {args.runs} interleaved runs; "
-             "ratios against each variant's dense model; quotient = latency ratio ÷ MACs ratio")
+    timer = (f"onnxruntime CPU, {args.threads} threads, median of {args.runs} interleaved runs"
+             if args.backend == "ort-cpu" else f"torch CUDA FP16 channels-last, median of {args.runs} runs")
+    title = (f"latency vs MACs on {timer}; ratios against each variant's dense model; quotient = latency ratio ÷ "
+             f"MACs ratio; ours by latency: table at batch {settings.latency_batch}")
     table = text_table(header, rows, title=title, left_columns=3)
     if notes:
         table += "\n\n" + "\n".join(notes)
     print(table)
-    compile_table = _compile_table()
-    print("\n" + compile_table)
-    (root / "table.txt").write_text(table + "\n\n" + compile_table + "\n")
+    sections = [table]
+    for arch, path in checkpoints.items():
+        same = _same_latency_table(arch, path, targets, settings, args.finetune_epochs)
+        print("\n" + same)
+        sections.append(same)
+    if not args.skip_compile_table:
+        compile_table = _compile_table()
+        print("\n" + compile_table)
+        sections.append(compile_table)
+    (root / "table.txt").write_text("\n\n".join(sections) + "\n")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where and how variants are timed, and the latency table ours by latency reads."""
+
+    backend: str
+    threads: int
+    latency_batch: int
+    cache: str | None
+    runs: int
+    warmup: int
 
 
 def _fresh(arch: str) -> nn.Module:
@@ -164,7 +222,7 @@ def _option_b(arch: str) -> nn.Module:
     return model.eval()
 
 
-def _variants(arch: str, targets: list[str], notes: list[str]) -> list[Variant]:
+def _variants(arch: str, targets: list[str], notes: list[str], settings: Settings) -> list[Variant]:
     """Dense, ours at each rounding and Torch-Pruning at each target, for one model."""
     dense_model = _fresh(arch)
     shape = tuple(dense_model.input_shape)
@@ -191,6 +249,13 @@ def _variants(arch: str, targets: list[str], notes: list[str]) -> list[Variant]:
             if unrounded is None:
                 unrounded = ours
             variants.append(Variant(target, f"ours round-to {round_to}", ours, _export(ours, shape), dense))
+        try:
+            by_latency, method = _ours_by_latency(_fresh(arch), fraction, settings)
+        except CompressorError as error:
+            notes.append(f"{arch} {target}: ours by latency: {error}")
+        else:
+            variants.append(Variant(target, "ours by latency", by_latency, _export(by_latency, shape), dense))
+            notes.append(f"{arch} {target}: ours by latency: {_predicted(method)}")
         # Torch-Pruning aims at the MACs ours removed without rounding, so the rows compare like with like.
         ours_removed = 1 - count_macs(unrounded, shape) / dense.macs
         if has_option_a:
@@ -212,6 +277,23 @@ def _ours(arch: str, fraction: float, round_to: int, shape: tuple[int, ...]) -> 
     model = _fresh(arch)
     create_method("channel", fraction, round_to=round_to).prepare(model, None)
     return compile_model(model, shape, round_to=round_to).model.eval()
+
+
+def _ours_by_latency(model: nn.Module, fraction: float, settings: Settings) -> tuple[nn.Module, object]:
+    """`model` with `fraction` of its predicted latency removed by channel pruning's `--target-latency`."""
+    shape = tuple(model.input_shape)
+    method = create_method("channel", None, target_latency=fraction, round_to=LATENCY_ROUND_TO,
+                           latency_backend=settings.backend, latency_cache=settings.cache)
+    method.bench_batch, method.bench_threads = settings.latency_batch, settings.threads
+    method.prepare(model, None)
+    return compile_model(model, shape, round_to=LATENCY_ROUND_TO).model.eval(), method
+
+
+def _predicted(method) -> str:
+    goal, table = method.latency_goal, method.latency_goal.table
+    dense, ours = method.predicted["dense_latency_ms"], method.predicted["latency_ms"]
+    return (f"table predicts {dense:.2f} → {ours:.2f} ms at batch {goal.batch} ({1 - ours / dense:.1%} removed); "
+            f"{table.measured} layer shapes measured now, {table.hits} lookups from {table.path}")
 
 
 def _export(model: nn.Module, shape: tuple[int, ...]) -> onnx.ModelProto:
@@ -264,6 +346,19 @@ def _describe_error(error: Exception) -> str:
     return f"{who} raises {type(error).__name__}: {message[:120]}"
 
 
+def _time_variants(variants: list[Variant], batches: tuple[int, ...], settings: Settings) -> None:
+    """Fill each variant's median latency per batch size on the settings' backend."""
+    if settings.backend == "ort-cpu":
+        _time_interleaved(variants, batches, settings.threads, settings.runs, settings.warmup)
+        return
+    shape = tuple(variants[0].model.input_shape)
+    for variant in variants:
+        timed = runner(settings.backend, Subject(variant.label, variant.onnx, variant.model, shape), "fp16", None,
+                       max(batches))
+        for result in benchmark(timed, shape, batches, warmup=settings.warmup, runs=settings.runs):
+            variant.latency_ms[result.batch] = result.median_ms
+
+
 def _time_interleaved(variants: list[Variant], batches: tuple[int, ...], threads: int, runs: int,
                       warmup: int) -> None:
     """Fill each variant's median latency per batch size; each round runs every variant once on the same input."""
@@ -298,6 +393,84 @@ def _row(arch: str, variant: Variant, batches: tuple[int, ...]) -> list[str]:
         latency_ratio = ms / dense.latency_ms[batch]
         row += [f"{ms:.2f}", f"{latency_ratio:.3f}", f"{latency_ratio / macs_ratio:.2f}"]
     return row
+
+
+def _latency_ratios(models: list[nn.Module], dense: nn.Module, settings: Settings) -> list[float]:
+    """Each model's measured latency ÷ the dense model's, timed in alternating rounds at the latency batch."""
+    shape = tuple(dense.input_shape)
+    subjects = [Subject(str(index), _export(model, shape), model, shape) for index, model in enumerate([dense, *models])]
+    times = measure_models(settings.backend, subjects, settings.latency_batch, threads=settings.threads, rounds=5,
+                           runs=max(4, settings.runs // 5), warmup=settings.warmup)
+    return [ms / times[0] for ms in times[1:]]
+
+
+def _match_latency(build: Callable[[float], nn.Module], dense: nn.Module, goal: float, low: float, high: float,
+                   settings: Settings) -> tuple[nn.Module | None, float, float, str]:
+    """Bisect `build`'s parameter in [low, high] (more removes more) until the model's measured latency ratio is
+    within LATENCY_MATCH of `goal`; (closest model, its parameter, its ratio, what failed on the way)."""
+    best: tuple[nn.Module | None, float, float] = (None, 0.0, math.inf)
+    failure = ""
+    for _ in range(LATENCY_STEPS):
+        middle = (low + high) / 2
+        try:
+            model = build(middle)
+            ratio = _latency_ratios([model], dense, settings)[0]
+        except Exception as error:  # a parameter too high for the method (or Torch-Pruning) is a measurement
+            failure = f"fails at {middle:.3f} ({_describe_error(error)})"
+            high = middle
+            continue
+        if abs(ratio - goal) < abs(best[2] - goal):
+            best = (model, middle, ratio)
+        if abs(ratio - goal) <= LATENCY_MATCH:
+            break
+        low, high = (middle, high) if ratio > goal else (low, middle)
+    return (*best, failure)
+
+
+def _same_latency_table(arch: str, checkpoint: str, targets: list[str], settings: Settings, epochs: int) -> str:
+    """Ours by latency, ours by MACs and Torch-Pruning at the same measured latency, cut from trained weights and
+    fine-tuned alike on digits: MACs and latency ratios, accuracy before and after the fine-tune."""
+    trained = load_model(checkpoint).eval()
+    shape = tuple(trained.input_shape)
+    bundle = load_data("digits", shape, batch_size=64, seed=SEED, num_classes=trained.num_classes)
+    dense_macs = count_macs(trained, shape)
+    dense_accuracy = evaluate(trained, bundle.test)
+    rows = [[arch, "-", "dense", "1.000", "1.000", "-", f"{dense_accuracy:.2%}", "-"]]
+    notes = []
+
+    def by_macs(fraction: float) -> nn.Module:
+        model = copy.deepcopy(trained)
+        create_method("channel", fraction, round_to=LATENCY_ROUND_TO).prepare(model, None)
+        return compile_model(model, shape, round_to=LATENCY_ROUND_TO).model.eval()
+
+    def by_torch_pruning(ratio: float) -> nn.Module:
+        return _torch_prune(copy.deepcopy(trained), ratio, shape)
+
+    for target in targets:
+        fraction = parse_fraction(target)
+        by_latency, _ = _ours_by_latency(copy.deepcopy(trained), fraction, settings)
+        goal = _latency_ratios([by_latency], trained, settings)[0]
+        variants = {"ours by latency": by_latency}
+        for label, build in (("ours by MACs", by_macs), ("Torch-Pruning", by_torch_pruning)):
+            model, parameter, ratio, failure = _match_latency(build, trained, goal, 0.0, MAX_RATIO, settings)
+            notes.append(f"{arch} {target}: {label} matched at {parameter:.3f} (latency ratio {ratio:.3f}, goal "
+                         f"{goal:.3f}){'; ' + failure if failure else ''}")
+            if model is not None:
+                variants[label] = model
+        # The matched models are timed once more together, so their ratios come from one measurement.
+        ratios = _latency_ratios(list(variants.values()), trained, settings)
+        for (label, model), ratio in zip(variants.items(), ratios):
+            macs_ratio = count_macs(model, shape) / dense_macs
+            before = evaluate(model, bundle.test)
+            train(model, bundle.train, bundle.test, TrainConfig(epochs=epochs, lr=FINETUNE_LR, seed=SEED),
+                  progress=False)
+            rows.append([arch, target, label, f"{macs_ratio:.3f}", f"{ratio:.3f}", f"{ratio / macs_ratio:.2f}",
+                         f"{before:.2%}", f"{evaluate(model, bundle.test):.2%}"])
+    header = ["model", "target", "variant", "MACs ratio", f"latency ratio b={settings.latency_batch}", "quotient",
+              "accuracy cut", f"accuracy after {epochs} epochs"]
+    title = (f"at the same measured latency on {settings.backend} ({arch}, trained weights {checkpoint}), each fine-tuned "
+             f"{epochs} epochs on digits (SGD {FINETUNE_LR}, cosine)")
+    return text_table(header, rows, title=title, left_columns=3) + "\n\n" + "\n".join(notes)
 
 
 def _compile_table() -> str:
