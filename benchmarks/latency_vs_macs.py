@@ -32,7 +32,8 @@ provider, and measures the latency table there too.
 latency: for each target, `ours by latency` is timed against the dense model; `ours by MACs` (its MACs target)
 and Torch-Pruning (its pruning_ratio) are bisected until their measured latency ratio is within
 `LATENCY_MATCH` of it; all three, cut from the trained weights, are then fine-tuned alike on digits
-(`--finetune-epochs`, SGD at 0.01, cosine) and their test accuracy is given before and after.
+(`--finetune-epochs`, SGD at 0.01, cosine, one run per `--seeds`) and their test accuracy is given before and
+after (mean ± sd over the seeds).
 
     python benchmarks/latency_vs_macs.py --out bench-latency      # resnet56, mobilenet_v1; 25%, 50%; b=1, 32
     python benchmarks/latency_vs_macs.py --models resnet56 --targets 50% --batches 1 --runs 5
@@ -150,10 +151,11 @@ def main() -> None:
     parser.add_argument("--checkpoint", action="append", default=[], metavar="ARCH=PATH",
                         help="trained weights of ARCH: adds the accuracy comparison at the same measured latency")
     parser.add_argument("--finetune-epochs", type=int, default=5)
+    parser.add_argument("--seeds", type=int, default=3, help="fine-tuning seeds per variant (accuracy: mean ± sd)")
     parser.add_argument("--skip-compile-table", action="store_true")
     args = parser.parse_args()
-    if args.runs < 1 or args.warmup < 0 or args.threads < 1 or args.finetune_epochs < 0:
-        parser.error("need --runs >= 1, --warmup >= 0, --threads >= 1 and --finetune-epochs >= 0")
+    if args.runs < 1 or args.warmup < 0 or args.threads < 1 or args.finetune_epochs < 0 or args.seeds < 1:
+        parser.error("need --runs >= 1, --warmup >= 0, --threads >= 1, --finetune-epochs >= 0 and --seeds >= 1")
     # The passes' and the exporter's info logs would drown the tables.
     logging.basicConfig(level=logging.WARNING)
     root = Path(args.out)
@@ -182,7 +184,7 @@ def main() -> None:
     print(table)
     sections = [table]
     for arch, path in checkpoints.items():
-        same = _same_latency_table(arch, path, targets, settings, args.finetune_epochs)
+        same = _same_latency_table(arch, path, targets, settings, args.finetune_epochs, args.seeds)
         print("\n" + same)
         sections.append(same)
     if not args.skip_compile_table:
@@ -396,11 +398,11 @@ def _row(arch: str, variant: Variant, batches: tuple[int, ...]) -> list[str]:
 
 
 def _latency_ratios(models: list[nn.Module], dense: nn.Module, settings: Settings) -> list[float]:
-    """Each model's measured latency ÷ the dense model's, timed in alternating rounds at the latency batch."""
+    """Each model's measured latency ÷ the dense model's, timed in turn at the latency batch."""
     shape = tuple(dense.input_shape)
     subjects = [Subject(str(index), _export(model, shape), model, shape) for index, model in enumerate([dense, *models])]
-    times = measure_models(settings.backend, subjects, settings.latency_batch, threads=settings.threads, rounds=5,
-                           runs=max(4, settings.runs // 5), warmup=settings.warmup)
+    times = measure_models(settings.backend, subjects, settings.latency_batch, threads=settings.threads,
+                           runs=settings.runs, warmup=settings.warmup)
     return [ms / times[0] for ms in times[1:]]
 
 
@@ -427,7 +429,8 @@ def _match_latency(build: Callable[[float], nn.Module], dense: nn.Module, goal: 
     return (*best, failure)
 
 
-def _same_latency_table(arch: str, checkpoint: str, targets: list[str], settings: Settings, epochs: int) -> str:
+def _same_latency_table(arch: str, checkpoint: str, targets: list[str], settings: Settings, epochs: int,
+                        seeds: int) -> str:
     """Ours by latency, ours by MACs and Torch-Pruning at the same measured latency, cut from trained weights and
     fine-tuned alike on digits: MACs and latency ratios, accuracy before and after the fine-tune."""
     trained = load_model(checkpoint).eval()
@@ -462,14 +465,19 @@ def _same_latency_table(arch: str, checkpoint: str, targets: list[str], settings
         for (label, model), ratio in zip(variants.items(), ratios):
             macs_ratio = count_macs(model, shape) / dense_macs
             before = evaluate(model, bundle.test)
-            train(model, bundle.train, bundle.test, TrainConfig(epochs=epochs, lr=FINETUNE_LR, seed=SEED),
-                  progress=False)
+            after = []
+            for seed in range(seeds):
+                tuned = copy.deepcopy(model)
+                train(tuned, bundle.train, bundle.test, TrainConfig(epochs=epochs, lr=FINETUNE_LR, seed=seed),
+                      progress=False)
+                after.append(evaluate(tuned, bundle.test))
+            spread = f" ± {statistics.stdev(after):.2%}" if seeds > 1 else ""
             rows.append([arch, target, label, f"{macs_ratio:.3f}", f"{ratio:.3f}", f"{ratio / macs_ratio:.2f}",
-                         f"{before:.2%}", f"{evaluate(model, bundle.test):.2%}"])
+                         f"{before:.2%}", f"{statistics.mean(after):.2%}{spread}"])
     header = ["model", "target", "variant", "MACs ratio", f"latency ratio b={settings.latency_batch}", "quotient",
               "accuracy cut", f"accuracy after {epochs} epochs"]
     title = (f"at the same measured latency on {settings.backend} ({arch}, trained weights {checkpoint}), each fine-tuned "
-             f"{epochs} epochs on digits (SGD {FINETUNE_LR}, cosine)")
+             f"{epochs} epochs on digits (SGD {FINETUNE_LR}, cosine), mean ± sd over {seeds} fine-tuning seed(s)")
     return text_table(header, rows, title=title, left_columns=3) + "\n\n" + "\n".join(notes)
 
 

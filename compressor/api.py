@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import onnx
 import torch
 import torch.nn as nn
@@ -47,7 +48,7 @@ from compressor.passes.enforce_two_four import EnforceTwoFourPass
 from compressor.passes.fold_batchnorm import FoldBatchNormPass, fold_batchnorm
 from compressor.passes.pipeline import compile_model
 from compressor.passes.write_onnx_metadata import WriteOnnxMetadataPass
-from compressor.runtime.bench import BenchResult
+from compressor.runtime.bench import BenchResult, time_alternating
 from compressor.runtime.bench import benchmark as run_benchmark
 from compressor.runtime.ort_backend import OrtBackend
 
@@ -318,8 +319,7 @@ def _compress_into(output: Output | None, state_path: Path, device: torch.device
         if onnx_zeros != folded_zeros:
             raise VerificationError(f"the ONNX holds {onnx_zeros} zero weights but the model {folded_zeros}")
     with _timed(timings, "latency"):
-        dense_bench = benchmark(dense_onnx, (bench_batch,), threads, bench_runs)[0]
-        compressed_bench = benchmark(exported.model, (bench_batch,), threads, bench_runs)[0]
+        dense_bench, compressed_bench = _time_pair(dense_onnx, exported.model, shape, bench_batch, threads, bench_runs)
     latency_target = None
     if compression.latency_goal is not None:
         with _timed(timings, "latency target"):
@@ -365,6 +365,20 @@ def _compress_into(output: Output | None, state_path: Path, device: torch.device
         switcher=SwitcherStats.from_dict(facts["switcher"]) if "switcher" in facts else None,
         latency_target=latency_target,
     )
+
+
+def _time_pair(dense: onnx.ModelProto, compressed: onnx.ModelProto, shape: tuple[int, ...], batch: int,
+               threads: int | None, runs: int) -> tuple[BenchResult, BenchResult]:
+    """The dense and the compressed ONNX on onnxruntime, their runs taken in turn on the same seeded batch (see
+    `time_alternating`); the sessions' threads do not spin between runs, so neither takes the other's cores."""
+    backends = [OrtBackend(model, threads=threads, spin_wait=False) for model in (dense, compressed)]
+    x = np.random.default_rng(0).standard_normal((batch, *shape), dtype=np.float32)
+    timings = time_alternating(backends, [x, x], warmup=10, runs=runs)
+    return tuple(BenchResult(backend=backend.name, batch=batch, threads=backend.threads,
+                             median_ms=float(np.median(t.times_ms)), p90_ms=float(np.percentile(t.times_ms, 90)),
+                             mean_ms=float(t.times_ms.mean()), throughput_per_s=batch / (float(np.median(t.times_ms)) / 1e3),
+                             runs=runs, precision=backend.precision, timer=t.timer)
+                 for backend, t in zip(backends, timings))
 
 
 def _method_training(model: nn.Module, compression, training: dict[str, Any]) -> TrainConfig:

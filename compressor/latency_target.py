@@ -13,12 +13,14 @@ so the report gives the target, the prediction and the measurement side by side.
 from __future__ import annotations
 
 import logging
-from typing import Callable, Sequence
+from dataclasses import field
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn as nn
 
 from compressor.errors import CompressorError
+from compressor.options import method_flag
 from compressor.passes.base import copy_model
 from compressor.passes.coupling import CountPredictor
 from compressor.report import LatencyLayer, LatencyTargetStats
@@ -30,6 +32,8 @@ from compressor.runtime.latency_model import (LatencyModel, LatencyTable, backen
 logger = logging.getLogger(__name__)
 
 LOOKAHEAD = 4
+# Runs of each model, taken in turn, when the dense and the compressed model are timed at the end.
+MEASURE_RUNS = 50
 # Rounding to single channels would need a measurement for every pair of widths of every layer.
 LATENCY_ROUNDINGS = (8, 16, 32)
 
@@ -54,14 +58,33 @@ def parse_latency_target(value: str | float) -> float:
     return fraction
 
 
-def check_latency_settings(target: float | None, backend: str | None, round_to: int) -> None:
-    """Refuse a latency setting that cannot work, before any work starts."""
+def target_latency_field() -> Any:
+    """The `--target-latency` option that structured methods share."""
+    return field(default=None, metadata=method_flag(
+        "--target-latency", "structured methods: remove structure until the latency predicted from per-layer "
+                            "measurements on --latency-backend falls by this much, as 50%% or 2x", parse_latency_target))
+
+
+def latency_backend_field() -> Any:
+    return field(default=None, metadata=method_flag(
+        "--latency-backend", "backend --target-latency measures on: ort-cpu, ort-cuda, ort-trt, trt, torch-cuda or "
+                             "torch-cpu (default: torch-cuda with a GPU, else ort-cpu)"))
+
+
+def latency_cache_field() -> Any:
+    return field(default=None, metadata=method_flag(
+        "--latency-cache", "folder of the per-layer latency tables (default $COMPRESSOR_CACHE or ~/.cache/compressor)"))
+
+
+def check_latency_settings(target: float | None, backend: str | None, round_to: int | None = None) -> None:
+    """Refuse a latency setting that cannot work, before any work starts; `round_to` None: the method removes
+    whole structures or single channels by its own mechanism, at whatever widths that leaves."""
     if backend is not None:
         check_latency_backend(backend)
         reason = latency_backend_unavailable(backend) if target is not None else None
         if reason is not None:
             raise CompressorError(f"--latency-backend {backend} cannot run here: {reason}")
-    if target is not None and round_to not in LATENCY_ROUNDINGS:
+    if target is not None and round_to is not None and round_to not in LATENCY_ROUNDINGS:
         raise CompressorError(f"--target-latency needs --round-to {', '.join(map(str, LATENCY_ROUNDINGS))}: "
                               "at single channels the latency table would need every pair of widths of every layer")
 
@@ -99,13 +122,14 @@ class LatencyGoal:
         return sum(self.model.layer_ms(layer.module, *counts.widths(layer.module)) for layer in self.model.layers)
 
     def outcome(self, dense_onnx, compressed_onnx, compressed: nn.Module) -> LatencyTargetStats:
-        """Time the dense and the compiled model on the goal's backend (alternating rounds, same input) and
+        """Time the dense and the compiled model on the goal's backend (their runs taken in turn, same input) and
         predict the compiled model from the table; the report's latency-target section."""
         compiled = LatencyModel(compressed, self.input_shape, self.table)
         predicted = dict((layer.name, ms) for layer, ms in compiled.per_layer())
         subjects = [Subject("dense", dense_onnx, self.dense, self.input_shape),
                     Subject("compressed", compressed_onnx, compressed, self.input_shape)]
-        dense_ms, compressed_ms = measure_models(self.backend, subjects, self.batch, threads=self.table.threads)
+        dense_ms, compressed_ms = measure_models(self.backend, subjects, self.batch, threads=self.table.threads,
+                                                 runs=MEASURE_RUNS)
         self.table.save()
         widths = {layer.name: layer.spec for layer in compiled.layers}
         layers = [LatencyLayer(name=layer.name, dense=layer.spec.describe(),

@@ -523,7 +523,7 @@ def _latency_target_section(lt: LatencyTargetStats) -> list[str]:
         f"{lt.requested_ms:.3f} ms requested; the compressed model measured {lt.compressed_measured_ms:.3f} ms "
         f"({lt.compressed_measured_ms / lt.requested_ms - 1:+.1%} from the request), {lt.measured_removed:.1%} "
         f"removed against {lt.predicted_removed:.1%} predicted. The prediction is the sum of the timed layers' "
-        f"entries in the latency table; the two models were timed in alternating rounds in this run.{untimed}",
+        f"entries in the latency table; the two models were timed in turn, run by run, in this run.{untimed}",
         "",
         markdown_table(["model", "predicted ms", "measured ms", "predicted ÷ measured", "latency removed"], rows),
         "",

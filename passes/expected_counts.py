@@ -103,6 +103,8 @@ class ExpectedCounts(nn.Module):
             return torch.as_tensor(values, dtype=dtype, device="cpu").to(device)
 
         self.sizes = sizes
+        # The Conv/Linear/norm layers counted, in the order of the per-layer buffers (not submodules).
+        self.counted_layers = keys
         self.register_buffer("lost_out", lost_out.to(device))
         self.register_buffer("lost_in", lost_in.to(device))
         self.register_buffer("containment", containment.to(device))
@@ -118,15 +120,23 @@ class ExpectedCounts(nn.Module):
         self.register_buffer("in_groups", constant([layers[m].groups if layers[m].reading == "grouped" else 1
                                                     for m in keys]))
 
-    def forward(self, unit_probabilities: torch.Tensor, channel_probabilities: Sequence[torch.Tensor]
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+    def alive_channels(self, unit_probabilities: torch.Tensor, channel_probabilities: Sequence[torch.Tensor]
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per layer of `counted_layers`: E[input channels] (all of them, a depthwise layer's equal to its
+        outputs), E[output channels] and the probability that the layer is there at all (its units' θ)."""
         theta = unit_probabilities.to(torch.float64).reshape(-1)
         present = torch.cat([*(p.to(torch.float64).reshape(-1) for p in channel_probabilities), theta])
         absent = 1 - present
         alive_out = self.out_total - self.lost_out @ absent
-        alive_in = torch.where(self.depthwise, torch.ones_like(self.in_total),
-                               (self.in_total - self.lost_in @ absent) / self.in_groups)
+        alive_in = torch.where(self.depthwise, alive_out, self.in_total - self.lost_in @ absent)
         layer_factor = torch.where(self.containment, theta, torch.ones_like(theta)).prod(dim=1)
+        return alive_in, alive_out, layer_factor
+
+    def forward(self, unit_probabilities: torch.Tensor, channel_probabilities: Sequence[torch.Tensor]
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        theta = unit_probabilities.to(torch.float64).reshape(-1)
+        alive_in, alive_out, layer_factor = self.alive_channels(unit_probabilities, channel_probabilities)
+        alive_in = torch.where(self.depthwise, torch.ones_like(self.in_total), alive_in / self.in_groups)
         other_factor = torch.where(self.other_containment, theta, torch.ones_like(theta)).prod(dim=1)
         pairs = alive_out * alive_in
         params = torch.where(self.is_norm, self.per_pair * alive_out,

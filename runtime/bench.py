@@ -13,6 +13,7 @@ timed alike. `results_table` renders results for people;
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
@@ -158,6 +159,35 @@ def measure_backend(backend: Backend, x: np.ndarray, warmup: int, runs: int) -> 
     if measure is not None:
         return measure(x, warmup, runs)
     return time_host(lambda: backend.run(x), warmup, runs)
+
+
+def time_alternating(backends: Sequence[Backend], inputs: Sequence[np.ndarray], warmup: int, runs: int,
+                     block: int = 10) -> list[Timing]:
+    """`runs` timed runs of each backend on its input, taken in turn, so that a machine whose load drifts (a
+    shared machine, a laptop warming up) weighs on every backend alike.
+
+    Host-timed backends alternate run by run, the order rotating each round; backends that time themselves
+    (GPU timers, CUDA graphs) alternate in blocks of `block` runs, since each `measure` call sets itself up anew.
+    """
+    if runs < 1 or warmup < 0:
+        raise ValueError(f"need runs >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
+    if any(getattr(backend, "measure", None) is not None for backend in backends):
+        parts: list[list[np.ndarray]] = [[] for _ in backends]
+        for start in range(0, runs, block):
+            for index, (backend, x) in enumerate(zip(backends, inputs)):
+                timing = measure_backend(backend, x, warmup if start == 0 else 1, min(block, runs - start))
+                parts[index].append(timing.times_ms)
+        return [Timing(np.concatenate(times), timing.timer, timing.cuda_graph) for times in parts]
+    for backend, x in zip(backends, inputs):
+        for _ in range(warmup):
+            backend.run(x)
+    elapsed = np.empty((len(backends), runs), dtype=np.int64)
+    for round_index in range(runs):
+        for index in (np.arange(len(backends)) + round_index) % len(backends):
+            start = time.perf_counter_ns()
+            backends[index].run(inputs[index])
+            elapsed[index, round_index] = time.perf_counter_ns() - start
+    return [Timing(row / 1e6, "perf_counter", cuda_graph=False) for row in elapsed]
 
 
 def _ms(value: float) -> str:

@@ -35,8 +35,8 @@ from onnx import TensorProto, helper, numpy_helper
 from compressor.errors import CompressorError
 from compressor.files import atomic_write_text
 from compressor.runtime.backends import Subject, create_backend, unavailable
-from compressor.runtime.bench import measure_backend
-from compressor.runtime.timing import Timing
+from compressor.runtime.bench import measure_backend, time_alternating
+from compressor.runtime.ort_backend import CPU_PROVIDER, OrtBackend
 
 logger = logging.getLogger(__name__)
 
@@ -338,10 +338,14 @@ def default_cache_dir() -> Path:
     return Path(base) / "compressor"
 
 
-def runner(backend: str, subject: Subject, precision: str, threads: int | None, batch: int):
-    """A benchmark backend (`run`, `measure`) timing `subject` on latency backend `backend`."""
+def runner(backend: str, subject: Subject, precision: str, threads: int | None, batch: int,
+           alternating: bool = False):
+    """A benchmark backend (`run`, `measure`) timing `subject` on latency backend `backend`; `alternating`: it
+    is timed in turn with others, so onnxruntime's CPU threads must not spin between its runs (see OrtBackend)."""
     from compressor.runtime.torch_backend import TorchBackend
 
+    if backend == "ort-cpu" and alternating:
+        return OrtBackend(subject.onnx, providers=[CPU_PROVIDER], threads=threads, spin_wait=False)
     if backend in _TORCH:
         device = _TORCH[backend]
         return TorchBackend(subject.module, input_shape=subject.input_shape, device=device, precision=precision,
@@ -471,27 +475,25 @@ class LatencyModel:
     def __contains__(self, module: nn.Module) -> bool:
         return module in self._by_module
 
-    def predict(self) -> float:
-        """The model's predicted milliseconds at its own widths."""
-        return sum(self.layer_ms(layer.module) for layer in self.layers)
+    def predict(self, without: Sequence[str] = ()) -> float:
+        """The model's predicted milliseconds at its own widths, leaving out the layers inside the modules named
+        in `without` (skip-units a method removes)."""
+        inside = tuple(name + "." for name in without)
+        return sum(self.layer_ms(layer.module) for layer in self.layers
+                   if layer.name not in without and not layer.name.startswith(inside))
 
     def per_layer(self) -> list[tuple[TimedLayer, float]]:
         return [(layer, self.layer_ms(layer.module)) for layer in self.layers]
 
 
 def measure_models(backend: str, subjects: Sequence[Subject], batch: int, precision: str | None = None,
-                   threads: int | None = None, rounds: int = 5, runs: int = 10, warmup: int = 5) -> list[float]:
-    """Median milliseconds of each of `subjects` on `backend` at `batch`, timed in `rounds` alternating rounds of
-    `runs` runs each, so that a machine whose load drifts weighs on every model alike."""
+                   threads: int | None = None, runs: int = 30, warmup: int = 5) -> list[float]:
+    """Median milliseconds of each of `subjects` on `backend` at `batch`, their runs taken in turn
+    (`time_alternating`), so that a machine whose load drifts weighs on every model alike."""
     precision = precision or backend_precision_of(backend)
     reason = latency_backend_unavailable(backend)
     if reason is not None:
         raise CompressorError(f"latency backend {backend} cannot run here: {reason}")
-    timed = [runner(backend, subject, precision, threads, batch) for subject in subjects]
+    timed = [runner(backend, subject, precision, threads, batch, alternating=True) for subject in subjects]
     inputs = [np.random.default_rng(0).standard_normal((batch, *s.input_shape), dtype=np.float32) for s in subjects]
-    times: list[list[np.ndarray]] = [[] for _ in subjects]
-    for round_index in range(rounds):
-        for index, (backend_run, x) in enumerate(zip(timed, inputs)):
-            timing: Timing = measure_backend(backend_run, x, warmup if round_index == 0 else 1, runs)
-            times[index].append(timing.times_ms)
-    return [float(np.median(np.concatenate(parts))) for parts in times]
+    return [float(np.median(timing.times_ms)) for timing in time_alternating(timed, inputs, warmup, runs)]

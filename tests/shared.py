@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 import os
 import resource
 import shutil
@@ -262,3 +263,12 @@ def under_file_size_limit(command: list[str], limit: int, **options) -> subproce
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
     return subprocess.run(command, capture_output=True, text=True, preexec_fn=limit_writes, **options)
+
+
+def macs_latency_table(spec) -> float:
+    """A synthetic latency table (a `LatencyTable`'s `measure`): each layer's MACs per sample, in microseconds, so
+    that the latency a structure removes is its share of the MACs."""
+    if spec.kind == "linear":
+        return 1e-3 * spec.in_channels * spec.out_channels * max(1, math.prod(spec.spatial))
+    outputs = math.prod(size // stride for size, stride in zip(spec.spatial, spec.stride))
+    return 1e-3 * (spec.in_channels // spec.groups) * spec.out_channels * math.prod(spec.kernel) * outputs

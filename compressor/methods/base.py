@@ -41,6 +41,8 @@ class Method(TrainingHooks, metaclass=ABCMeta):
     bench_batch: int = 1
     bench_threads: int | None = None
     latency_goal: Any = None
+    # Replaces the latency table's timer (a callable LayerSpec → ms), e.g. with a synthetic table in tests.
+    latency_measure: Any = None
 
     def __init__(self, target: float | None, pattern: str = "unstructured", config: Any = None):
         if self.structured and pattern == "unstructured":

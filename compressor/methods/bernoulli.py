@@ -26,6 +26,9 @@ fine-tune the deterministic network that will ship: a survivor left at, say, π 
 end would change the function the weights were trained for (on digits, resnet56 at 50%: 98.9% before that
 final step, 93.6% after it). The paper reaches the same end state (Theorem 3.1: minima lie at 0 or 1) by
 training long enough for the survivors to climb; its fixed-ρ mode here keeps its behaviour.
+`--target-latency` budgets the latency the latency table (compressor.latency_target) predicts for the network
+that would ship, in the same way: the regulariser still weighs MACs (the paper's complexity), the controller
+weighs milliseconds.
 """
 
 from __future__ import annotations
@@ -41,6 +44,9 @@ from compressor.counting import count_macs, count_params
 from compressor.data import DataBundle
 from compressor.errors import CompressorError
 from compressor.gates import dense_unit_readers, gate_group, gate_unit, units_of
+from compressor.distributed import from_main, group as process_group
+from compressor.latency_target import (LatencyGoal, check_latency_settings, latency_backend_field,
+                                       latency_cache_field, target_latency_field)
 from compressor.methods.base import Method, register_method
 from compressor.models.units import DenseUnit, ResidualUnit
 from compressor.options import target_params_field
@@ -49,6 +55,7 @@ from compressor.passes.coupling import ChannelGroup, analyse_channels
 from compressor.passes.expected_counts import ExpectedCounts, unit_layers
 from compressor.passes.pipeline import compile_model
 from compressor.passes.zero_flow import WEIGHT_LAYERS
+from compressor.runtime.latency_model import LatencyModel
 from compressor.stochastic_gates import (CHANNEL_GATES, BernoulliChannelGate, BernoulliUnitGate,
                                          draw_per_forward, remove_stochastic_gates, unit_gates)
 from compressor.structure import apply_structure, describe_structure, take_shape_of
@@ -100,6 +107,11 @@ class BernoulliConfig:
     # What is pruned: channels and skip-units ("both", the paper), or only one kind (its ablations).
     prune: str = field(default="both", metadata={"parse": _parse_prune})
     target_params: float | None = target_params_field()
+    # With a latency target the controller also asks the latency table (compressor.latency_target) what the network
+    # that would ship costs, after every death it weighs and at every epoch boundary.
+    target_latency: float | None = target_latency_field()
+    latency_backend: str | None = latency_backend_field()
+    latency_cache: str | None = latency_cache_field()
 
 
 @dataclass
@@ -154,10 +166,11 @@ class BernoulliMethod(Method):
     def __init__(self, target, pattern="structured", config=None):
         super().__init__(target, pattern, config)
         c = self.config
-        budget = target is not None or c.target_params is not None
+        budget = target is not None or c.target_params is not None or c.target_latency is not None
         if c.rho is None and not budget:
             raise CompressorError("method bernoulli needs --target (fraction of MACs to remove), --target-params, "
-                                  "or a fixed pruning level --option rho=...")
+                                  "--target-latency, or a fixed pruning level --option rho=...")
+        check_latency_settings(c.target_latency, c.latency_backend)
         for name, value, low, high in (("rho", c.rho, 0, None), ("kappa", c.kappa, 0, 1), ("nu", c.nu, 0, None),
                                        ("epsilon", c.epsilon, 0, 1), ("initial_probability", c.initial_probability, 0, 1),
                                        ("probability_lr", c.probability_lr, 0, None), ("rho_growth", c.rho_growth, 1, None)):
@@ -178,6 +191,7 @@ class BernoulliMethod(Method):
         self.predicted: dict[str, float] = {}
         self._structure: _Structure | None = None
         self._adam: torch.optim.Adam | None = None
+        self._latency: LatencyModel | None = None  # the current network's layers on the latency goal's table
         self._epoch = 0  # the last completed epoch
 
     # --- setting up -----------------------------------------------------------------------------------------
@@ -205,6 +219,10 @@ class BernoulliMethod(Method):
         # L of the paper's eq. 13: the units carrying ξ, or the gated layers in a network without units.
         self.blocks = len(units) or len(groups)
         self.stages = self._stage_widths(model, units, groups)
+        if self.config.target_latency is not None and process_group().main:
+            self.latency_goal = LatencyGoal(model, self.shape, self.config.target_latency, self.config.latency_backend,
+                                            self.bench_batch, self.bench_threads, self.config.latency_cache,
+                                            self.latency_measure)
         self._attach(model, units_gated, [g.root for g in groups], analysis.groups)
         return model
 
@@ -231,6 +249,8 @@ class BernoulliMethod(Method):
         groups = [producers[root] for root in roots]
         unit_modules = [model.get_submodule(name) for name in units]
         expected = ExpectedCounts(model, self.shape, unit_modules, groups, all_groups)
+        if self.latency_goal is not None:
+            self._latency = LatencyModel(model, self.shape, self.latency_goal.table)
         probabilities, alive = probabilities or {}, alive or {}
         initial = self.config.initial_probability
         for name, unit in zip(units, unit_modules):
@@ -289,6 +309,28 @@ class BernoulliMethod(Method):
         theta, pi = self._probabilities(model, deterministic)
         return self._structure.expected(theta, pi)
 
+    def latency_removed(self, model: nn.Module) -> float | None:
+        """The share of the dense model's predicted latency that the network that would ship (survivors at 1)
+        removes, from the latency table at each layer's surviving widths; None without a latency target. Only the
+        main process has the table: its answer is every process's."""
+        if self.config.target_latency is None:
+            return None
+        removed = None
+        if self._latency is not None:
+            theta, pi = self._probabilities(model, deterministic=True)
+            alive_in, alive_out, present = (values.tolist() for values in
+                                            self._structure.expected.alive_channels(theta, pi))
+            row = {module: index for index, module in enumerate(self._structure.expected.counted_layers)}
+            milliseconds = 0.0
+            for layer in self._latency.layers:
+                index = row[layer.module]
+                widths = round(alive_in[index]), round(alive_out[index])
+                # A layer without inputs or outputs left goes with its unit when the dead are removed.
+                if present[index] > 0 and min(widths) >= 1:
+                    milliseconds += self._latency.layer_ms(layer.module, *widths)
+            removed = 1 - milliseconds / self.latency_goal.dense_predicted_ms
+        return from_main(removed)
+
     def regulariser(self, model: nn.Module, rho: float) -> torch.Tensor:
         """ρ[κ·L·E[MACs]/MACs₀ + (1−κ)·L·E[params]/params₀ + ν·Σθ] at the gates' current probabilities."""
         c = self.config
@@ -310,10 +352,11 @@ class BernoulliMethod(Method):
     def _rho_now(self) -> float:
         return 0.0 if self.reached_epoch is not None else self.rho
 
-    def _within_budget(self, params: float, macs: float) -> bool:
+    def _within_budget(self, params: float, macs: float, latency_removed: float | None) -> bool:
         met_macs = self.target is None or 1 - macs / self.dense_macs >= self.target
         met_params = self.config.target_params is None or 1 - params / self.dense_params >= self.config.target_params
-        return met_macs and met_params
+        met_latency = latency_removed is None or latency_removed >= self.config.target_latency
+        return met_macs and met_params and met_latency
 
     # --- per step: projection and the pruning test -------------------------------------------------------------
 
@@ -354,18 +397,21 @@ class BernoulliMethod(Method):
             if self.reached_epoch is None:
                 gate.alive.view(-1)[i] = False
                 params, macs = (float(v) for v in self.complexity(model, deterministic=True))
-                if not self._overshoots(params, macs):
-                    if self._within_budget(params, macs):
+                latency_removed = self.latency_removed(model)
+                if not self._overshoots(params, macs, latency_removed):
+                    if self._within_budget(params, macs, latency_removed):
                         self.reached_epoch = self._epoch + 1
                     continue
                 gate.alive.view(-1)[i] = True
             gate.probability.view(-1)[i] = epsilon
 
-    def _overshoots(self, params: float, macs: float) -> bool:
+    def _overshoots(self, params: float, macs: float, latency_removed: float | None) -> bool:
         """Whether the network removes more than `OVERSHOOT` beyond a target."""
         over_macs = self.target is not None and 1 - macs / self.dense_macs > self.target + OVERSHOOT
-        target_params = self.config.target_params
-        return over_macs or (target_params is not None and 1 - params / self.dense_params > target_params + OVERSHOOT)
+        target_params, target_latency = self.config.target_params, self.config.target_latency
+        over_params = target_params is not None and 1 - params / self.dense_params > target_params + OVERSHOOT
+        over_latency = latency_removed is not None and latency_removed > target_latency + OVERSHOOT
+        return over_macs or over_params or over_latency
 
     # --- per epoch: the training cost, the controller, physical removal --------------------------------------------
 
@@ -379,7 +425,7 @@ class BernoulliMethod(Method):
         self.epochs.append({"epoch": epoch, "macs_trained": self._physical_macs, "macs_alive": float(macs),
                             "params_alive": float(params), "expected_macs": float(expected_macs), "rho": rho})
         if self.budgeted and self.reached_epoch is None:
-            if self._within_budget(float(params), float(macs)):
+            if self._within_budget(float(params), float(macs), self.latency_removed(model)):
                 self.reached_epoch = epoch
             else:
                 self.rho *= self.config.rho_growth

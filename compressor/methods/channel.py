@@ -28,7 +28,8 @@ from compressor.data import DataBundle
 from compressor.errors import CompressorError
 from compressor.distributed import from_main, group as process_group
 from compressor.gates import gate_group
-from compressor.latency_target import LatencyGoal, check_latency_settings, greedy_by_latency, parse_latency_target
+from compressor.latency_target import (LatencyGoal, check_latency_settings, greedy_by_latency, latency_backend_field,
+                                       latency_cache_field, target_latency_field)
 from compressor.methods.base import Method, register_method
 from compressor.options import method_flag, target_params_field
 from compressor.passes.base import copy_model
@@ -62,15 +63,9 @@ class ChannelConfig:
     round_to: int = field(default=8, metadata=method_flag(
         "--round-to", "structured methods: keep channel counts at multiples of 8 (default), 16 or 32; 1 turns "
                       "rounding off", _parse_round_to))
-    target_latency: float | None = field(default=None, metadata=method_flag(
-        "--target-latency", "structured methods: remove channels by importance per millisecond until the latency "
-                            "predicted from per-layer measurements falls by this much, as 50%% or 2x",
-        parse_latency_target))
-    latency_backend: str | None = field(default=None, metadata=method_flag(
-        "--latency-backend", "backend --target-latency measures on: ort-cpu, ort-cuda, ort-trt, trt, torch-cuda or "
-                             "torch-cpu (default: torch-cuda with a GPU, else ort-cpu)"))
-    latency_cache: str | None = field(default=None, metadata=method_flag(
-        "--latency-cache", "folder of the per-layer latency tables (default $COMPRESSOR_CACHE or ~/.cache/compressor)"))
+    target_latency: float | None = target_latency_field()
+    latency_backend: str | None = latency_backend_field()
+    latency_cache: str | None = latency_cache_field()
 
 
 def filter_l1(group: ChannelGroup) -> torch.Tensor:
@@ -91,8 +86,6 @@ class ChannelMethod(Method):
 
     name = "channel"
     Config = ChannelConfig
-    # Replaces the latency table's timer (a callable LayerSpec → ms), e.g. with a synthetic table.
-    latency_measure = None
     patterns = ("structured",)
     structured = True
 

@@ -6,8 +6,9 @@ A stage scores every skip-unit still in the network by D, the energy dependence 
 through unit gates of 0, which the compiler turns into a shallower network (RemoveDeadSkipUnits: a residual
 unit becomes its shortcut, a dense unit disappears with its channels in every reader); then retrains the smaller
 network for `--epochs` with the paper's schedule (lr restarted at every stage and divided by 10 after each
-quarter of the stage, fresh momentum). Stages repeat until `--target` (fraction of MACs removed) or
-`--target-params` is reached, or for `--option stages=N` stages.
+quarter of the stage, fresh momentum). Stages repeat until `--target` (fraction of MACs removed),
+`--target-params` or `--target-latency` (the latency the latency table predicts, compressor.latency_target) is
+reached, or for `--option stages=N` stages.
 
 Choices where the paper is silent or self-defeating, with their reasons:
 - K: the paper takes the K whose pruned, not retrained network has the least training error, which always
@@ -43,9 +44,11 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from compressor.counting import count_macs, count_params
 from compressor.data import DataBundle
 from compressor.dependence import DENSE_OUTPUTS, PAIRS, STATISTICS, unit_dependences
-from compressor.distributed import from_main
+from compressor.distributed import from_main, group as process_group
 from compressor.errors import CompressorError
 from compressor.gates import dense_unit_readers, gate_unit, units_of
+from compressor.latency_target import (LatencyGoal, check_latency_settings, latency_backend_field,
+                                       latency_cache_field, target_latency_field)
 from compressor.methods.base import Method, register_method
 from compressor.models.units import DenseUnit
 from compressor.options import target_params_field
@@ -53,6 +56,7 @@ from compressor.passes.base import copy_model
 from compressor.passes.coupling import analyse_channels
 from compressor.passes.expected_counts import ExpectedCounts
 from compressor.passes.pipeline import compile_model
+from compressor.runtime.latency_model import LatencyModel
 from compressor.structure import apply_structure, describe_structure, take_shape_of
 from compressor.training import TrainConfig, TrainResult, evaluate, train
 
@@ -101,6 +105,9 @@ class EnergyConfig:
     samples: int = 5184
     rounds: int = 20
     target_params: float | None = target_params_field()
+    target_latency: float | None = target_latency_field()
+    latency_backend: str | None = latency_backend_field()
+    latency_cache: str | None = latency_cache_field()
 
 
 def stratified_indices(labels: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
@@ -178,10 +185,11 @@ class EnergyMethod(Method):
                 raise CompressorError(f"option {option} of method energy must be at least {least}, got {value}")
         if c.schedule:
             _parse_schedule(c.schedule)
-        self.budgeted = target is not None or c.target_params is not None
+        self.budgeted = target is not None or c.target_params is not None or c.target_latency is not None
         if not self.budgeted and not c.stages:
-            raise CompressorError("method energy needs --target (fraction of MACs to remove), --target-params, or "
-                                  "a number of stages --option stages=N")
+            raise CompressorError("method energy needs --target (fraction of MACs to remove), --target-params, "
+                                  "--target-latency, or a number of stages --option stages=N")
+        check_latency_settings(c.target_latency, c.latency_backend)
         self.pruning_stages: list[dict[str, Any]] = []
         self.removed_units: list[str] = []
         self.epochs: list[dict[str, float]] = []
@@ -212,6 +220,10 @@ class EnergyMethod(Method):
         if not self.units:
             raise CompressorError("method energy removes skip-units (residual or dense units), and this model has "
                                   "none it can remove")
+        if self.config.target_latency is not None and process_group().main:
+            self.latency_goal = LatencyGoal(model, self.shape, self.config.target_latency, self.config.latency_backend,
+                                            self.bench_batch, self.bench_threads, self.config.latency_cache,
+                                            self.latency_measure)
         self._check_reachable(model, groups)
         self.network_stages: dict[str, dict[str, Any]] = {}
         for name in self.units:
@@ -237,6 +249,14 @@ class EnergyMethod(Method):
             if asked is not None and asked > best:
                 raise CompressorError(f"method energy cannot reach {what} {asked:.0%}: removing every skip-unit "
                                       f"but one removes at most {best:.1%}")
+        goal = self.latency_goal
+        if goal is not None:
+            # The latency model's own prediction with every unit gone but the one that costs least.
+            fastest = min(goal.model.predict(without=[u for u in self.units if u != kept]) for kept in self.units)
+            if fastest > goal.goal_ms:
+                raise CompressorError(f"method energy cannot reach --target-latency {goal.target:.0%}: removing every "
+                                      f"skip-unit but one removes at most {1 - fastest / goal.dense_predicted_ms:.1%} "
+                                      f"of the predicted latency on {goal.backend}")
 
     def _planned(self, stage: int, left: int) -> int:
         """Units stage `stage` removes by the schedule, leaving at least one."""
@@ -316,10 +336,19 @@ class EnergyMethod(Method):
             generator = torch.Generator(device="cpu").manual_seed(self.seed * 7919 + stage)
             return removal(self.config.selection, values, count, self.config.keep, generator)
 
+        goal = self.latency_goal
+        # The layers of the network as this stage finds it, timed on the goal's table (the main process's).
+        stage_latency = LatencyModel(model, self.shape, goal.table) if goal is not None else None
+
+        def reaches(chosen: list[int]) -> bool:
+            latency_met = stage_latency is None or stage_latency.predict([left[i] for i in chosen]) <= goal.goal_ms
+            return latency_met and self._reaches(counts, len(left), chosen)
+
         chosen, reached = pick(planned), False
         if self.budgeted:
-            fewest = next((count for count in range(1, planned + 1) if self._reaches(counts, len(left), pick(count))),
-                          None)
+            fewest = next((count for count in range(1, planned + 1) if reaches(pick(count))), None)
+            # Only the main process has the latency table: its count is every process's.
+            fewest = from_main(fewest)
             if fewest is not None:
                 chosen, reached = pick(fewest), True
         out_of_units = len(left) - len(chosen) <= 1
@@ -332,6 +361,8 @@ class EnergyMethod(Method):
         removed = [left[i] for i in chosen]
         params, macs = (float(v) for v in counts(_presence(len(left), chosen, counts), []))
         self.predicted = {"macs_removed": 1 - macs / self.dense_macs, "params_removed": 1 - params / self.dense_params}
+        if stage_latency is not None:
+            self.predicted.update(latency_ms=stage_latency.predict(removed), dense_latency_ms=goal.dense_predicted_ms)
         remove_units(model, removed, self.shape)
         self.removed_units += removed
         self._layers = describe_structure(model)

@@ -28,7 +28,7 @@ from compressor.passes.remove_dead_skip_units import RemoveDeadSkipUnitsPass
 from compressor.stochastic_gates import (CHANNEL_GATES, BernoulliChannelGate, BernoulliUnitGate, draw_per_forward,
                                          remove_stochastic_gates)
 from compressor.training import TrainConfig, plain_parameter_name, train
-from shared import randomize_batchnorm_, single_torch_thread
+from shared import macs_latency_table, randomize_batchnorm_, single_torch_thread
 from user_models import build
 
 SHAPE = (3, 8, 8)
@@ -930,3 +930,38 @@ def test_models_outside_the_zoo_lose_their_dead_channels_and_keep_their_function
     torch.testing.assert_close(model(x), before, atol=1e-5, rtol=1e-5)
     method.finalize(model)
     assert not parametrize.is_parametrized(model) and not hasattr(model, CHANNEL_GATES)
+
+
+def test_the_controller_steers_by_the_latency_table_when_given_a_latency_target(tmp_path, monkeypatch):
+    monkeypatch.setattr(BernoulliMethod, "latency_measure", staticmethod(macs_latency_table))
+    model, method = prepared("resnet20", None, rho=0.3, target_latency=0.125, latency_cache=str(tmp_path))
+    goal = method.latency_goal
+    unit_ms = sum(ms for layer, ms in goal.model.per_layer() if layer.name.startswith("features.stage3.2."))
+    assert method.latency_removed(model) == 0.0 and 0.11 < unit_ms / goal.dense_predicted_ms < 0.12
+    gates = dict(method._gates(model))
+    with torch.no_grad():
+        gates["features.stage1.1.branch.0"].probability[:2] = 0.05
+    method.after_step(model, 1)
+    # Two hidden channels of a stage-1 unit: its first conv loses two outputs, its second two inputs.
+    spec = {layer.name: layer.spec for layer in goal.model.layers}
+    first, second = spec["features.stage1.1.branch.0"], spec["features.stage1.1.branch.3"]
+    saved = (macs_latency_table(first) - macs_latency_table(first.at(16, 14))
+             + macs_latency_table(second) - macs_latency_table(second.at(14, 16)))
+    assert method.latency_removed(model) == pytest.approx(saved / goal.dense_predicted_ms)
+    assert method.reached_epoch is None
+    with torch.no_grad():
+        gates["features.stage3.2"].probability.fill_(0.04)
+    method.after_step(model, 2)
+    # The unit's death reaches the latency target within the overshoot: the budget is met.
+    assert not bool(gates["features.stage3.2"].alive) and method.reached_epoch == 1
+    assert method.latency_removed(model) == pytest.approx((unit_ms + saved) / goal.dense_predicted_ms)
+
+
+def test_the_controller_refuses_a_death_past_the_latency_target(tmp_path, monkeypatch):
+    monkeypatch.setattr(BernoulliMethod, "latency_measure", staticmethod(macs_latency_table))
+    model, method = prepared("resnet20", None, rho=0.3, target_latency=0.05, latency_cache=str(tmp_path))
+    gates = dict(method._gates(model))
+    with torch.no_grad():
+        gates["features.stage3.2"].probability.fill_(0.04)  # 11.6% of the predicted latency: past 5% + 1%
+    method.after_step(model, 1)
+    assert bool(gates["features.stage3.2"].alive) and method.reached_epoch is None

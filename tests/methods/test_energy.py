@@ -27,7 +27,8 @@ from compressor.dependence import (_capture, class_distances, dependence, energy
 from compressor.errors import CompressorError
 from compressor.gates import dense_unit_readers, last_layer
 from compressor.methods import create_method
-from compressor.methods.energy import ped_kept, removal, remove_units, stratified_indices
+from compressor.runtime.latency_model import LatencyModel
+from compressor.methods.energy import EnergyMethod, ped_kept, removal, remove_units, stratified_indices
 from compressor.models import create_model
 from compressor.models.densenet import dense_unit
 from compressor.models.resnet_cifar import basic_unit, preact_bottleneck_unit
@@ -35,7 +36,7 @@ from compressor.passes.base import copy_model
 from compressor.passes.coupling import analyse_channels
 from compressor.report import Report
 from compressor.training import TrainConfig
-from shared import randomize_batchnorm_, single_torch_thread
+from shared import macs_latency_table, randomize_batchnorm_, single_torch_thread
 
 SHAPE = (3, 8, 8)
 
@@ -534,3 +535,20 @@ def test_a_bad_schedule_on_the_command_line_is_one_line(lenet5_checkpoint, tmp_p
     err = capsys.readouterr().err
     assert code == 2 and "schedule" in err and len(err.splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_latency_target_removes_the_fewest_units_the_latency_table_says_reach_it(digits, tmp_path, monkeypatch):
+    monkeypatch.setattr(EnergyMethod, "latency_measure", staticmethod(macs_latency_table))
+    model, method, _ = run(digits, 0, target_latency=0.3, schedule="6", latency_cache=str(tmp_path))
+    goal = method.latency_goal
+    shipped = LatencyModel(model, SHAPE, goal.table).predict()
+    assert method.predicted["latency_ms"] == pytest.approx(shipped)
+    assert shipped <= 0.7 * goal.dense_predicted_ms
+    # The table is the MACs here, so the latency target takes the units the MACs target takes.
+    assert len(method.pruning_stages) == 1 and len(method.removed_units) == 3
+
+
+def test_a_latency_target_out_of_reach_is_refused_before_training(digits, tmp_path, monkeypatch):
+    monkeypatch.setattr(EnergyMethod, "latency_measure", staticmethod(macs_latency_table))
+    with pytest.raises(CompressorError, match="cannot reach --target-latency 95%"):
+        run(digits, 0, target_latency=0.95, latency_cache=str(tmp_path))

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 from onnx import TensorProto, helper
 
 from compressor.errors import CompressorError
-from compressor.runtime.bench import BenchResult, benchmark, check_batch_sizes, parse_batch_sizes, results_table
+from compressor.runtime.bench import (BenchResult, benchmark, check_batch_sizes, parse_batch_sizes, results_table,
+                                      time_alternating)
 from compressor.runtime.ort_backend import OrtBackend
 
 
@@ -166,3 +169,28 @@ def test_batch_sizes_every_backend_accepts():
     for bad in ((), (0,), (2, -1), (True,), (1.5,)):
         with pytest.raises(CompressorError, match="batch sizes must be positive integers"):
             check_batch_sizes(bad)
+
+
+class Sleeper:
+    """A host-timed backend whose run takes `seconds`."""
+
+    name = "sleeper"
+    input_shape = (None, 1)
+
+    def __init__(self, seconds: float):
+        self.seconds, self.calls = seconds, 0
+
+    def run(self, x):
+        self.calls += 1
+        time.sleep(self.seconds)
+        return x
+
+
+def test_alternating_timing_runs_each_backend_in_turn_and_times_each_alike():
+    fast, slow = Sleeper(0.001), Sleeper(0.004)
+    x = np.zeros((1, 1), np.float32)
+    timings = time_alternating([fast, slow], [x, x], warmup=2, runs=6)
+    assert fast.calls == slow.calls == 8
+    assert [len(t.times_ms) for t in timings] == [6, 6]
+    assert np.median(timings[0].times_ms) < np.median(timings[1].times_ms)
+    assert timings[0].timer == "perf_counter"

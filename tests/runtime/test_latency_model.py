@@ -151,7 +151,7 @@ def test_whole_models_are_timed_on_the_latency_backend():
     models = [nn.Sequential(nn.Flatten(), nn.Linear(48, width), nn.ReLU(), nn.Linear(width, 10)).eval()
               for width in (8, 512)]
     subjects = [Subject(str(i), export_onnx(m, input_shape=(3, 4, 4)).model, m, (3, 4, 4)) for i, m in enumerate(models)]
-    small, large = measure_models("ort-cpu", subjects, batch=64, threads=1, rounds=3, runs=10)
+    small, large = measure_models("ort-cpu", subjects, batch=64, threads=1, runs=10)
     assert 0 < small < large
 
 
