@@ -29,9 +29,9 @@ variant with PyTorch on the GPU (FP16, channels-last, CUDA events and graphs) in
 provider, and measures the latency table there too.
 
 `--checkpoint ARCH=PATH` (a model trained with `compress train`) adds the comparison at the same *measured*
-latency: for each target, `ours by latency` is timed against the dense model; `ours by MACs` (its MACs target)
-and Torch-Pruning (its pruning_ratio) are bisected until their measured latency ratio is within
-`LATENCY_MATCH` of it; all three, cut from the trained weights, are then fine-tuned alike on digits
+latency: for each target, `ours by MACs` (its MACs target) and Torch-Pruning (its pruning_ratio) are cut at
+several settings and timed together with `ours by latency` and the dense model, twice narrowing the range, and
+the setting closest to ours by latency in the same measurement is taken; all three, cut from the trained weights, are then fine-tuned alike on digits
 (`--finetune-epochs`, SGD at 0.01, cosine, one run per `--seeds`) and their test accuracy is given before and
 after (mean ± sd over the seeds).
 
@@ -88,8 +88,8 @@ MATCH_ACCEPTED = 0.01  # and a result this close gets a table row
 COMPILE_ARCH, COMPILE_TARGET, COMPILE_REPEATS = "resnet110", 0.5, 3
 ROUNDINGS = (1, 8, 16)  # the first must be 1: Torch-Pruning is matched to its MACs, and it always succeeds
 LATENCY_ROUND_TO = 8
-LATENCY_MATCH = 0.03  # a matched variant's latency ratio is within this of ours by latency
-LATENCY_STEPS = 8
+# A matched variant is the closest of MATCH_CANDIDATES timed together with ours by latency, twice narrowed.
+MATCH_CANDIDATES, MATCH_ROUNDS = 6, 2
 FINETUNE_LR = 0.01
 
 
@@ -406,26 +406,35 @@ def _latency_ratios(models: list[nn.Module], dense: nn.Module, settings: Setting
     return [ms / times[0] for ms in times[1:]]
 
 
-def _match_latency(build: Callable[[float], nn.Module], dense: nn.Module, goal: float, low: float, high: float,
-                   settings: Settings) -> tuple[nn.Module | None, float, float, str]:
-    """Bisect `build`'s parameter in [low, high] (more removes more) until the model's measured latency ratio is
-    within LATENCY_MATCH of `goal`; (closest model, its parameter, its ratio, what failed on the way)."""
-    best: tuple[nn.Module | None, float, float] = (None, 0.0, math.inf)
+def _match_latency(build: Callable[[float], nn.Module], reference: nn.Module, dense: nn.Module, low: float,
+                   high: float, settings: Settings) -> tuple[nn.Module | None, float, float, float, str]:
+    """The model `build(p)` whose measured latency is closest to `reference`'s, for p in [low, high].
+
+    On a shared machine two measurements minutes apart can differ by more than the differences sought, so
+    candidates are never compared with a number measured earlier: MATCH_CANDIDATES values of p, the reference and
+    the dense model are timed together (runs in turn), and a second round does the same around the closest.
+    Returns (closest model, its p, its latency ratio, the reference's ratio in the same measurement, what failed).
+    """
     failure = ""
-    for _ in range(LATENCY_STEPS):
-        middle = (low + high) / 2
-        try:
-            model = build(middle)
-            ratio = _latency_ratios([model], dense, settings)[0]
-        except Exception as error:  # a parameter too high for the method (or Torch-Pruning) is a measurement
-            failure = f"fails at {middle:.3f} ({_describe_error(error)})"
-            high = middle
-            continue
-        if abs(ratio - goal) < abs(best[2] - goal):
-            best = (model, middle, ratio)
-        if abs(ratio - goal) <= LATENCY_MATCH:
+    best: tuple[nn.Module | None, float, float, float] = (None, 0.0, math.inf, math.nan)
+    for _ in range(MATCH_ROUNDS):
+        built = []
+        for parameter in np.linspace(low, high, MATCH_CANDIDATES):
+            try:
+                model = build(float(parameter))
+                _export(model, tuple(dense.input_shape))  # a model that runs but cannot be exported fails here
+                built.append((float(parameter), model))
+            except Exception as error:  # a parameter too high for the method (or Torch-Pruning) is a measurement
+                failure = failure or f"fails at {parameter:.3f} ({_describe_error(error)})"
+        if not built:
             break
-        low, high = (middle, high) if ratio > goal else (low, middle)
+        ratios = _latency_ratios([reference, *(model for _, model in built)], dense, settings)
+        goal = ratios[0]
+        for (parameter, model), ratio in zip(built, ratios[1:]):
+            if abs(ratio - goal) < abs(best[2] - best[3]) or best[0] is None:
+                best = (model, parameter, ratio, goal)
+        step = (high - low) / (MATCH_CANDIDATES - 1)
+        low, high = max(low, best[1] - step), min(high, best[1] + step)
     return (*best, failure)
 
 
@@ -452,12 +461,12 @@ def _same_latency_table(arch: str, checkpoint: str, targets: list[str], settings
     for target in targets:
         fraction = parse_fraction(target)
         by_latency, _ = _ours_by_latency(copy.deepcopy(trained), fraction, settings)
-        goal = _latency_ratios([by_latency], trained, settings)[0]
         variants = {"ours by latency": by_latency}
-        for label, build in (("ours by MACs", by_macs), ("Torch-Pruning", by_torch_pruning)):
-            model, parameter, ratio, failure = _match_latency(build, trained, goal, 0.0, MAX_RATIO, settings)
-            notes.append(f"{arch} {target}: {label} matched at {parameter:.3f} (latency ratio {ratio:.3f}, goal "
-                         f"{goal:.3f}){'; ' + failure if failure else ''}")
+        for label, build, low in (("ours by MACs", by_macs, 0.05), ("Torch-Pruning", by_torch_pruning, 0.0)):
+            model, parameter, ratio, goal, failure = _match_latency(build, by_latency, trained, low, MAX_RATIO,
+                                                                    settings)
+            notes.append(f"{arch} {target}: {label} matched at {parameter:.3f} (latency ratio {ratio:.3f}, ours by "
+                         f"latency {goal:.3f} in the same measurement){'; ' + failure if failure else ''}")
             if model is not None:
                 variants[label] = model
         # The matched models are timed once more together, so their ratios come from one measurement.
