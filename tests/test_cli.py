@@ -275,7 +275,8 @@ def test_structured_flags_reach_the_method(tmp_path, capsys):
     assert code == 0, err
     assert "channels.png" in out
     saved = json.loads((tmp_path / "o" / "report.json").read_text())
-    assert saved["method_config"] == {"scope": "uniform", "target_params": 0.3, "round_to": 16}
+    assert saved["method_config"] == {"scope": "uniform", "target_params": 0.3, "round_to": 16, "target_latency": None,
+                                      "latency_backend": None, "latency_cache": None}
     assert saved["structure"]["macs_removed"] >= 0.4 and saved["structure"]["params_removed"] >= 0.3
 
 
