@@ -213,7 +213,7 @@ class TimedLayer:
     calls: int = 1
 
 
-def _explicit_padding(layer: nn.Module, spatial: Sequence[int]) -> tuple[int, ...] | None:
+def _explicit_padding(layer: nn.Module) -> tuple[int, ...] | None:
     """ONNX pads (begins, then ends) of a convolution, None when its padding mode is not zeros."""
     if getattr(layer, "padding_mode", "zeros") != "zeros":
         return None
@@ -287,7 +287,7 @@ def probe_layers(model: nn.Module, input_shape: Sequence[int]) -> tuple[list[Tim
                              activation=act)
         else:
             spatial = tuple(tensor.shape[2:])
-            padding = _explicit_padding(module, spatial)
+            padding = _explicit_padding(module)
             if padding is None:
                 untimed[names[module]] = f"padding mode {module.padding_mode} is not timed"
                 continue
