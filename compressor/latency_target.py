@@ -119,7 +119,7 @@ class LatencyGoal:
 
     def predict(self, counts: CountPredictor) -> float:
         """Predicted milliseconds of the model at the widths of the plan `counts` last predicted."""
-        return sum(self.model.layer_ms(layer.module, *counts.widths(layer.module)) for layer in self.model.layers)
+        return self.model.predict_at(counts.widths)
 
     def outcome(self, dense_onnx, compressed_onnx, compressed: nn.Module) -> LatencyTargetStats:
         """Time the dense and the compiled model on the goal's backend (their runs taken in turn, same input) and
@@ -164,8 +164,8 @@ def greedy_by_latency(sizes: Sequence[int], multiples: Sequence[int], orders: Se
     params, macs, ms = evaluate(plan)
 
     def lost(candidate: list[list[int]]) -> float:
-        return sum(float(importance[g][sorted(set(candidate[g]) - set(plan[g]))].sum())
-                   for g in range(len(sizes)) if set(candidate[g]) - set(plan[g]))
+        newly_removed = (sorted(set(candidate[g]) - set(plan[g])) for g in range(len(sizes)))
+        return sum(float(importance[g][channels].sum()) for g, channels in enumerate(newly_removed) if channels)
 
     while not (ms <= goal_ms and other_targets_met(params, macs)):
         best, fallback = None, None

@@ -482,6 +482,16 @@ class LatencyModel:
         return sum(self.layer_ms(layer.module) for layer in self.layers
                    if layer.name not in without and not layer.name.startswith(inside))
 
+    def predict_at(self, widths: Callable[[nn.Module], tuple[int, int] | None]) -> float:
+        """The predicted milliseconds with each layer at `widths(module)` (input, output channels); a layer for
+        which it gives None is left out (it goes with what a method removes)."""
+        total = 0.0
+        for layer in self.layers:
+            at = widths(layer.module)
+            if at is not None:
+                total += self.layer_ms(layer.module, *at)
+        return total
+
     def per_layer(self) -> list[tuple[TimedLayer, float]]:
         return [(layer, self.layer_ms(layer.module)) for layer in self.layers]
 

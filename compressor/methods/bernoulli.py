@@ -321,14 +321,14 @@ class BernoulliMethod(Method):
             alive_in, alive_out, present = (values.tolist() for values in
                                             self._structure.expected.alive_channels(theta, pi))
             row = {module: index for index, module in enumerate(self._structure.expected.counted_layers)}
-            milliseconds = 0.0
-            for layer in self._latency.layers:
-                index = row[layer.module]
+
+            def surviving(module: nn.Module) -> tuple[int, int] | None:
+                index = row[module]
                 widths = round(alive_in[index]), round(alive_out[index])
                 # A layer without inputs or outputs left goes with its unit when the dead are removed.
-                if present[index] > 0 and min(widths) >= 1:
-                    milliseconds += self._latency.layer_ms(layer.module, *widths)
-            removed = 1 - milliseconds / self.latency_goal.dense_predicted_ms
+                return widths if present[index] > 0 and min(widths) >= 1 else None
+
+            removed = 1 - self._latency.predict_at(surviving) / self.latency_goal.dense_predicted_ms
         return from_main(removed)
 
     def regulariser(self, model: nn.Module, rho: float) -> torch.Tensor:
