@@ -31,14 +31,14 @@ provider, and measures the latency table there too.
 `--checkpoint ARCH=PATH` (a model trained with `compress train`) adds the comparison at the same *measured*
 latency: for each target, `ours by MACs` (its MACs target) and Torch-Pruning (its pruning_ratio) are cut at
 several settings and timed together with `ours by latency` and the dense model, twice narrowing the range, and
-the setting closest to ours by latency in the same measurement is taken; all three, cut from the trained weights, are then fine-tuned alike on digits
-(`--finetune-epochs`, SGD at 0.01, cosine, one run per `--seeds`) and their test accuracy is given before and
-after (mean ± sd over the seeds).
+the setting closest to ours by latency in the same measurement is taken; all three, cut from the trained
+weights, are then fine-tuned alike on digits (`--finetune-epochs`, SGD at 0.01, cosine, one run per `--seeds`)
+and their test accuracy is given before and after (mean ± sd over the seeds).
 
     python benchmarks/latency_vs_macs.py --out bench-latency      # resnet56, mobilenet_v1; 25%, 50%; b=1, 32
     python benchmarks/latency_vs_macs.py --models resnet56 --targets 50% --batches 1 --runs 5
-    python benchmarks/latency_vs_macs.py --models resnet56 --targets 50% --batches 32 \
-        --checkpoint resnet56=resnet56.pt --finetune-epochs 5           # + accuracy at the same latency
+    # + accuracy at the same measured latency, from weights trained with `compress train resnet56`:
+    python benchmarks/latency_vs_macs.py --models resnet56 --targets 50% --batches 32 --checkpoint resnet56=resnet56.pt
     python benchmarks/latency_vs_macs.py --backend torch-cuda --batches 32,256   # on a GPU
 """
 
