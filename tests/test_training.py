@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn.utils import prune
 from torch.utils.data import DataLoader, TensorDataset
 
-from compressor.errors import CompressorError
+from compressor.errors import CompressorError, quoted
 from compressor.training import TrainConfig, TrainingHooks, TrainResult, evaluate, train
 
 SAMPLES = 256
@@ -327,8 +327,8 @@ def test_a_damaged_state_is_refused_without_torchs_advice(tmp_path, content):
     train_loader, test_loader = loaders()
     with pytest.raises(CompressorError) as caught:
         train(mlp(), train_loader, test_loader, fast(3), state_path=state_path, resume=True, progress=False)
-    assert str(caught.value) == (f"the training state {state_path} is damaged; to start over, run without --resume "
-                                 "(that discards it)")
+    assert str(caught.value) == (f"the training state {quoted(state_path)} is damaged; to start over, run without "
+                                 "--resume (that discards it)")
 
 
 def test_without_resume_an_old_state_is_ignored(tmp_path):
