@@ -397,17 +397,20 @@ def _row(arch: str, variant: Variant, batches: tuple[int, ...]) -> list[str]:
     return row
 
 
-def _latency_ratios(models: list[nn.Module], dense: nn.Module, settings: Settings) -> list[float]:
-    """Each model's measured latency ÷ the dense model's, timed in turn at the latency batch."""
-    shape = tuple(dense.input_shape)
-    subjects = [Subject(str(index), _export(model, shape), model, shape) for index, model in enumerate([dense, *models])]
-    times = measure_models(settings.backend, subjects, settings.latency_batch, threads=settings.threads,
+def _subject(label: str, model: nn.Module, shape: tuple[int, ...]) -> Subject:
+    """`model` exported once for timing; a model that runs but cannot be exported raises here."""
+    return Subject(label, _export(model, shape), model, shape)
+
+
+def _latency_ratios(subjects: list[Subject], dense: Subject, settings: Settings) -> list[float]:
+    """Each subject's measured latency ÷ the dense model's, timed in turn at the latency batch."""
+    times = measure_models(settings.backend, [dense, *subjects], settings.latency_batch, threads=settings.threads,
                            runs=settings.runs, warmup=settings.warmup)
     return [ms / times[0] for ms in times[1:]]
 
 
-def _match_latency(build: Callable[[float], nn.Module], reference: nn.Module, dense: nn.Module, low: float,
-                   high: float, settings: Settings) -> tuple[nn.Module | None, float, float, float, str]:
+def _match_latency(build: Callable[[float], nn.Module], reference: Subject, dense: Subject, low: float,
+                   high: float, settings: Settings) -> tuple[Subject | None, float, float, float, str]:
     """The model `build(p)` whose measured latency is closest to `reference`'s, for p in [low, high].
 
     On a shared machine two measurements minutes apart can differ by more than the differences sought, so
@@ -416,23 +419,22 @@ def _match_latency(build: Callable[[float], nn.Module], reference: nn.Module, de
     Returns (closest model, its p, its latency ratio, the reference's ratio in the same measurement, what failed).
     """
     failure = ""
-    best: tuple[nn.Module | None, float, float, float] = (None, 0.0, math.inf, math.nan)
+    best: tuple[Subject | None, float, float, float] = (None, 0.0, math.inf, 0.0)
     for _ in range(MATCH_ROUNDS):
         built = []
         for parameter in np.linspace(low, high, MATCH_CANDIDATES):
             try:
-                model = build(float(parameter))
-                _export(model, tuple(dense.input_shape))  # a model that runs but cannot be exported fails here
-                built.append((float(parameter), model))
+                built.append((float(parameter), _subject(f"{parameter:.3f}", build(float(parameter)),
+                                                         dense.input_shape)))
             except Exception as error:  # a parameter too high for the method (or Torch-Pruning) is a measurement
                 failure = failure or f"fails at {parameter:.3f} ({_describe_error(error)})"
         if not built:
             break
-        ratios = _latency_ratios([reference, *(model for _, model in built)], dense, settings)
+        ratios = _latency_ratios([reference, *(subject for _, subject in built)], dense, settings)
         goal = ratios[0]
-        for (parameter, model), ratio in zip(built, ratios[1:]):
-            if abs(ratio - goal) < abs(best[2] - best[3]) or best[0] is None:
-                best = (model, parameter, ratio, goal)
+        for (parameter, subject), ratio in zip(built, ratios[1:]):
+            if abs(ratio - goal) < abs(best[2] - best[3]):
+                best = (subject, parameter, ratio, goal)
         step = (high - low) / (MATCH_CANDIDATES - 1)
         low, high = max(low, best[1] - step), min(high, best[1] + step)
     return (*best, failure)
@@ -447,6 +449,7 @@ def _same_latency_table(arch: str, checkpoint: str, targets: list[str], settings
     bundle = load_data("digits", shape, batch_size=64, seed=SEED, num_classes=trained.num_classes)
     dense_macs = count_macs(trained, shape)
     dense_accuracy = evaluate(trained, bundle.test)
+    dense = _subject("dense", trained, shape)
     rows = [[arch, "-", "dense", "1.000", "1.000", "-", f"{dense_accuracy:.2%}", "-"]]
     notes = []
 
@@ -461,17 +464,18 @@ def _same_latency_table(arch: str, checkpoint: str, targets: list[str], settings
     for target in targets:
         fraction = parse_fraction(target)
         by_latency, _ = _ours_by_latency(copy.deepcopy(trained), fraction, settings)
-        variants = {"ours by latency": by_latency}
+        variants = {"ours by latency": _subject("ours by latency", by_latency, shape)}
         for label, build, low in (("ours by MACs", by_macs, 0.05), ("Torch-Pruning", by_torch_pruning, 0.0)):
-            model, parameter, ratio, goal, failure = _match_latency(build, by_latency, trained, low, MAX_RATIO,
-                                                                    settings)
+            matched, parameter, ratio, goal, failure = _match_latency(build, variants["ours by latency"], dense,
+                                                                      low, MAX_RATIO, settings)
             notes.append(f"{arch} {target}: {label} matched at {parameter:.3f} (latency ratio {ratio:.3f}, ours by "
                          f"latency {goal:.3f} in the same measurement){'; ' + failure if failure else ''}")
-            if model is not None:
-                variants[label] = model
+            if matched is not None:
+                variants[label] = matched
         # The matched models are timed once more together, so their ratios come from one measurement.
-        ratios = _latency_ratios(list(variants.values()), trained, settings)
-        for (label, model), ratio in zip(variants.items(), ratios):
+        ratios = _latency_ratios(list(variants.values()), dense, settings)
+        for (label, subject), ratio in zip(variants.items(), ratios):
+            model = subject.module
             macs_ratio = count_macs(model, shape) / dense_macs
             before = evaluate(model, bundle.test)
             after = []
