@@ -650,14 +650,17 @@ def channel_l1(module: nn.Module, output: bool) -> torch.Tensor:
     return per_pair.reshape(groups, -1, per_pair.shape[1]).sum(dim=1).flatten()
 
 
-def group_l1(group: ChannelGroup, produces: bool) -> torch.Tensor:
+def group_l1(group: ChannelGroup, produces: bool, per_layer: bool = False) -> torch.Tensor:
     """Per root channel, the summed L1 norm of the group's Conv/Linear weights that produce it (the filters, with
-    `produces`) or that read it; on the CPU."""
+    `produces`) or that read it; on the CPU. With `per_layer`, each layer's norms are divided by their mean over
+    the layer's channels before summing, so a channel scores about one per layer it appears in."""
     total = torch.zeros(group.size, device="cpu")
     for member in group.members:
         if member.produces != produces or not isinstance(member.module, WEIGHT_LAYERS):
             continue
         norms = channel_l1(member.module, output=produces)
+        if per_layer:
+            norms = norms / norms.mean().clamp_min(1e-12)
         index = torch.as_tensor(member.idxs, dtype=torch.long, device=norms.device)
         total.index_add_(0, torch.as_tensor(member.root_idxs, dtype=torch.long, device="cpu"), norms[index].cpu())
     return total

@@ -9,9 +9,12 @@ provider this onnxruntime build lacks, an input that doesn't fit) becomes a one-
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
+import tempfile
+from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
 
@@ -126,11 +129,13 @@ class OrtBackend:
         threads: int | None = None,
         spin_wait: bool = True,
         precision: str = "fp32",
+        profile: bool = False,
     ) -> None:
         """`spin_wait=False` stops the worker threads busy-waiting between runs: onnxruntime's default is
         fastest for one session, but with several sessions timed in turn on few cores the idle sessions'
         spinning threads take the cores from the one being timed. `precision` names the arithmetic the caller
-        prepared the model for (the FP16 variant of an ONNX is "fp16"); results are labelled with it."""
+        prepared the model for (the FP16 variant of an ONNX is "fp16"); results are labelled with it.
+        `profile` turns on onnxruntime's profiler, which `kernel_times` reads."""
         requested = default_providers() if providers is None else _check_providers(providers)
         if threads is not None and threads < 1:
             raise CompressorError(f"threads must be a positive integer, got {threads}")
@@ -148,6 +153,10 @@ class OrtBackend:
             options.inter_op_num_threads = 1
         if not spin_wait:
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self._profile_dir = tempfile.TemporaryDirectory(prefix="compressor-ort-profile-") if profile else None
+        if self._profile_dir is not None:
+            options.enable_profiling = True
+            options.profile_file_prefix = str(Path(self._profile_dir.name) / "profile")
         try:
             self.session = ort.InferenceSession(source, sess_options=options, providers=requested)
         except _ORT_ERRORS as error:
@@ -233,6 +242,30 @@ class OrtBackend:
         binding.bind_output(self._output.name, "cuda")
         # At least one untimed run: the TensorRT provider builds an engine for each new input shape on first use.
         return time_host(lambda: self.session.run_with_iobinding(binding), max(warmup, 1), runs)
+
+    def kernel_times(self, x: np.ndarray, warmup: int, runs: int, leave_out: Sequence[str] = ()) -> np.ndarray:
+        """Per timed run (the last `runs` of the session's), the milliseconds onnxruntime's profiler counts inside
+        the nodes' kernels, leaving out nodes of the operator types in `leave_out`: what the model's own work
+        costs, without the call's overhead. Needs `profile=True`, and ends the profile: call it once."""
+        if self._profile_dir is None:
+            raise ValueError("kernel_times needs an OrtBackend built with profile=True")
+        for _ in range(warmup + runs):
+            self.run(x)
+        path = Path(self.session.end_profiling())
+        try:
+            events = json.loads(path.read_text())
+        finally:
+            path.unlink(missing_ok=True)
+        # Each run is a "model_run" event; a node's kernel event starts inside the run that executed it.
+        starts = sorted(event["ts"] for event in events if event.get("name") == "model_run")[-runs:]
+        per_run: dict[int, float] = defaultdict(float)
+        for event in events:
+            if (event.get("cat") == "Node" and event["name"].endswith("_kernel_time")
+                    and event.get("args", {}).get("op_name") not in leave_out):
+                run = int(np.searchsorted(starts, event["ts"], side="right")) - 1
+                if run >= 0:
+                    per_run[run] += event["dur"] / 1000.0
+        return np.array([per_run[run] for run in range(len(starts))])
 
     def __repr__(self) -> str:
         return f"OrtBackend(name={self.name!r}, input_shape={self.input_shape}, threads={self.threads})"

@@ -143,6 +143,7 @@ def test_a_real_entry_is_timed_on_onnxruntime_and_written_with_the_machine(tmp_p
     document = json.loads(table.path.read_text())
     assert ms > 0 and list(document["entries"].values()) == [ms]
     assert document["machine"]["cpus"] and document["backend"] == "ort-cpu"
+    assert document["machine"]["timing"] == "profiled kernels"
 
 
 def test_whole_models_are_timed_on_the_latency_backend():
