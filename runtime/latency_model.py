@@ -205,6 +205,12 @@ class LayerSpec:
         return module
 
 
+# On ort-cpu every layer is timed in turn with this one and entered as its time relative to it, times the
+# reference's own time as first measured for the table file: on a shared machine the load changes between
+# entries measured minutes apart (the same layer measured 2.7 and 4.0 ms), and a ratio taken run by run does not.
+REFERENCE_LAYER = LayerSpec("conv", 32, 32, (16, 16), (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), activation="relu")
+
+
 @dataclass
 class TimedLayer:
     """A prunable layer of a model, the spec it runs as, and how often one forward pass calls it."""
@@ -321,7 +327,8 @@ def machine_identity(backend: str) -> dict[str, object]:
     else:
         identity["onnxruntime"] = onnxruntime.__version__
     if backend == "ort-cpu":
-        identity["timing"] = "profiled kernels"  # entries timed whole before this are not comparable
+        # Entries timed another way are not comparable with these.
+        identity["timing"] = f"profiled kernels, relative to {REFERENCE_LAYER.key()}"
     if backend in ("ort-cuda", "ort-trt", "trt", "torch-cuda") and torch.cuda.is_available():
         identity["gpu"] = torch.cuda.get_device_name(0)
     if backend in ("ort-trt", "trt"):
@@ -367,8 +374,9 @@ def time_runner(timed, sample_shape: Sequence[int], batch: int, warmup: int = WA
     return float(np.median(measure_backend(timed, x, 0, runs).times_ms))
 
 
-def kernel_ms(spec: LayerSpec, batch: int, threads: int | None) -> float:
-    """Median milliseconds onnxruntime's CPU provider spends in `spec`'s kernels, as its profiler reports them.
+def kernel_times(specs: Sequence[LayerSpec], batch: int, threads: int | None) -> list[np.ndarray]:
+    """Per timed run, the milliseconds onnxruntime's CPU provider spends in each of `specs`' kernels, as its
+    profiler reports them; the specs run in turn, run by run, so a change in the machine's load falls on all alike.
 
     A one-layer model timed whole also pays for the call and for the layout reorders the CPU provider puts at a
     model's edges (NCHW to its blocked NCHWc and back), which inside a network happen once, not at every layer.
@@ -376,11 +384,16 @@ def kernel_ms(spec: LayerSpec, batch: int, threads: int | None) -> float:
     twice their kernel time and the deeper stages' the same as theirs, so the table rated the first stage at twice
     its share. The profiler's kernel times leave both out.
     """
-    timed = OrtBackend(spec.onnx_model(), providers=[CPU_PROVIDER], threads=threads, profile=True)
-    x = np.random.default_rng(0).standard_normal((batch, *spec.sample_shape), dtype=np.float32)
-    first = measure_backend(timed, x, WARMUP, 1).times_ms[0]
+    # Threads do not spin between runs: an idle session's spinning threads would take the cores of the other.
+    sessions = [OrtBackend(spec.onnx_model(), providers=[CPU_PROVIDER], threads=threads, spin_wait=False, profile=True)
+                for spec in specs]
+    inputs = [np.random.default_rng(0).standard_normal((batch, *spec.sample_shape), dtype=np.float32) for spec in specs]
+    first = sum(measure_backend(session, x, WARMUP, 1).times_ms[0] for session, x in zip(sessions, inputs))
     runs = int(min(MAX_RUNS, max(MIN_RUNS, math.ceil(MIN_SECONDS * 1e3 / max(first, 1e-3)))))
-    return float(np.median(timed.kernel_times(x, 0, runs, leave_out=_LAYOUT_OPS)))
+    for _ in range(runs):
+        for session, x in zip(sessions, inputs):
+            session.run(x)
+    return [session.kernel_times(leave_out=_LAYOUT_OPS)[-runs:] for session in sessions]
 
 
 class LatencyTable:
@@ -408,27 +421,33 @@ class LatencyTable:
         self.path = Path(cache_dir if cache_dir is not None else default_cache_dir()) / "latency" / f"{backend}-{digest}.json"
         self._measure = measure or self._time
         self._progress = progress
-        self.entries = self._load()
+        self.entries, self.reference_ms = self._load()
         self.hits = self.measured = 0
         self.seconds = 0.0
         self._unsaved = 0
         self._saved_at = time.monotonic()
 
-    def _load(self) -> dict[str, float]:
+    def _load(self) -> tuple[dict[str, float], float | None]:
+        """The file's entries, and the reference layer's milliseconds they were scaled by (None: not yet taken)."""
         try:
             document = json.loads(self.path.read_text())
         except FileNotFoundError:
-            return {}
+            return {}, None
         except (OSError, ValueError) as error:
             # A damaged cache costs a re-measurement, not the run.
             logger.warning("ignoring the latency cache %s: %s", self.path, error)
-            return {}
+            return {}, None
         entries = document.get("entries") if isinstance(document, dict) else None
         if not isinstance(entries, dict):
             logger.warning("ignoring the latency cache %s: it holds no entries", self.path)
-            return {}
-        return {key: float(value) for key, value in entries.items()
-                if isinstance(value, (int, float)) and math.isfinite(value) and value >= 0}
+            return {}, None
+
+        def valid(value: object) -> bool:
+            return isinstance(value, (int, float)) and math.isfinite(value) and value >= 0
+
+        reference = document.get("reference_ms")
+        return ({key: float(value) for key, value in entries.items() if valid(value)},
+                float(reference) if valid(reference) and reference > 0 else None)
 
     def key(self, spec: LayerSpec) -> str:
         threads = "default" if self.threads is None else self.threads
@@ -455,7 +474,10 @@ class LatencyTable:
 
     def _time(self, spec: LayerSpec) -> float:
         if self.backend == "ort-cpu":
-            return kernel_ms(spec, self.batch, self.threads)
+            if self.reference_ms is None:
+                self.reference_ms = float(np.median(kernel_times([REFERENCE_LAYER], self.batch, self.threads)[0]))
+            times, reference = kernel_times([spec, REFERENCE_LAYER], self.batch, self.threads)
+            return float(np.median(times / reference)) * self.reference_ms
         subject = Subject(spec.describe(), spec.onnx_model(), spec.module(), spec.sample_shape)
         timed = runner(self.backend, subject, self.precision, self.threads, self.batch)
         return time_runner(timed, spec.sample_shape, self.batch)
@@ -464,10 +486,17 @@ class LatencyTable:
         """Write the entries measured so far (atomically; other runs' entries in the file are kept)."""
         if not self._unsaved:
             return
-        on_disk = self._load()
+        on_disk, reference = self._load()
+        if reference is not None and self.reference_ms is not None and reference != self.reference_ms:
+            # Another run started the file with its own measure of the reference: this run's entries join in its.
+            scale = reference / self.reference_ms
+            self.entries = {key: value if key in on_disk else value * scale for key, value in self.entries.items()}
+            self.reference_ms = reference
         on_disk.update(self.entries)
         self.entries = on_disk
         document = {"backend": self.backend, "machine": self.identity, "entries": dict(sorted(on_disk.items()))}
+        if self.reference_ms is not None:
+            document["reference_ms"] = self.reference_ms
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.path, json.dumps(document, indent=1) + "\n")

@@ -14,7 +14,6 @@ import logging
 import os
 import re
 import tempfile
-from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
 
@@ -243,29 +242,27 @@ class OrtBackend:
         # At least one untimed run: the TensorRT provider builds an engine for each new input shape on first use.
         return time_host(lambda: self.session.run_with_iobinding(binding), max(warmup, 1), runs)
 
-    def kernel_times(self, x: np.ndarray, warmup: int, runs: int, leave_out: Sequence[str] = ()) -> np.ndarray:
-        """Per timed run (the last `runs` of the session's), the milliseconds onnxruntime's profiler counts inside
-        the nodes' kernels, leaving out nodes of the operator types in `leave_out`: what the model's own work
-        costs, without the call's overhead. Needs `profile=True`, and ends the profile: call it once."""
+    def kernel_times(self, leave_out: Sequence[str] = ()) -> np.ndarray:
+        """Per run made so far, in order, the milliseconds onnxruntime's profiler counts inside the nodes' kernels,
+        leaving out nodes of the operator types in `leave_out`: what the model's own work costs, without the
+        call's overhead. Needs `profile=True`, and ends the profile: call it once, after the runs."""
         if self._profile_dir is None:
             raise ValueError("kernel_times needs an OrtBackend built with profile=True")
-        for _ in range(warmup + runs):
-            self.run(x)
         path = Path(self.session.end_profiling())
         try:
             events = json.loads(path.read_text())
         finally:
             path.unlink(missing_ok=True)
         # Each run is a "model_run" event; a node's kernel event starts inside the run that executed it.
-        starts = sorted(event["ts"] for event in events if event.get("name") == "model_run")[-runs:]
-        per_run: dict[int, float] = defaultdict(float)
+        starts = sorted(event["ts"] for event in events if event.get("name") == "model_run")
+        per_run = np.zeros(len(starts))
         for event in events:
             if (event.get("cat") == "Node" and event["name"].endswith("_kernel_time")
                     and event.get("args", {}).get("op_name") not in leave_out):
                 run = int(np.searchsorted(starts, event["ts"], side="right")) - 1
                 if run >= 0:
                     per_run[run] += event["dur"] / 1000.0
-        return np.array([per_run[run] for run in range(len(starts))])
+        return per_run
 
     def __repr__(self) -> str:
         return f"OrtBackend(name={self.name!r}, input_shape={self.input_shape}, threads={self.threads})"

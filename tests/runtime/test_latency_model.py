@@ -143,7 +143,24 @@ def test_a_real_entry_is_timed_on_onnxruntime_and_written_with_the_machine(tmp_p
     document = json.loads(table.path.read_text())
     assert ms > 0 and list(document["entries"].values()) == [ms]
     assert document["machine"]["cpus"] and document["backend"] == "ort-cpu"
-    assert document["machine"]["timing"] == "profiled kernels"
+    assert document["machine"]["timing"].startswith("profiled kernels, relative to conv 32>32")
+    assert document["reference_ms"] > 0
+
+
+def test_entries_measured_under_another_load_join_the_table_on_its_reference(tmp_path):
+    """A second run that started the same file with its own measure of the reference scales its entries to the
+    file's reference when it saves."""
+    spec = LayerSpec("conv", 8, 8, (8, 8), (3, 3), (1, 1), (1, 1, 1, 1), (1, 1))
+    first = LatencyTable("ort-cpu", 2, threads=1, cache_dir=tmp_path, measure=lambda s: 1.0)
+    second = LatencyTable("ort-cpu", 2, threads=1, cache_dir=tmp_path, measure=lambda s: 3.0)
+    first.reference_ms, second.reference_ms = 2.0, 4.0
+    first.ms(spec)
+    first.save()
+    second.ms(spec.at(8, 16))
+    second.save()
+    document = json.loads(first.path.read_text())
+    assert document["reference_ms"] == 2.0
+    assert sorted(document["entries"].values()) == [1.0, 1.5]
 
 
 def test_whole_models_are_timed_on_the_latency_backend():

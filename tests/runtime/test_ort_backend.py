@@ -158,11 +158,17 @@ def test_spin_wait_sets_the_session_entry(exported, spin_wait):
     assert np.abs(backend.run(batch.numpy()) - expected).max() <= 1e-4 * np.abs(expected).max()
 
 
-def test_kernel_times_are_per_run_and_leave_out_the_named_operators(exported):
+def _profiled_runs(path, runs: int, leave_out=()) -> np.ndarray:
+    backend = OrtBackend(path, threads=1, profile=True)
     x = np.random.default_rng(0).standard_normal((4, 3, 8, 8), dtype=np.float32)
-    every = OrtBackend(exported[1], threads=1, profile=True).kernel_times(x, warmup=2, runs=5)
-    without_conv = OrtBackend(exported[1], threads=1, profile=True).kernel_times(x, warmup=2, runs=5,
-                                                                              leave_out=("Conv", "FusedConv"))
+    for _ in range(runs):
+        backend.run(x)
+    return backend.kernel_times(leave_out)
+
+
+def test_kernel_times_are_per_run_and_leave_out_the_named_operators(exported):
+    every = _profiled_runs(exported[1], 5)
+    without_conv = _profiled_runs(exported[1], 5, leave_out=("Conv", "FusedConv"))
 
     assert every.shape == (5,) and (every > 0).all()
     assert np.median(without_conv) < np.median(every)
@@ -170,12 +176,12 @@ def test_kernel_times_are_per_run_and_leave_out_the_named_operators(exported):
 
 def test_kernel_times_need_the_profiler_and_leave_no_file(exported, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    x = np.zeros((1, 3, 8, 8), dtype=np.float32)
     with pytest.raises(ValueError, match="profile=True"):
-        OrtBackend(exported[1]).kernel_times(x, warmup=0, runs=1)
+        OrtBackend(exported[1]).kernel_times()
     backend = OrtBackend(exported[1], profile=True)
-    backend.kernel_times(x, warmup=0, runs=1)
+    backend.run(np.zeros((1, 3, 8, 8), dtype=np.float32))
 
+    assert backend.kernel_times().shape == (1,)
     assert not list(tmp_path.iterdir()) and not list(Path(backend._profile_dir.name).iterdir())
 
 
