@@ -364,13 +364,18 @@ def runner(backend: str, subject: Subject, precision: str, threads: int | None, 
     return create_backend(backend, subject, precision, threads if backend == "ort-cpu" else None, (batch,))
 
 
+def _runs_to_fill(first_ms: float) -> int:
+    """How many runs of `first_ms` each fill MIN_SECONDS, within MIN_RUNS and MAX_RUNS."""
+    return int(min(MAX_RUNS, max(MIN_RUNS, math.ceil(MIN_SECONDS * 1e3 / max(first_ms, 1e-3)))))
+
+
 def time_runner(timed, sample_shape: Sequence[int], batch: int, warmup: int = WARMUP, runs: int | None = None) -> float:
     """Median milliseconds of one run of `timed` on a seeded batch; with `runs` None, enough runs to fill
     MIN_SECONDS (at least MIN_RUNS, at most MAX_RUNS)."""
     x = np.random.default_rng(0).standard_normal((batch, *sample_shape), dtype=np.float32)
     if runs is None:
         first = measure_backend(timed, x, warmup, 1).times_ms[0]
-        runs = int(min(MAX_RUNS, max(MIN_RUNS, math.ceil(MIN_SECONDS * 1e3 / max(first, 1e-3)))))
+        runs = _runs_to_fill(first)
     return float(np.median(measure_backend(timed, x, 0, runs).times_ms))
 
 
@@ -389,7 +394,7 @@ def kernel_times(specs: Sequence[LayerSpec], batch: int, threads: int | None) ->
                 for spec in specs]
     inputs = [np.random.default_rng(0).standard_normal((batch, *spec.sample_shape), dtype=np.float32) for spec in specs]
     first = sum(measure_backend(session, x, WARMUP, 1).times_ms[0] for session, x in zip(sessions, inputs))
-    runs = int(min(MAX_RUNS, max(MIN_RUNS, math.ceil(MIN_SECONDS * 1e3 / max(first, 1e-3)))))
+    runs = _runs_to_fill(first)
     for _ in range(runs):
         for session, x in zip(sessions, inputs):
             session.run(x)
