@@ -294,7 +294,9 @@ def _ours_by_latency(model: nn.Module, fraction: float, settings: Settings) -> t
 def _predicted(method) -> str:
     goal, table = method.latency_goal, method.latency_goal.table
     dense, ours = method.predicted["dense_latency_ms"], method.predicted["latency_ms"]
+    timed = " → ".join(f"{check.measured_removed:.1%}" for check in goal.checks)
     return (f"table predicts {dense:.2f} → {ours:.2f} ms at batch {goal.batch} ({1 - ours / dense:.1%} removed); "
+            f"plans timed while choosing: {timed or 'none'} removed; "
             f"{table.measured} layer shapes measured now, {table.hits} lookups from {table.path}")
 
 

@@ -47,6 +47,8 @@ _TORCH = {"torch-cuda": "cuda", "torch-cpu": "cpu"}
 CACHE_ENV = "COMPRESSOR_CACHE"
 # Each entry is the median of enough runs to fill this many seconds, within these bounds.
 MIN_SECONDS, MIN_RUNS, MAX_RUNS, WARMUP = 0.15, 15, 300, 5
+# The most rounds `measure_models` takes to fill its seconds.
+MAX_ROUNDS = 2000
 _ACTIVATIONS = {nn.ReLU: "relu", nn.ReLU6: "relu6"}
 _SAVE_EVERY_S = 2.0
 # Layout conversions onnxruntime's CPU provider inserts where its blocked (NCHWc) kernels meet plain tensors.
@@ -328,7 +330,7 @@ def machine_identity(backend: str) -> dict[str, object]:
         identity["onnxruntime"] = onnxruntime.__version__
     if backend == "ort-cpu":
         # Entries timed another way are not comparable with these.
-        identity["timing"] = f"profiled kernels, relative to {REFERENCE_LAYER.key()}"
+        identity["timing"] = f"profiled kernels, relative to {REFERENCE_LAYER.key()} at the same batch and threads"
     if backend in ("ort-cuda", "ort-trt", "trt", "torch-cuda") and torch.cuda.is_available():
         identity["gpu"] = torch.cuda.get_device_name(0)
     if backend in ("ort-trt", "trt"):
@@ -426,33 +428,28 @@ class LatencyTable:
         self.path = Path(cache_dir if cache_dir is not None else default_cache_dir()) / "latency" / f"{backend}-{digest}.json"
         self._measure = measure or self._time
         self._progress = progress
-        self.entries, self.reference_ms = self._load()
+        self.entries = self._load()
         self.hits = self.measured = 0
         self.seconds = 0.0
         self._unsaved = 0
         self._saved_at = time.monotonic()
 
-    def _load(self) -> tuple[dict[str, float], float | None]:
-        """The file's entries, and the reference layer's milliseconds they were scaled by (None: not yet taken)."""
+    def _load(self) -> dict[str, float]:
+        """The file's entries (none when it is missing or damaged)."""
         try:
             document = json.loads(self.path.read_text())
         except FileNotFoundError:
-            return {}, None
+            return {}
         except (OSError, ValueError) as error:
             # A damaged cache costs a re-measurement, not the run.
             logger.warning("ignoring the latency cache %s: %s", self.path, error)
-            return {}, None
+            return {}
         entries = document.get("entries") if isinstance(document, dict) else None
         if not isinstance(entries, dict):
             logger.warning("ignoring the latency cache %s: it holds no entries", self.path)
-            return {}, None
-
-        def valid(value: object) -> bool:
-            return isinstance(value, (int, float)) and math.isfinite(value) and value >= 0
-
-        reference = document.get("reference_ms")
-        return ({key: float(value) for key, value in entries.items() if valid(value)},
-                float(reference) if valid(reference) and reference > 0 else None)
+            return {}
+        return {key: float(value) for key, value in entries.items()
+                if isinstance(value, (int, float)) and math.isfinite(value) and value >= 0}
 
     def key(self, spec: LayerSpec) -> str:
         threads = "default" if self.threads is None else self.threads
@@ -477,12 +474,20 @@ class LatencyTable:
             self.save()
         return value
 
+    @property
+    def reference_key(self) -> str:
+        """The entry of the reference layer at this table's batch, precision and threads: what the ort-cpu entries
+        of the same setting are relative to."""
+        return self.key(REFERENCE_LAYER)
+
     def _time(self, spec: LayerSpec) -> float:
         if self.backend == "ort-cpu":
-            if self.reference_ms is None:
-                self.reference_ms = float(np.median(kernel_times([REFERENCE_LAYER], self.batch, self.threads)[0]))
+            if self.reference_key not in self.entries:
+                self.entries[self.reference_key] = float(np.median(
+                    kernel_times([REFERENCE_LAYER], self.batch, self.threads)[0]))
+                self._unsaved += 1
             times, reference = kernel_times([spec, REFERENCE_LAYER], self.batch, self.threads)
-            return float(np.median(times / reference)) * self.reference_ms
+            return float(np.median(times / reference)) * self.entries[self.reference_key]
         subject = Subject(spec.describe(), spec.onnx_model(), spec.module(), spec.sample_shape)
         timed = runner(self.backend, subject, self.precision, self.threads, self.batch)
         return time_runner(timed, spec.sample_shape, self.batch)
@@ -491,17 +496,16 @@ class LatencyTable:
         """Write the entries measured so far (atomically; other runs' entries in the file are kept)."""
         if not self._unsaved:
             return
-        on_disk, reference = self._load()
-        if reference is not None and self.reference_ms is not None and reference != self.reference_ms:
-            # Another run started the file with its own measure of the reference: this run's entries join in its.
-            scale = reference / self.reference_ms
-            self.entries = {key: value if key in on_disk else value * scale for key, value in self.entries.items()}
-            self.reference_ms = reference
-        on_disk.update(self.entries)
+        on_disk = self._load()
+        scale = 1.0
+        ours, theirs = self.entries.get(self.reference_key), on_disk.get(self.reference_key)
+        if ours is not None and theirs is not None and ours != theirs:
+            # Another run measured this setting's reference first: this run's entries join in the file's.
+            scale = theirs / ours
+        # An entry already in the file stays as it is: each was measured once, against the file's reference.
+        on_disk.update({key: value * scale for key, value in self.entries.items() if key not in on_disk})
         self.entries = on_disk
         document = {"backend": self.backend, "machine": self.identity, "entries": dict(sorted(on_disk.items()))}
-        if self.reference_ms is not None:
-            document["reference_ms"] = self.reference_ms
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.path, json.dumps(document, indent=1) + "\n")
@@ -553,13 +557,17 @@ class LatencyModel:
 
 
 def measure_models(backend: str, subjects: Sequence[Subject], batch: int, precision: str | None = None,
-                   threads: int | None = None, runs: int = 30, warmup: int = 5) -> list[float]:
+                   threads: int | None = None, runs: int = 30, warmup: int = 5, seconds: float = 0.0) -> list[float]:
     """Median milliseconds of each of `subjects` on `backend` at `batch`, their runs taken in turn
-    (`time_alternating`), so that a machine whose load drifts weighs on every model alike."""
+    (`time_alternating`), so that a machine whose load drifts weighs on every model alike: `runs` runs of each,
+    or more where that takes less than `seconds` in all."""
     precision = precision or backend_precision_of(backend)
     reason = latency_backend_unavailable(backend)
     if reason is not None:
         raise CompressorError(f"latency backend {backend} cannot run here: {reason}")
     timed = [runner(backend, subject, precision, threads, batch, alternating=True) for subject in subjects]
     inputs = [np.random.default_rng(0).standard_normal((batch, *s.input_shape), dtype=np.float32) for s in subjects]
+    if seconds > 0:
+        one_round_ms = sum(measure_backend(t, x, warmup, 1).times_ms[0] for t, x in zip(timed, inputs))
+        runs = max(runs, min(MAX_ROUNDS, math.ceil(seconds * 1e3 / max(one_round_ms, 1e-3))))
     return [float(np.median(timing.times_ms)) for timing in time_alternating(timed, inputs, warmup, runs)]

@@ -12,7 +12,7 @@ import torch.nn as nn
 
 from compressor.api import compress
 from compressor.errors import CompressorError
-from compressor.latency_target import parse_latency_target
+from compressor.latency_target import CHECK_TOLERANCE, Step, greedy_by_latency, parse_latency_target
 from compressor.methods import create_method
 from compressor.methods.channel import ChannelMethod
 from compressor.models import create_model
@@ -76,7 +76,7 @@ def table(ms_per_a_channel: float, ms_per_b_channel: float):
 ])
 def test_channels_go_by_importance_per_millisecond_of_the_table(tmp_path, a_ms, b_ms, removed_from_a, removed_from_b):
     model = TwoGroups().eval()
-    method = create_method("channel", None, target_latency=0.2, latency_cache=str(tmp_path))
+    method = create_method("channel", None, target_latency=0.2, latency_cache=str(tmp_path), latency_checks=0)
     method.latency_measure = table(a_ms, b_ms)
     chosen = {group.root: channels for group, channels in method.select(model, model.input_shape)}
     assert len(chosen["a"]) == removed_from_a
@@ -101,16 +101,52 @@ def test_latency_ranking_differs_from_macs_ranking_where_the_table_says_so(tmp_p
 
 def test_a_target_the_table_cannot_reach_is_one_line(tmp_path):
     model = TwoGroups().eval()
-    method = create_method("channel", None, target_latency=0.99, latency_cache=str(tmp_path))
+    method = create_method("channel", None, target_latency=0.99, latency_cache=str(tmp_path), latency_checks=0)
     method.latency_measure = table(1.0, 1.0)
     with pytest.raises(CompressorError, match="latency target cannot be reached"):
         method.select(model, model.input_shape)
+
+
+def straight_path(steps: int = 20):
+    """A synthetic greedy path: plan i removes i channels and is predicted at 100 - 5i ms."""
+    return iter([Step([list(range(i))], 1000 - i, 1000 - i, 100.0 - 5 * i) for i in range(steps)])
+
+
+def test_without_timings_the_plan_is_the_first_within_the_goal():
+    chosen, checks = greedy_by_latency(straight_path(), 100.0, 0.5, lambda params, macs: True)
+    assert chosen.ms == 50.0 and checks == []
+
+
+@pytest.mark.parametrize("bias", [1.25, 0.8])
+def test_timings_move_the_goal_until_the_plan_measures_what_was_asked(bias):
+    """A table that is off by a factor: the measured plan lands off the request, the goal moves by the factor,
+    and the plan taken is the one measured closest to the request (further along when the table is optimistic,
+    back when it is pessimistic)."""
+    timed = []
+
+    def check(plan):
+        timed.append(len(plan[0]))
+        return min(1.0, bias * (100.0 - 5 * len(plan[0])) / 100)
+
+    chosen, checks = greedy_by_latency(straight_path(), 100.0, 0.5, lambda params, macs: True, check, rounds=3)
+    assert timed[0] == 10 and len(checks) == len(timed) <= 3
+    assert checks[0].predicted_removed == pytest.approx(0.5) and checks[0].measured_removed == pytest.approx(1 - bias / 2)
+    assert abs(bias * chosen.ms / 100 - 0.5) <= CHECK_TOLERANCE + 0.05 * bias / 2
+    assert (chosen.ms < 50.0) if bias > 1 else (chosen.ms > 50.0)
+
+
+def test_timings_stop_once_a_plan_measures_within_the_tolerance():
+    calls = []
+    chosen, checks = greedy_by_latency(straight_path(), 100.0, 0.5, lambda params, macs: True,
+                                       lambda plan: calls.append(plan) or 0.51, rounds=3)
+    assert len(calls) == 1 and chosen.ms == 50.0 and checks[0].measured_removed == pytest.approx(0.49)
 
 
 @pytest.mark.parametrize("options, message", [
     ({"target_latency": 0.5, "round_to": 1}, "needs --round-to"),
     ({"target_latency": 0.5, "scope": "uniform"}, "globally"),
     ({"target_latency": 0.5, "latency_backend": "abacus"}, "unknown latency backend"),
+    ({"target_latency": 0.5, "latency_checks": -1}, "--latency-checks"),
 ])
 def test_settings_that_cannot_work_are_refused_before_any_work(options, message):
     with pytest.raises(CompressorError, match=message):
@@ -132,10 +168,14 @@ def test_compress_reports_target_prediction_and_measurement(tmp_path, monkeypatc
     torch.manual_seed(0)
     model = create_model("lenet5")
     report = compress(model, "channel", None, epochs=0, out=tmp_path / "out", bench_runs=5, bench_batch=4,
-                      method_options={"target_latency": 0.5, "latency_cache": str(tmp_path / "cache")}, progress=False)
+                      method_options={"target_latency": 0.5, "latency_cache": str(tmp_path / "cache"),
+                                      "latency_checks": 2}, progress=False)
     lt = report.latency_target
     assert (lt.backend, lt.batch, lt.target) == ("ort-cpu", 4, 0.5)
-    assert lt.compressed_predicted_ms <= 0.5 * lt.dense_predicted_ms
+    # The table's first plan is within the goal; it and at most one more were compiled and timed whole, and the
+    # plan kept is one of them.
+    assert 1 <= len(lt.checks) <= 2 and lt.checks[0].predicted_removed >= 0.5
+    assert any(check.predicted_removed == pytest.approx(lt.predicted_removed) for check in lt.checks)
     assert lt.dense_measured_ms > 0 and lt.compressed_measured_ms > 0
     # The compiled model's prediction is its own layers' entries summed.
     layers, _ = probe_layers(model.eval(), model.input_shape)
@@ -144,4 +184,4 @@ def test_compress_reports_target_prediction_and_measurement(tmp_path, monkeypatc
     written = json.loads((tmp_path / "out" / "report.json").read_text())
     assert Report.from_dict(written).latency_target == lt
     markdown = (tmp_path / "out" / "report.md").read_text()
-    assert "## Latency target" in markdown and "predicted ÷ measured" in markdown
+    assert "## Latency target" in markdown and "predicted ÷ measured" in markdown and "latency removed (measured)" in markdown

@@ -13,7 +13,8 @@ importance lost per millisecond saved, as measured per layer on the deployment b
 its filters' L1 norm in every layer that writes it, each layer's normalised by its mean, not by the group's: a
 millisecond bought from a residual stream narrows every convolution writing the stream, and the importance it
 costs must say so, or the streams go first (measured on digits: it then kept less accuracy than the MACs ranking
-at the same latency).
+at the same latency). The chosen plan is compiled and timed against the dense model, and the goal corrected by
+what is measured, up to `--latency-checks` times.
 The gated model is then fine-tuned and compiled by the structural passes, which remove the gated channels.
 """
 
@@ -33,7 +34,7 @@ from compressor.errors import CompressorError
 from compressor.distributed import from_main, group as process_group
 from compressor.gates import gate_group
 from compressor.latency_target import (LatencyGoal, check_latency_settings, greedy_by_latency, latency_backend_field,
-                                       latency_cache_field, target_latency_field)
+                                       latency_cache_field, latency_checks_field, latency_steps, target_latency_field)
 from compressor.methods.base import Method, register_method
 from compressor.options import method_flag, target_params_field
 from compressor.passes.base import copy_model
@@ -70,11 +71,22 @@ class ChannelConfig:
     target_latency: float | None = target_latency_field()
     latency_backend: str | None = latency_backend_field()
     latency_cache: str | None = latency_cache_field()
+    latency_checks: int = latency_checks_field()
 
 
 def filter_l1(group: ChannelGroup) -> torch.Tensor:
     """Per root channel, the L1 norm of the filters producing it, summed over the group's Conv/Linear layers."""
     return group_l1(group, produces=True)
+
+
+def _gate(chosen: list[tuple[ChannelGroup, list[int]]]) -> None:
+    """Gate off the chosen channels of each group."""
+    for group, channels in chosen:
+        if channels:
+            # Per root channel, bookkeeping on the CPU: gate_group puts each gate on its layer's device.
+            scale = torch.ones(group.size, device="cpu")
+            scale[list(channels)] = 0.0
+            gate_group(group, scale)
 
 
 def _removable(size: int, remove: int, multiple: int) -> int:
@@ -105,7 +117,8 @@ class ChannelMethod(Method):
         if self.config.target_latency is not None and self.config.scope != "global":
             raise CompressorError("--target-latency ranks channels globally by importance per millisecond; it does not "
                                   "combine with --channel-scope uniform")
-        check_latency_settings(self.config.target_latency, self.config.latency_backend, self.config.round_to)
+        check_latency_settings(self.config.target_latency, self.config.latency_backend, self.config.round_to,
+                               self.config.latency_checks)
         self.predicted: dict[str, float] = {}
         self.left_whole: list[dict[str, str]] = []
 
@@ -115,12 +128,7 @@ class ChannelMethod(Method):
 
     def prepare(self, model: nn.Module, data: DataBundle) -> nn.Module:
         shape = tuple(model.input_shape)
-        for group, channels in self.select(model, shape):
-            if channels:
-                # Per root channel, bookkeeping on the CPU: gate_group puts each gate on its layer's device.
-                scale = torch.ones(group.size, device="cpu")
-                scale[list(channels)] = 0.0
-                gate_group(group, scale)
+        _gate(self.select(model, shape))
         # Compiling a copy now costs about a second and turns a plan the passes cannot realise into an error
         # before the fine-tune rather than after it.
         try:
@@ -220,8 +228,17 @@ class ChannelMethod(Method):
                 return params, macs, goal.predict(predict)
 
             importance = [group_l1(group, produces=True, per_layer=True) for group in groups]
-            plan, _ = greedy_by_latency([g.size for g in groups], self._multiples, orders, importance, realize,
-                                        evaluate, goal.goal_ms, counts_met)
+
+            def check(candidate: list[list[int]]) -> float:
+                trial = copy_model(model)
+                trial_groups = analyse_channels(trial, input_shape).groups
+                _gate(list(zip(trial_groups, candidate)))
+                return goal.measured_fraction(compile_model(trial, input_shape, self.round_to).model)
+
+            steps = latency_steps([g.size for g in groups], self._multiples, orders, importance, realize, evaluate)
+            chosen, goal.checks = greedy_by_latency(steps, goal.dense_predicted_ms, 1 - goal.target, counts_met,
+                                                    check, self.config.latency_checks)
+            plan = chosen.plan
             goal.table.save()
             self.latency_goal = goal
         return from_main(plan)

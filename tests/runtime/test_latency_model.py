@@ -141,26 +141,32 @@ def test_a_real_entry_is_timed_on_onnxruntime_and_written_with_the_machine(tmp_p
     ms = table.ms(LayerSpec("conv", 8, 8, (8, 8), (3, 3), (1, 1), (1, 1, 1, 1), (1, 1)))
     table.save()
     document = json.loads(table.path.read_text())
-    assert ms > 0 and list(document["entries"].values()) == [ms]
+    entries = document["entries"]
+    assert ms > 0 and set(entries) == {table.key(LayerSpec("conv", 8, 8, (8, 8), (3, 3), (1, 1), (1, 1, 1, 1), (1, 1))),
+                                       table.reference_key}
     assert document["machine"]["cpus"] and document["backend"] == "ort-cpu"
     assert document["machine"]["timing"].startswith("profiled kernels, relative to conv 32>32")
-    assert document["reference_ms"] > 0
+    assert entries[table.reference_key] > 0 and table.reference_key.endswith("| batch 2 | fp32 | threads 1")
 
 
 def test_entries_measured_under_another_load_join_the_table_on_its_reference(tmp_path):
-    """A second run that started the same file with its own measure of the reference scales its entries to the
-    file's reference when it saves."""
+    """A second run that measured the same setting's reference anew scales its entries to the file's reference
+    when it saves; a run at another batch size keeps its own reference and its entries as measured."""
     spec = LayerSpec("conv", 8, 8, (8, 8), (3, 3), (1, 1), (1, 1, 1, 1), (1, 1))
     first = LatencyTable("ort-cpu", 2, threads=1, cache_dir=tmp_path, measure=lambda s: 1.0)
     second = LatencyTable("ort-cpu", 2, threads=1, cache_dir=tmp_path, measure=lambda s: 3.0)
-    first.reference_ms, second.reference_ms = 2.0, 4.0
+    other_batch = LatencyTable("ort-cpu", 8, threads=1, cache_dir=tmp_path, measure=lambda s: 5.0)
+    for table, reference in ((first, 2.0), (second, 4.0), (other_batch, 8.0)):
+        table.entries[table.reference_key] = reference
     first.ms(spec)
     first.save()
     second.ms(spec.at(8, 16))
     second.save()
-    document = json.loads(first.path.read_text())
-    assert document["reference_ms"] == 2.0
-    assert sorted(document["entries"].values()) == [1.0, 1.5]
+    other_batch.ms(spec)
+    other_batch.save()
+    entries = json.loads(first.path.read_text())["entries"]
+    assert entries[first.reference_key] == 2.0 and entries[other_batch.reference_key] == 8.0
+    assert (entries[first.key(spec)], entries[first.key(spec.at(8, 16))], entries[other_batch.key(spec)]) == (1.0, 1.5, 5.0)
 
 
 def test_whole_models_are_timed_on_the_latency_backend():
