@@ -19,6 +19,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -153,7 +154,12 @@ class LatencyGoal:
 
     def measured_fraction(self, compiled: nn.Module) -> float:
         """`compiled`'s measured latency as a fraction of the dense model's, both timed now on the goal's backend
-        (their runs in turn): how a plan is checked while it is chosen."""
+        (their runs in turn): how a plan is checked while it is chosen.
+
+        The pair is timed twice, and a third time when the two disagree by more than twice CHECK_TOLERANCE, and
+        the median taken: on a shared machine a neighbour's burst can slow one model more than the other (the
+        wider model moves more memory), and one such timing put a plan 20 points off its next two.
+        """
         # compressor.api exports as `compress` does; imported here because the API imports the methods.
         from compressor.api import export_onnx
 
@@ -162,11 +168,14 @@ class LatencyGoal:
                                           self.dense, self.input_shape)
         candidate = Subject("planned", export_onnx(compiled, input_shape=self.input_shape).model, compiled,
                             self.input_shape)
-        dense_ms, planned_ms = measure_models(self.backend, [self._dense_subject, candidate], self.batch,
-                                              threads=self.table.threads, runs=CHECK_RUNS, seconds=CHECK_SECONDS)
-        logger.info("latency check: planned model %.3f ms, dense %.3f ms (%.1f%% removed)", planned_ms, dense_ms,
-                    100 * (1 - planned_ms / dense_ms))
-        return planned_ms / dense_ms
+        fractions: list[float] = []
+        while len(fractions) < 2 or (len(fractions) == 2 and abs(fractions[0] - fractions[1]) > 2 * CHECK_TOLERANCE):
+            dense_ms, planned_ms = measure_models(self.backend, [self._dense_subject, candidate], self.batch,
+                                                  threads=self.table.threads, runs=CHECK_RUNS, seconds=CHECK_SECONDS)
+            fractions.append(planned_ms / dense_ms)
+            logger.info("latency check: planned model %.3f ms, dense %.3f ms (%.1f%% removed)", planned_ms, dense_ms,
+                        100 * (1 - planned_ms / dense_ms))
+        return float(np.median(fractions))
 
     def outcome(self, dense_onnx, compressed_onnx, compressed: nn.Module) -> LatencyTargetStats:
         """Time the dense and the compiled model on the goal's backend (their runs taken in turn, same input) and

@@ -142,6 +142,22 @@ def test_timings_stop_once_a_plan_measures_within_the_tolerance():
     assert len(calls) == 1 and chosen.ms == 50.0 and checks[0].measured_removed == pytest.approx(0.49)
 
 
+@pytest.mark.parametrize("timings, fraction, calls", [
+    ([(100.0, 50.0), (100.0, 51.0)], 0.505, 2),  # two that agree: their mean
+    ([(100.0, 50.0), (100.0, 80.0), (100.0, 52.0)], 0.52, 3),  # a burst in one: the third decides
+])
+def test_a_plan_is_timed_twice_and_a_third_time_when_the_two_disagree(tmp_path, monkeypatch, timings, fraction, calls):
+    import compressor.latency_target as latency_target
+
+    answers = iter(timings)
+    monkeypatch.setattr(latency_target, "measure_models", lambda *args, **kwargs: next(answers))
+    model = TwoGroups().eval()
+    goal = latency_target.LatencyGoal(model, model.input_shape, 0.5, "ort-cpu", batch=2, threads=1,
+                                      cache_dir=str(tmp_path), measure=table(1.0, 1.0))
+    assert goal.measured_fraction(model) == pytest.approx(fraction)
+    assert len(timings) - sum(1 for _ in answers) == calls
+
+
 @pytest.mark.parametrize("options, message", [
     ({"target_latency": 0.5, "round_to": 1}, "needs --round-to"),
     ({"target_latency": 0.5, "scope": "uniform"}, "globally"),
