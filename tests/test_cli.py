@@ -270,13 +270,13 @@ def test_structured_flags_reach_the_method(tmp_path, capsys):
     checkpoint = tmp_path / "lenet5.pt"
     assert run(["train", "lenet5", "--epochs", "1", "-o", checkpoint, "--no-progress"], capsys)[0] == 0
     code, out, err = run([checkpoint, "--method", "channel", "--target", "40%", "--channel-scope", "uniform",
-                          "--target-params", "30%", "--round-to", "16", "--epochs", "1", "--out", tmp_path / "o",
-                          "--no-progress"], capsys)
+                          "--target-params", "30%", "--round-to", "16", "--latency-checks", "2", "--epochs", "1",
+                          "--out", tmp_path / "o", "--no-progress"], capsys)
     assert code == 0, err
     assert "channels.png" in out
     saved = json.loads((tmp_path / "o" / "report.json").read_text())
     assert saved["method_config"] == {"scope": "uniform", "target_params": 0.3, "round_to": 16, "target_latency": None,
-                                      "latency_backend": None, "latency_cache": None}
+                                      "latency_backend": None, "latency_cache": None, "latency_checks": 2}
     assert saved["structure"]["macs_removed"] >= 0.4 and saved["structure"]["params_removed"] >= 0.3
 
 
