@@ -1,7 +1,8 @@
 """Cases that run in every process of a `torchrun --nproc_per_node 2` group, for tests/test_distributed.py.
 
-`torchrun ... distributed_cases.py CASE FOLDER` joins the group on the CPU (gloo) and runs CASE; each process
-writes what the test compares into FOLDER, named by its rank.
+`torchrun ... distributed_cases.py CASE[,CASE...] FOLDER` joins the group on the CPU (gloo) and runs the cases in
+turn; in each, every process writes what the test compares into FOLDER/CASE, named by its rank. Cases share a
+launch where they can: starting two processes costs more than most cases.
 """
 
 from __future__ import annotations
@@ -117,9 +118,11 @@ CASES = {
 }
 
 if __name__ == "__main__":
-    case, out = sys.argv[1], Path(sys.argv[2])
+    cases, out = sys.argv[1].split(","), Path(sys.argv[2])
     start("cpu")
     try:
-        CASES[case](out)
+        for case in cases:
+            (out / case).mkdir(parents=True, exist_ok=True)
+            CASES[case](out / case)
     finally:
         stop()

@@ -25,9 +25,23 @@ CASES = Path(__file__).with_name("distributed_cases.py")
 RUN_SECONDS = 300
 
 
+# Cases run in one launch, in this order; the two that end in a refusal come last, after the collectives of the
+# others. The interrupted-and-resumed case has its own launch, so that it cannot take the others down with it.
+SHARED_LAUNCH = ("dense", "magnitude", "batchnorm", "diverging", "unused")
+
+
 def torchrun(*args, cwd=None):
     return subprocess.run(TORCHRUN + [str(a) for a in args], capture_output=True, text=True, cwd=cwd,
                           timeout=RUN_SECONDS)
+
+
+@pytest.fixture(scope="module")
+def shared_launch(tmp_path_factory):
+    """The folder the cases of SHARED_LAUNCH wrote into, after checking that the launch succeeded."""
+    folder = tmp_path_factory.mktemp("cases")
+    result = torchrun(CASES, ",".join(SHARED_LAUNCH), folder)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return folder
 
 
 def test_device_names_resolve_or_are_refused():
@@ -82,10 +96,8 @@ class GlobalBatches(Sampler):
 
 
 @pytest.mark.parametrize("method", ["dense", "magnitude"])
-def test_two_processes_train_what_one_process_trains_on_the_same_global_batches(method, tmp_path):
-    result = torchrun(CASES, method, tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1)]
+def test_two_processes_train_what_one_process_trains_on_the_same_global_batches(method, shared_launch):
+    ranks = [torch.load(shared_launch / method / f"rank{rank}.pt") for rank in (0, 1)]
     assert all(torch.equal(ranks[0][name], ranks[1][name]) for name in ranks[0]), "processes ended apart"
 
     model, bundle, hooks = reference_setup(None if method == "dense" else method)
@@ -97,10 +109,8 @@ def test_two_processes_train_what_one_process_trains_on_the_same_global_batches(
         torch.testing.assert_close(ranks[0][name], expected, rtol=1e-4, atol=1e-5, msg=name)
 
 
-def test_processes_end_with_the_main_processs_batchnorm_statistics(tmp_path):
-    result = torchrun(CASES, "batchnorm", tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1)]
+def test_processes_end_with_the_main_processs_batchnorm_statistics(shared_launch):
+    ranks = [torch.load(shared_launch / "batchnorm" / f"rank{rank}.pt") for rank in (0, 1)]
     assert ranks[0]["1.running_var"].ne(1).any(), "the statistics were updated"
     assert all(torch.equal(ranks[0][name], ranks[1][name]) for name in ranks[0])
 
@@ -109,23 +119,19 @@ def test_an_interrupted_data_parallel_run_resumes_to_the_same_weights(tmp_path):
     result = torchrun(CASES, "resume", tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     for rank in (0, 1):
-        assert (tmp_path / f"rank{rank}.txt").read_text() == "resumed after 1, same True"
+        assert (tmp_path / "resume" / f"rank{rank}.txt").read_text() == "resumed after 1, same True"
 
 
-def test_a_parameter_the_forward_pass_never_uses_is_refused_in_one_line(tmp_path):
-    result = torchrun(CASES, "unused", tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
+def test_a_parameter_the_forward_pass_never_uses_is_refused_in_one_line(shared_launch):
     for rank in (0, 1):
-        assert (tmp_path / f"rank{rank}.txt").read_text() == (
+        assert (shared_launch / "unused" / f"rank{rank}.txt").read_text() == (
             "under torchrun every trained parameter must take part in the forward pass, and spare.weight, "
             "spare.bias do(es) not: set requires_grad=False on it or remove it")
 
 
-def test_processes_whose_weights_drift_apart_are_caught(tmp_path):
-    result = torchrun(CASES, "diverging", tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
+def test_processes_whose_weights_drift_apart_are_caught(shared_launch):
     for rank in (0, 1):
-        assert (tmp_path / f"rank{rank}.txt").read_text() == \
+        assert (shared_launch / "diverging" / f"rank{rank}.txt").read_text() == \
             "after training, the weights of process(es) [1] differ from process 0's"
 
 

@@ -185,13 +185,13 @@ def test_compress_reports_target_prediction_and_measurement(tmp_path, monkeypatc
     model = create_model("lenet5")
     report = compress(model, "channel", None, epochs=0, out=tmp_path / "out", bench_runs=5, bench_batch=4,
                       method_options={"target_latency": 0.5, "latency_cache": str(tmp_path / "cache"),
-                                      "latency_checks": 2}, progress=False)
+                                      "latency_checks": 1}, progress=False)
     lt = report.latency_target
     assert (lt.backend, lt.batch, lt.target) == ("ort-cpu", 4, 0.5)
-    # The table's first plan is within the goal; it and at most one more were compiled and timed whole, and the
-    # plan kept is one of them.
-    assert 1 <= len(lt.checks) <= 2 and lt.checks[0].predicted_removed >= 0.5
-    assert any(check.predicted_removed == pytest.approx(lt.predicted_removed) for check in lt.checks)
+    # The table's first plan is within the goal, and it was compiled and timed whole (one timing: the goal moving
+    # by what is measured is tested above on a synthetic path).
+    assert len(lt.checks) == 1 and lt.checks[0].predicted_removed >= 0.5
+    assert lt.checks[0].predicted_removed == pytest.approx(lt.predicted_removed)
     assert lt.dense_measured_ms > 0 and lt.compressed_measured_ms > 0
     # The compiled model's prediction is its own layers' entries summed.
     layers, _ = probe_layers(model.eval(), model.input_shape)

@@ -232,6 +232,10 @@ class ChannelMethod(Method):
             def check(candidate: list[list[int]]) -> float:
                 trial = copy_model(model)
                 trial_groups = analyse_channels(trial, input_shape).groups
+                # The analysis is deterministic, so a copy's groups come in the same order as the model's.
+                if [g.root for g in trial_groups] != [g.root for g in groups]:
+                    raise CompressorError("the channel analysis of a copy of the model found other groups than the "
+                                          "model's; its plans cannot be timed")
                 _gate(list(zip(trial_groups, candidate)))
                 return goal.measured_fraction(compile_model(trial, input_shape, self.round_to).model)
 
