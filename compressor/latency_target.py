@@ -270,8 +270,8 @@ def greedy_by_latency(steps: Iterator[Step], dense_ms: float, keep: float,
     With `check` (a plan → the compiled plan's measured latency as a fraction of the dense model's), the plan
     is then timed whole, up to `rounds` times: the table leaves out the work between the layers (additions,
     layout changes) and a layer can cost a little more or less inside a network than alone, so a plan can land
-    off the request. After each timing the goal moves by measured ÷ requested and the path is followed forward,
-    or back, to it; the step measured closest to `keep` is returned, with the timings.
+    off the request. After each timing the goal moves (`_corrected_goal`) and the path is followed forward, or
+    back, to it; the step measured closest to `keep` is returned, with the timings.
     """
     path: list[Step] = []
 

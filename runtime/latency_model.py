@@ -568,6 +568,8 @@ def measure_models(backend: str, subjects: Sequence[Subject], batch: int, precis
     timed = [runner(backend, subject, precision, threads, batch, alternating=True) for subject in subjects]
     inputs = [np.random.default_rng(0).standard_normal((batch, *s.input_shape), dtype=np.float32) for s in subjects]
     if seconds > 0:
+        # The probe round runs after the warm-up runs, so the timed rounds need none of their own.
         one_round_ms = sum(measure_backend(t, x, warmup, 1).times_ms[0] for t, x in zip(timed, inputs))
         runs = max(runs, min(MAX_ROUNDS, math.ceil(seconds * 1e3 / max(one_round_ms, 1e-3))))
+        warmup = 0
     return [float(np.median(timing.times_ms)) for timing in time_alternating(timed, inputs, warmup, runs)]
