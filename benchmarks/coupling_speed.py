@@ -49,7 +49,7 @@ from compressor.passes import coupling
 from compressor.counting import count_macs, count_params
 from compressor.gates import gate_group
 from compressor.methods.channel import ChannelMethod
-from compressor.passes.base import copy_model
+from compressor.modules import copy_model
 from compressor.passes.pipeline import compile_model
 from compressor.tables import text_table
 

@@ -47,7 +47,7 @@ from compressor.gates import units_of
 from compressor.loading import load_model
 from compressor.methods import create_method
 from compressor.methods.energy import EnergyMethod, labels_of, samples_at
-from compressor.passes.base import copy_model
+from compressor.modules import copy_model
 from compressor.tables import mean_sd, text_table, verdict
 from compressor.training import TrainConfig, evaluate
 

@@ -43,7 +43,7 @@ from compressor.data import load_data
 from compressor.loading import load_model
 from compressor.methods import create_method
 from compressor.methods.snapshot import weight_groups
-from compressor.passes.base import copy_model
+from compressor.modules import copy_model
 from compressor.tables import mean_sd, text_table, verdict
 from compressor.training import TrainConfig, evaluate
 

@@ -39,7 +39,7 @@ from compressor.counting import count_params, layer_sparsity
 from compressor.data import load_data
 from compressor.loading import load_model
 from compressor.methods import create_method
-from compressor.passes.base import copy_model
+from compressor.modules import copy_model
 from compressor.passes.pipeline import compile_model
 from compressor.tables import mean_sd, text_table, verdict
 from compressor.training import TrainConfig, evaluate

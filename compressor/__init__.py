@@ -18,7 +18,7 @@ _EXPORTS = {
     "compare_backends": "compressor.latency",
     "compile_model": "compressor.passes.pipeline",
     "compress": "compressor.api",
-    "export_onnx": "compressor.api",
+    "export_onnx": "compressor.passes.pipeline",
     "parse_target": "compressor.api",
     "train_model": "compressor.api",
     "load_model": "compressor.loading",

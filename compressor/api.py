@@ -27,7 +27,7 @@ from compressor.counting import (CONV_TRANSPOSE_TYPES, count_layer_macs, count_m
 from compressor.data import DataBundle, data_path, load_data
 from compressor.errors import CompressorError, VerificationError, printable
 from compressor.distributed import describe_device, group, start, together
-from compressor.files import Output, atomic_write_bytes, state_location
+from compressor.files import Output, state_location
 from compressor.loading import check_finite_weights, load_model, module_pickler, save_checkpoint, trained_with
 from compressor.methods import create_method
 from compressor.models import create_model
@@ -35,21 +35,19 @@ from compressor.options import parse_fraction
 from compressor.report import (CompressedStats, DenseStats, EpochCost, LatencyStats, LayerShape, LayerStats, OnnxStats,
                                PassStats, ProbabilityCounts, PruningStage, Report, SnapshotStats, StageStats,
                                StructureStats, SwitcherStats, write_report)
-from compressor.training import (DEFAULT_WEIGHT_DECAY, EpochRecord, TrainConfig, TrainResult, check_config,
-                                 default_lr, evaluate, model_device, train)
+from compressor.training import (DEFAULT_WEIGHT_DECAY, EpochRecord, TrainConfig, TrainResult, check_config, default_lr,
+                                 evaluate, train)
+from compressor.modules import model_device, copy_model
 from compressor.verify import verify_onnx
 from compressor.passes.analysis import has_unbaked_mask, two_four_eligibility
 from compressor.passes.bake_masks import BakeMasksPass
-from compressor.passes.base import Pipeline, PipelineResult, copy_model
-from compressor.passes.check_onnx_sparsity import CheckOnnxSparsityPass, distinct_weights
-from compressor.passes.clean_onnx import CleanOnnxPass
-from compressor.passes.emit_onnx import DEFAULT_OPSET, EmitOnnxPass
+from compressor.passes.base import Pipeline, PipelineResult
+from compressor.passes.check_onnx_sparsity import distinct_weights
 from compressor.passes.enforce_two_four import EnforceTwoFourPass
-from compressor.passes.fold_batchnorm import FoldBatchNormPass, fold_batchnorm
-from compressor.passes.pipeline import compile_model
-from compressor.passes.write_onnx_metadata import WriteOnnxMetadataPass
-from compressor.runtime.bench import BenchResult, time_alternating
-from compressor.runtime.bench import benchmark as run_benchmark
+from compressor.passes.fold_batchnorm import fold_batchnorm
+# export_onnx is re-exported: it is part of the API (`compressor.export_onnx`).
+from compressor.passes.pipeline import compile_model, export_onnx
+from compressor.runtime.bench import BenchResult, time_alternating, benchmark as run_benchmark
 from compressor.runtime.ort_backend import OrtBackend
 
 logger = logging.getLogger(__name__)
@@ -134,28 +132,6 @@ def _run_space(model: nn.Module) -> int:
     previous copy, or at the end the state beside the exported model and checkpoint: about four times the
     weights."""
     return 4 * sum(t.numel() * t.element_size() for t in model.state_dict().values())
-
-
-def export_onnx(model: nn.Module, path: str | os.PathLike | None = None, input_shape: Sequence[int] | None = None,
-                opset: int = DEFAULT_OPSET, facts: dict[str, Any] | None = None,
-                expect_two_four: Sequence[str] = ()) -> PipelineResult:
-    """Fold BatchNorm, emit ONNX, clean it, write `facts` as metadata and read its sparsity back.
-
-    Masks must already be baked. The returned pipeline result holds the ONNX model and every pass's notes;
-    the file is written (atomically) only when `path` is given.
-    """
-    shape = tuple(input_shape or model.input_shape)
-    if model_device(model).type != "cpu":
-        # onnxruntime runs on the CPU: the graph is traced, and checked, on a CPU copy.
-        model = copy_model(model).cpu()
-    passes = [FoldBatchNormPass(), EmitOnnxPass(shape, opset), CleanOnnxPass()]
-    if facts:
-        passes.append(WriteOnnxMetadataPass(facts))
-    passes.append(CheckOnnxSparsityPass(expect_two_four))
-    result = Pipeline(passes).run(model)
-    if path is not None:
-        atomic_write_bytes(path, result.model.SerializeToString())
-    return result
 
 
 def benchmark(model: str | os.PathLike | bytes | onnx.ModelProto, batch_sizes: Sequence[int] = (1,),

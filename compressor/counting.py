@@ -15,7 +15,7 @@ from typing import Iterator
 import torch
 import torch.nn as nn
 
-from compressor.training import model_device
+from compressor.modules import model_device
 
 CONV_TRANSPOSE_TYPES = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 PRUNABLE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, *CONV_TRANSPOSE_TYPES, nn.Linear)

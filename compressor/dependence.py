@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 
 from compressor.models.units import DenseUnit, ResidualUnit
-from compressor.training import model_device
+from compressor.modules import model_device
 
 PAIRS = ("all", "reference")
 STATISTICS = ("V", "U")

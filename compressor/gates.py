@@ -27,7 +27,7 @@ from torch.nn.utils import parametrize
 from compressor.counting import NORM_TYPES, output_axis
 from compressor.models.units import DenseUnit, ResidualUnit
 from compressor.passes.coupling import ChannelGroup, channel_groups
-from compressor.training import model_device
+from compressor.modules import model_device
 
 def _per_channel(factor: torch.Tensor, like: torch.Tensor, axis: int = 0) -> torch.Tensor:
     shape = [1] * like.dim()

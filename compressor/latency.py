@@ -23,6 +23,8 @@ import numpy as np
 import compressor
 from compressor.errors import CompressorError, quoted
 from compressor.files import Output, atomic_write, atomic_write_text
+from compressor.loading import load_model
+from compressor.passes.pipeline import export_onnx
 from compressor.paths import is_dir, is_file
 from compressor.tables import text_table
 from compressor.runtime.backends import BACKENDS, Subject, backend_precision, check_backend, create_backend, unavailable
@@ -111,9 +113,6 @@ def _machine() -> dict[str, Any]:
 def load_subject(spec: str | os.PathLike, label: str, arch: str | None = None, trust_model: bool = False,
                  input_shape: Sequence[int] | None = None) -> Subject:
     """A model to time from an ONNX file, a checkpoint (exported here), or a compress output folder."""
-    from compressor.api import export_onnx
-    from compressor.loading import load_model
-
     path = Path(spec)
     if is_dir(path, "model"):
         onnx_path, module_path = path / "model.onnx", path / "model.pt"

@@ -25,8 +25,9 @@ import torch.nn as nn
 
 from compressor.errors import CompressorError
 from compressor.options import method_flag
-from compressor.passes.base import copy_model
+from compressor.modules import copy_model
 from compressor.passes.coupling import CountPredictor
+from compressor.passes.pipeline import export_onnx
 from compressor.report import LatencyCheck, LatencyLayer, LatencyTargetStats
 from compressor.runtime.backends import Subject
 from compressor.runtime.latency_model import (LatencyModel, LatencyTable, backend_precision_of,
@@ -160,9 +161,6 @@ class LatencyGoal:
         the median taken: on a shared machine a neighbour's burst can slow one model more than the other (the
         wider model moves more memory), and one such timing put a plan 20 points off its next two.
         """
-        # compressor.api exports as `compress` does; imported here because the API imports the methods.
-        from compressor.api import export_onnx
-
         if self._dense_subject is None:
             self._dense_subject = Subject("dense", export_onnx(self.dense, input_shape=self.input_shape).model,
                                           self.dense, self.input_shape)

@@ -30,7 +30,7 @@ from torch.nn.utils import parametrize
 
 from compressor.gates import FeatureRangeGate, UnitGate
 from compressor.models.units import DenseUnit, ResidualUnit
-from compressor.passes.base import unparametrize
+from compressor.modules import unparametrize
 from compressor.passes.coupling import ChannelGroup
 
 # Where a model keeps its channel gates, so their probabilities are parameters of the model.

@@ -16,7 +16,7 @@ import torch.nn as nn
 from compressor.counting import NORM_TYPES
 from compressor.errors import CompressorError
 from compressor.models.units import PadShortcut, ResidualUnit
-from compressor.training import model_device
+from compressor.modules import model_device
 
 def describe_structure(model: nn.Module) -> dict[str, dict[str, Any]]:
     """Per module path, the facts that decide its shapes (JSON-compatible)."""

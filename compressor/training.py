@@ -32,6 +32,8 @@ from compressor.distributed import (check_every_parameter_trains, check_replicas
 from compressor.errors import CompressorError, ResumeRefused, first_line, printable, quoted
 from compressor.files import atomic_torch_save
 from compressor.losses import LOSSES, task_criterion
+# model_device lived here before the ground floor (compressor.modules); the old import path keeps working.
+from compressor.modules import model_device  # noqa: F401
 from compressor.paths import cannot_read
 
 logger = logging.getLogger(__name__)
@@ -186,13 +188,6 @@ class TrainResult:
     resumed_from_epoch: int
 
 
-def model_device(model: nn.Module) -> torch.device:
-    """The device of the model's first parameter or buffer (CPU for a model with neither)."""
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
-    return torch.device("cpu")
 
 
 def evaluate(model: nn.Module, loader: DataLoader) -> float:

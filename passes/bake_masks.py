@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch.nn as nn
 from torch.nn.utils import parametrize, prune
 
-from compressor.passes.base import Pass, PassResult, copy_model
+from compressor.passes.base import Pass, PassResult
+from compressor.modules import copy_model
 
 
 def _pruned_tensor_names(module: nn.Module) -> list[str]:

@@ -8,7 +8,6 @@ time. A `Pipeline` runs passes in order and, when one fails, names it and the pa
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from abc import ABC, abstractmethod
@@ -19,7 +18,9 @@ import torch
 import torch.nn as nn
 
 from compressor.errors import CompressorError, first_line
-from compressor.training import model_device
+# copy_model and unparametrize lived here before the ground floor (compressor.modules); the old import path
+# keeps working.
+from compressor.modules import copy_model, model_device, unparametrize  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
@@ -65,34 +66,8 @@ class Pass(ABC):
         return result
 
 
-def copy_model(model: nn.Module) -> nn.Module:
-    """A deep copy of `model` that also works while weights are under masks.
-
-    A masked layer keeps its masked weight as a computed (non-leaf) tensor attribute, which `copy.deepcopy`
-    refuses; the copy receives a detached clone instead (the mask hook recomputes it on the next forward).
-    """
-    memo = {}
-    for module in model.modules():
-        for value in vars(module).values():
-            if isinstance(value, torch.Tensor) and value.grad_fn is not None:
-                memo[id(value)] = value.detach().clone()
-    return copy.deepcopy(model, memo)
 
 
-def unparametrize(module: nn.Module, keep_value: bool = True) -> None:
-    """Turn every parametrized tensor of `module` back into a plain parameter holding its current value, or,
-    with `keep_value=False`, the original tensor the parametrizations computed it from.
-
-    torch's `remove_parametrizations` edits the module's generated class, which a copied model shares with
-    the model it was copied from; restoring the plain class on this one instance leaves the source intact.
-    """
-    with torch.no_grad():
-        values = {name: (getattr(module, name) if keep_value else module.parametrizations[name].original)
-                  .detach().clone() for name in module.parametrizations}
-    del module._modules["parametrizations"]
-    module.__class__ = module.__class__.__bases__[0]
-    for name, value in values.items():
-        module.register_parameter(name, nn.Parameter(value))
 
 
 FP32_TOLERANCE = 1e-5

@@ -39,9 +39,8 @@ from torch.nn.utils import parametrize
 from compressor.counting import LayerMacs, count_layer_macs, output_axis, recording_layer_macs
 from compressor.errors import CompressorError
 from compressor.models.units import PadShortcut
-from compressor.passes.base import copy_model, unparametrize
+from compressor.modules import copy_model, unparametrize, model_device
 from compressor.passes.zero_flow import NORM_LAYERS, WEIGHT_LAYERS, ZeroFlow, op_name
-from compressor.training import model_device
 
 
 class PadShortcutPruner(tp.pruner.BasePruningFunc):

@@ -27,7 +27,8 @@ import onnxruntime as ort
 import torch
 import torch.nn as nn
 
-from compressor.passes.base import Pass, PassResult, copy_model
+from compressor.passes.base import Pass, PassResult
+from compressor.modules import copy_model
 
 DEFAULT_OPSET = 18
 # A trace is checked at batch sizes other than the traced example's 2, within onnxruntime's float32 tolerance.

@@ -14,7 +14,8 @@ import torch.nn as nn
 
 from compressor.counting import prunable_layers
 from compressor.passes.analysis import has_unbaked_mask, is_two_four, to_groups, two_four_eligibility, two_four_mask
-from compressor.passes.base import Pass, PassResult, copy_model
+from compressor.passes.base import Pass, PassResult
+from compressor.modules import copy_model
 
 
 class EnforceTwoFourPass(Pass):

@@ -31,7 +31,7 @@ from compressor.counting import count_layer_macs
 from compressor.gates import last_layer, producing_group
 from compressor.models.units import DenseUnit, ResidualUnit
 from compressor.passes.coupling import ChannelGroup, channel_multiplicity, layer_counts
-from compressor.training import model_device
+from compressor.modules import model_device
 
 
 def unit_layers(unit: nn.Module) -> list[nn.Module]:

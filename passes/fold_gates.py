@@ -16,7 +16,8 @@ from torch.nn.utils import parametrize
 from compressor.counting import NORM_TYPES
 from compressor.gates import GATE_TYPES, UnitGate, last_layer
 from compressor.models.units import DenseUnit, ResidualUnit
-from compressor.passes.base import Pass, PassResult, copy_model, unparametrize
+from compressor.passes.base import Pass, PassResult
+from compressor.modules import copy_model, unparametrize
 
 _FOLDABLE = (*NORM_TYPES, nn.Conv2d, nn.Linear)
 

@@ -20,7 +20,8 @@ import torch.nn as nn
 
 from compressor.gates import UnitGate, dense_unit_readers, last_layer, producing_group
 from compressor.models.units import DenseUnit, ResidualUnit
-from compressor.passes.base import Pass, PassResult, copy_model
+from compressor.passes.base import Pass, PassResult
+from compressor.modules import copy_model
 from compressor.passes.coupling import ChannelGroup, channel_groups, zero_channels
 
 def _residual_is_dead(unit: ResidualUnit) -> bool:

@@ -17,7 +17,8 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from compressor.passes.base import Pass, PassResult, check_same_function, copy_model
+from compressor.passes.base import Pass, PassResult, check_same_function
+from compressor.modules import copy_model
 from compressor.passes.coupling import ChannelGroup, channel_groups, dead_channels, reader_importance
 
 class SliceChannelsPass(Pass):

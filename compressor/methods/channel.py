@@ -37,7 +37,7 @@ from compressor.latency_target import (LatencyGoal, check_latency_settings, gree
                                        latency_cache_field, latency_checks_field, latency_steps, target_latency_field)
 from compressor.methods.base import Method, register_method
 from compressor.options import method_flag, target_params_field
-from compressor.passes.base import copy_model
+from compressor.modules import copy_model
 from compressor.passes.coupling import ChannelGroup, CountPredictor, analyse_channels, group_l1, realizable
 from compressor.passes.pipeline import compile_model
 

@@ -52,7 +52,7 @@ from compressor.latency_target import (LatencyGoal, check_latency_settings, late
 from compressor.methods.base import Method, register_method
 from compressor.models.units import DenseUnit
 from compressor.options import target_params_field
-from compressor.passes.base import copy_model
+from compressor.modules import copy_model
 from compressor.passes.coupling import analyse_channels
 from compressor.passes.expected_counts import ExpectedCounts
 from compressor.passes.pipeline import compile_model

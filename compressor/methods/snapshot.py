@@ -31,7 +31,7 @@ from compressor.errors import CompressorError
 from compressor.methods.base import Method, register_method
 from compressor.methods.masks import attach_masks, magnitude_masks
 from compressor.passes.analysis import two_four_eligibility, two_four_mask
-from compressor.passes.base import copy_model
+from compressor.modules import copy_model
 from compressor.training import TrainConfig, TrainResult, evaluate, train
 
 SETTINGS = 10  # the paper's θ settings per curve, k = 0..9

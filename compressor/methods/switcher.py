@@ -43,7 +43,7 @@ from compressor.errors import CompressorError
 from compressor.gates import gate_group
 from compressor.methods.base import Method, register_method
 from compressor.methods.masks import attach_masks
-from compressor.passes.base import unparametrize
+from compressor.modules import unparametrize
 from compressor.passes.coupling import ChannelGroup, analyse_channels
 from compressor.training import TrainConfig, TrainingHooks, TrainResult, train
 

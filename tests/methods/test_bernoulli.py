@@ -21,7 +21,7 @@ from compressor.methods import create_method
 from compressor.methods.bernoulli import BernoulliMethod
 from compressor.models import create_model
 from compressor.models.resnet_cifar import basic_unit
-from compressor.passes.base import copy_model
+from compressor.modules import copy_model
 from compressor.passes.coupling import analyse_channels
 from compressor.passes.pipeline import compile_model
 from compressor.passes.remove_dead_skip_units import RemoveDeadSkipUnitsPass

@@ -32,7 +32,7 @@ from compressor.methods.energy import EnergyMethod, ped_kept, removal, remove_un
 from compressor.models import create_model
 from compressor.models.densenet import dense_unit
 from compressor.models.resnet_cifar import basic_unit, preact_bottleneck_unit
-from compressor.passes.base import copy_model
+from compressor.modules import copy_model
 from compressor.passes.coupling import analyse_channels
 from compressor.report import Report
 from compressor.training import TrainConfig

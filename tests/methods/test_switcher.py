@@ -15,7 +15,7 @@ from compressor.loading import load_model, save_checkpoint
 from compressor.methods import create_method
 from compressor.methods.switcher import SwitcherNet, layer_switches, phase_factor, switched_weight
 from compressor.models import create_model
-from compressor.passes.base import copy_model
+from compressor.modules import copy_model
 from compressor.passes.pipeline import compile_model
 from compressor.training import TrainConfig, train
 from shared import assert_onnx_matches_torch, random_data

@@ -14,7 +14,8 @@ from torch.nn.utils import prune
 
 from compressor.errors import CompressorError
 from compressor.methods.masks import attach_masks
-from compressor.passes.base import Pass, PassError, PassResult, Pipeline, PipelineResult, check_same_function, copy_model
+from compressor.passes.base import Pass, PassError, PassResult, Pipeline, PipelineResult, check_same_function
+from compressor.modules import copy_model
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

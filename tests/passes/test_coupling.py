@@ -8,12 +8,11 @@ import pytest
 import torch
 import torch.nn as nn
 
-from compressor.counting import count_macs, count_params
+from compressor.counting import count_macs, count_params, count_layer_macs
 from compressor.gates import gate_group
 from compressor.models import create_model, list_models
 from compressor.models.units import PadShortcut
-from compressor.passes.base import copy_model
-from compressor.counting import count_layer_macs
+from compressor.modules import copy_model
 from compressor.passes.coupling import (CountPredictor, PadShortcutPruner, analyse_channels, channel_groups, dead_channels,
                                         dependency_graph, predict_counts, reader_importance, realizable)
 
