@@ -46,7 +46,7 @@ from compressor.runtime.backends import Subject, unavailable
 from compressor.runtime.bench import parse_batch_sizes
 from compressor.runtime.ort_backend import OrtBackend
 from compressor.runtime.tolerance import compare_outputs
-from compressor.runtime.torch_backend import cuda_unavailable
+from compressor.runtime.torch_dense import cuda_unavailable
 
 EDGE_BATCHES = (1, 32, 256)
 # The batch is the GEMM's token dimension: cuSPARSELt's 2:4 kernels pay from 8192 rows on.

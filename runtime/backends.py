@@ -82,7 +82,7 @@ def _missing_library(name: str) -> str | None:
 
         return tensorrt_unavailable()
     if name == "torch-24":
-        from compressor.runtime.torch_backend import semi_structured_unavailable
+        from compressor.runtime.semi_structured import semi_structured_unavailable
 
         return semi_structured_unavailable()
     return None
@@ -121,7 +121,8 @@ def create_backend(name: str, subject: Subject, precision: str = "fp16", threads
         from compressor.runtime.trt_backend import TensorRTBackend
 
         return TensorRTBackend.from_onnx(subject.onnx, precision=precision, batch_sizes=batch_sizes)
-    from compressor.runtime.torch_backend import SemiStructuredBackend, TorchBackend
+    from compressor.runtime.torch_dense import TorchBackend
+    from compressor.runtime.torch_two_four import SemiStructuredBackend
 
     if name == "torch":
         device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -355,7 +355,7 @@ def runner(backend: str, subject: Subject, precision: str, threads: int | None, 
            alternating: bool = False):
     """A benchmark backend (`run`, `measure`) timing `subject` on latency backend `backend`; `alternating`: it
     is timed in turn with others, so onnxruntime's CPU threads must not spin between its runs (see OrtBackend)."""
-    from compressor.runtime.torch_backend import TorchBackend
+    from compressor.runtime.torch_dense import TorchBackend
 
     if backend == "ort-cpu" and alternating:
         return OrtBackend(subject.onnx, providers=[CPU_PROVIDER], threads=threads, spin_wait=False)
