@@ -205,7 +205,7 @@ def test_a_refused_train_resume_keeps_its_state(tmp_path, monkeypatch):
         raise KeyboardInterrupt
 
     with monkeypatch.context() as patch:
-        patch.setattr("compressor.training._save_state", save_then_stop)
+        patch.setattr("compressor.training.loop._save_state", save_then_stop)
         with pytest.raises(KeyboardInterrupt):
             train_model("lenet300_100", tmp_path / "m.pt", epochs=2, progress=False)
     state = tmp_path / ".m.pt.train-state"
