@@ -11,7 +11,7 @@ and times on each, in the order `compress --method channel` runs them:
 
 | stage | what is timed |
 |---|---|
-| channel_groups | one `compressor.passes.coupling.channel_groups` call on the dense model, split into: |
+| channel_groups | one `compressor.passes.analysis.groups.channel_groups` call on the dense model, split into: |
 | · dependency graph | Torch-Pruning's trace inside it (`dependency_graph`) |
 | · TP group queries | Torch-Pruning's group enumeration inside it (time in `get_pruning_group`, index mappings included) |
 | · per-group processing | the rest: turning Torch-Pruning's groups into `ChannelGroup`s |
@@ -44,7 +44,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch_pruning as tp
 
-from compressor.passes import coupling
+from compressor.passes.analysis import groups as coupling_groups
 
 from compressor.counting import count_macs, count_params
 from compressor.gates import gate_group
@@ -258,7 +258,7 @@ def _timed(seconds: dict[str, float], stage: str, work: Callable):
 def _inside_channel_groups() -> Iterator[dict[str, float]]:
     """Seconds spent, while the block runs, in Torch-Pruning's trace and in its group queries."""
     spent = {"trace": 0.0, "queries": 0.0}
-    trace, query = coupling.dependency_graph, tp.DependencyGraph.get_pruning_group
+    trace, query = coupling_groups.dependency_graph, tp.DependencyGraph.get_pruning_group
 
     def timed(key: str, function: Callable) -> Callable:
         def wrapper(*args, **kwargs):
@@ -269,12 +269,12 @@ def _inside_channel_groups() -> Iterator[dict[str, float]]:
                 spent[key] += time.perf_counter() - start
         return wrapper
 
-    coupling.dependency_graph = timed("trace", trace)
+    coupling_groups.dependency_graph = timed("trace", trace)
     tp.DependencyGraph.get_pruning_group = timed("queries", query)
     try:
         yield spent
     finally:
-        coupling.dependency_graph, tp.DependencyGraph.get_pruning_group = trace, query
+        coupling_groups.dependency_graph, tp.DependencyGraph.get_pruning_group = trace, query
 
 
 def stage_seconds(model: nn.Module, target: float) -> dict[str, float]:
@@ -284,7 +284,7 @@ def stage_seconds(model: nn.Module, target: float) -> dict[str, float]:
     with torch.no_grad():  # the first forward pays for allocations that no stage should be charged with
         model(torch.zeros(1, *shape))
     with _inside_channel_groups() as spent:
-        _timed(seconds, "channel_groups", lambda: coupling.channel_groups(model, shape))
+        _timed(seconds, "channel_groups", lambda: coupling_groups.channel_groups(model, shape))
     seconds["· dependency graph"] = spent["trace"]
     seconds["· TP group queries"] = spent["queries"]
     seconds["· per-group processing"] = seconds["channel_groups"] - spent["trace"] - spent["queries"]

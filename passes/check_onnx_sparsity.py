@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from compressor.passes.analysis import is_two_four, onnx_weight_groups
+from compressor.passes.analysis.two_four import is_two_four, onnx_weight_groups
 from compressor.passes.base import Pass, PassResult
 
 # The inputs that may hold a layer's weight, in the order they are tried: exporters write `x @ W` (B) for a

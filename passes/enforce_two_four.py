@@ -13,7 +13,8 @@ import torch
 import torch.nn as nn
 
 from compressor.counting import prunable_layers
-from compressor.passes.analysis import has_unbaked_mask, is_two_four, to_groups, two_four_eligibility, two_four_mask
+from compressor.passes.analysis.layers import has_unbaked_mask
+from compressor.passes.analysis.two_four import is_two_four, to_groups, two_four_eligibility, two_four_mask
 from compressor.passes.base import Pass, PassResult
 from compressor.modules import copy_model
 

@@ -17,7 +17,7 @@ import torch.nn as nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
 from compressor.counting import CONV_TRANSPOSE_TYPES
-from compressor.passes.analysis import has_unbaked_mask, linear_bn_pairs
+from compressor.passes.analysis.layers import has_unbaked_mask, linear_bn_pairs
 from compressor.passes.base import Pass, PassResult
 from compressor.modules import copy_model
 

@@ -14,7 +14,7 @@ import torch.nn as nn
 from torch.nn.utils import parametrize
 
 from compressor.counting import NORM_TYPES
-from compressor.gates import GATE_TYPES, UnitGate, last_layer
+from compressor.passes.gates import GATE_TYPES, UnitGate, last_layer
 from compressor.models.units import DenseUnit, ResidualUnit
 from compressor.passes.base import Pass, PassResult
 from compressor.modules import copy_model, unparametrize

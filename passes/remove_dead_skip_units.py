@@ -18,11 +18,12 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from compressor.gates import UnitGate, dense_unit_readers, last_layer, producing_group
+from compressor.passes.gates import UnitGate, dense_unit_readers, last_layer, producing_group
 from compressor.models.units import DenseUnit, ResidualUnit
 from compressor.passes.base import Pass, PassResult
 from compressor.modules import copy_model
-from compressor.passes.coupling import ChannelGroup, channel_groups, zero_channels
+from compressor.passes.analysis.groups import ChannelGroup, channel_groups
+from compressor.passes.analysis.importance import zero_channels
 
 def _residual_is_dead(unit: ResidualUnit) -> bool:
     if isinstance(unit.gate, UnitGate) and float(unit.gate.value().detach()) == 0.0:

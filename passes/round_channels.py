@@ -14,7 +14,8 @@ from typing import Sequence
 
 import torch
 
-from compressor.passes.coupling import ChannelGroup, reader_importance
+from compressor.passes.analysis.groups import ChannelGroup
+from compressor.passes.analysis.importance import reader_importance
 from compressor.passes.slice_channels import SliceChannelsPass
 
 

@@ -1,13 +1,13 @@
 """SliceChannelsPass: physically remove channels that are zero wherever they are read.
 
-Channels are removed a whole coupled group at a time (compressor.passes.coupling, on Torch-Pruning's dependency graph):
-a convolution's output channel goes with the BatchNorm after it, the input channel of every reader, the
-matching channel of every tensor joined by a residual add, the index mapping of an option-A padding shortcut,
-the offsets of a concatenation, a depthwise convolution's channel, and the block of features a channel
-becomes after flatten→linear. A channel is removed only when it is exactly zero at every point where the
-group's channels are produced (see `dead_channels`), so the output cannot change; slicing a stage's channel
-can make the padding shortcut of the next stage copy a zero, so the pass repeats until nothing is left to
-remove. Every group keeps at least one channel. Afterwards the pass checks the output on a random input.
+Channels are removed a whole coupled group at a time (compressor.passes.analysis.groups, on Torch-Pruning's
+dependency graph): a convolution's output channel goes with the BatchNorm after it, the input channel of every
+reader, the matching channel of every tensor joined by a residual add, the index mapping of an option-A padding
+shortcut, the offsets of a concatenation, a depthwise convolution's channel, and the block of features a channel
+becomes after flatten→linear. A channel is removed only when it is exactly zero at every point where the group's
+channels are produced (see `dead_channels`), so the output cannot change; slicing a stage's channel can make the
+padding shortcut of the next stage copy a zero, so the pass repeats until nothing is left to remove. Every group
+keeps at least one channel. Afterwards the pass checks the output on a random input.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ import torch.nn as nn
 
 from compressor.passes.base import Pass, PassResult, check_same_function
 from compressor.modules import copy_model
-from compressor.passes.coupling import ChannelGroup, channel_groups, dead_channels, reader_importance
+from compressor.passes.analysis.groups import ChannelGroup, channel_groups
+from compressor.passes.analysis.importance import dead_channels, reader_importance
 
 class SliceChannelsPass(Pass):
     """Remove every provably zero channel group by group; `choose` decides which dead channels go."""

@@ -1,22 +1,19 @@
-"""Shared analysis that passes and methods read instead of walking the model themselves.
+"""2:4 sparsity in the layout TensorRT accepts, shared by the passes and methods that create or check it.
 
-It answers three questions: which layers may hold 2:4 sparsity in the layout TensorRT accepts (and why not),
-how a weight is cut into the groups of four that layout is defined on (for torch tensors and for ONNX
-initializers alike), and which Conv/Linear → BatchNorm pairs a torch.fx trace of the model contains.
+Which layers may hold it (and why not), how a weight is cut into the groups of four consecutive input channels
+the layout is defined on (for torch tensors and for ONNX initializers alike), the mask that keeps the two
+largest-magnitude weights of every group, and whether groups already hold the pattern.
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.fx
 import torch.nn as nn
-from torch.nn.utils import parametrize, prune
 
-from compressor.counting import CONV_TRANSPOSE_TYPES, PRUNABLE_TYPES
+from compressor.counting import CONV_TRANSPOSE_TYPES
 
 GROUP = 4
 KEEP = 2
@@ -48,11 +45,6 @@ def two_four_eligibility(module: nn.Module) -> Eligibility:
             return Eligibility(False, f"in_channels={module.in_channels} is not a multiple of {GROUP}")
         return Eligibility(True)
     return Eligibility(False, f"{type(module).__name__} is not a Conv/Linear layer")
-
-
-def has_unbaked_mask(module: nn.Module) -> bool:
-    """True while a layer computes with a mask (a torch.nn.utils.prune hook or a parametrization)."""
-    return prune.is_pruned(module) or parametrize.is_parametrized(module)
 
 
 def to_groups(weight: torch.Tensor) -> torch.Tensor:
@@ -119,29 +111,3 @@ def is_two_four(groups: torch.Tensor | np.ndarray) -> bool:
     if isinstance(groups, torch.Tensor):
         return bool(((groups != 0).sum(dim=1) <= KEEP).all())
     return bool(((groups != 0).sum(axis=1) <= KEEP).all())
-
-
-def linear_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
-    """(layer, batchnorm) module names where the BN's only input is the Conv/Linear's only use.
-
-    Both modules must be called exactly once in the trace.
-
-    Found on a torch.fx trace so that the pairing reflects the dataflow, not the module order.
-    Raises torch.fx's own error when the model cannot be traced.
-    """
-    graph = torch.fx.symbolic_trace(model).graph
-    modules = dict(model.named_modules())
-    # A module called at several places computes several things; folding it would change all of them.
-    calls = Counter(node.target for node in graph.nodes if node.op == "call_module")
-    pairs = []
-    for node in graph.nodes:
-        if node.op != "call_module" or not isinstance(modules.get(node.target), nn.modules.batchnorm._BatchNorm):
-            continue
-        (source, *rest) = node.args
-        if rest or not isinstance(source, torch.fx.Node) or source.op != "call_module":
-            continue
-        layer = modules.get(source.target)
-        if (isinstance(layer, PRUNABLE_TYPES) and len(source.users) == 1
-                and calls[source.target] == 1 and calls[node.target] == 1):
-            pairs.append((source.target, node.target))
-    return pairs

@@ -18,14 +18,15 @@ import torch
 import torch.nn as nn
 
 from compressor.counting import count_layer_macs, count_macs, count_params
-from compressor.gates import last_layer, producing_group, units_of
 from compressor.methods.bernoulli import hidden_groups
 from compressor.models import create_model, list_models
 from compressor.models.densenet import DenseNet
 from compressor.models.resnet_cifar import CifarResNet
 from compressor.models.units import DenseUnit, FeaturesClassifier, ResidualUnit, pooled_classifier
-from compressor.passes.coupling import CountPredictor, analyse_channels
-from compressor.passes.expected_counts import ExpectedCounts
+from compressor.passes.analysis.counts import CountPredictor
+from compressor.passes.analysis.expected_counts import ExpectedCounts
+from compressor.passes.analysis.groups import analyse_channels
+from compressor.passes.gates import last_layer, producing_group, units_of
 from shared import single_torch_thread
 
 
@@ -158,7 +159,7 @@ def test_zero_one_values_equal_the_count_predictor_on_the_sub_network(name, draw
 @pytest.mark.parametrize("name", ["resnet20", "resnet164", "lenet300_100", "densenet40"])
 def test_zero_one_values_equal_the_compiled_sub_network(name):
     """The compiler itself, not only its prediction, agrees: gate the structures at 0, compile, count."""
-    from compressor.gates import gate_group, gate_unit
+    from compressor.passes.gates import gate_group, gate_unit
     from compressor.passes.pipeline import compile_model
 
     torch.manual_seed(0)

@@ -1,21 +1,23 @@
-"""Tests of the gate vocabulary (compressor.gates): channel gates as parametrizations of the layers producing a
+"""Tests of the gate vocabulary (compressor.passes.gates): channel gates as parametrizations of the layers producing a
 group's channels, unit gates on residual and dense units (a dense unit gated 0 is exactly a model without it),
 the helpers that find gates and units, and the errors for gates that cannot be placed."""
 
 from __future__ import annotations
 
 import copy
+import pickle
 
 import pytest
 import torch
 import torch.nn as nn
 from torch.nn.utils import parametrize
 
-from compressor.gates import (ChannelGate, FeatureRangeGate, UnitGate, attach_channel_gate, dense_unit_readers,
-                              gate_group, gate_unit, gates_of, units_of)
+import compressor.gates as gates_at_the_old_path
 from compressor.models import create_model
 from compressor.models.units import DenseUnit, FeaturesClassifier, pooled_classifier
-from compressor.passes.coupling import channel_groups
+from compressor.passes.analysis.groups import channel_groups
+from compressor.passes.gates import (ChannelGate, FeatureRangeGate, UnitGate, attach_channel_gate, dense_unit_readers,
+                                    gate_group, gate_unit, gates_of, units_of)
 from shared import randomize_batchnorm_, single_torch_thread
 
 RELATIVE_TOLERANCE = 1e-5
@@ -257,3 +259,16 @@ def test_units_of_lists_residual_and_dense_units():
     assert len(units_of(create_model("resnet20"))) == 9
     assert len(units_of(create_model("densenet40"))) == 36
     assert units_of(create_model("vgg16")) == []
+
+
+# ------------------------------------------------------------------------------------------------ old import path
+
+
+def test_a_gate_pickled_under_the_old_import_path_loads_as_the_same_class():
+    for gate_type in (ChannelGate, UnitGate, FeatureRangeGate):
+        assert getattr(gates_at_the_old_path, gate_type.__name__) is gate_type
+    # Protocol 0 names a class as "module\nname\n": this is the pickle of a gate whose class was compressor.gates'.
+    pickled = pickle.dumps(UnitGate(0.5), protocol=0).replace(b"compressor.passes.gates\n", b"compressor.gates\n")
+    assert b"compressor.gates\nUnitGate" in pickled
+    loaded = pickle.loads(pickled)
+    assert type(loaded) is UnitGate and loaded.value().item() == 0.5

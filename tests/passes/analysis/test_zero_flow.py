@@ -1,5 +1,5 @@
-"""Tests of the zero-propagation analysis (compressor.passes.zero_flow) as the channel groups use it: a channel is
-removable when it is zero wherever it is read, through products (squeeze-and-excitation), GroupNorm groups,
+"""Tests of the zero-propagation analysis (compressor.passes.analysis.zero_flow) as the channel groups use it: a
+channel is removable when it is zero wherever it is read, through products (squeeze-and-excitation), GroupNorm groups,
 grouped convolutions, transposed convolutions and channel splits; and a group that cannot be removed says which
 layer or op keeps it whole. Every slicing is checked against the model before it."""
 
@@ -10,8 +10,10 @@ import torch
 import torch.nn as nn
 
 from compressor.counting import count_macs, count_params
-from compressor.gates import gate_group
-from compressor.passes.coupling import analyse_channels, channel_groups, dead_channels, predict_counts
+from compressor.passes.analysis.counts import predict_counts
+from compressor.passes.analysis.groups import analyse_channels, channel_groups
+from compressor.passes.analysis.importance import dead_channels
+from compressor.passes.gates import gate_group
 from compressor.passes.pipeline import compile_model
 from compressor.passes.slice_channels import slice_channels
 from user_models import build
