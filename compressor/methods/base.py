@@ -17,6 +17,7 @@ import torch.nn as nn
 
 from compressor.data import DataBundle
 from compressor.errors import CompressorError
+from compressor.methods.latency_goal import LatencyGoal
 from compressor.training import TrainConfig, TrainingHooks, TrainResult, train
 
 PATTERNS = ("unstructured", "2:4")
@@ -40,7 +41,7 @@ class Method(TrainingHooks, metaclass=ABCMeta):
     # method that steers by measured latency; such a method leaves its `LatencyGoal` here for the report.
     bench_batch: int = 1
     bench_threads: int | None = None
-    latency_goal: Any = None
+    latency_goal: LatencyGoal | None = None
     # Replaces the latency table's timer (a callable LayerSpec → ms), e.g. with a synthetic table in tests.
     latency_measure: Any = None
 

@@ -12,9 +12,9 @@ import torch.nn as nn
 
 from compressor.api import compress
 from compressor.errors import CompressorError
-from compressor.latency_target import CHECK_TOLERANCE, Step, greedy_by_latency, parse_latency_target
 from compressor.methods import create_method
 from compressor.methods.channel import ChannelMethod
+from compressor.methods.latency_goal import CHECK_TOLERANCE, Step, greedy_by_latency, parse_latency_target
 from compressor.models import create_model
 from compressor.report import Report
 from compressor.runtime.latency_model import LayerSpec, probe_layers
@@ -147,7 +147,7 @@ def test_timings_stop_once_a_plan_measures_within_the_tolerance():
     ([(100.0, 50.0), (100.0, 80.0), (100.0, 52.0)], 0.52, 3),  # a burst in one: the third decides
 ])
 def test_a_plan_is_timed_twice_and_a_third_time_when_the_two_disagree(tmp_path, monkeypatch, timings, fraction, calls):
-    import compressor.latency_target as latency_target
+    import compressor.methods.latency_goal as latency_target
 
     answers = iter(timings)
     monkeypatch.setattr(latency_target, "measure_models", lambda *args, **kwargs: next(answers))

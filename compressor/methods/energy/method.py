@@ -1,14 +1,14 @@
 """Pruning skip-units by their energy dependence on the labels, stage after stage (PED, seed 003).
 
 A stage scores every skip-unit still in the network by D, the energy dependence of its output on the labels
-(`compressor.dependence`), on class-stratified training samples in eval mode; clusters the scores with optimal
-1-D k-means (Ckmeans.1d.dp, from `ckwrap`) into K clusters; keeps one unit per cluster and removes the rest
-through unit gates of 0, which the compiler turns into a shallower network (RemoveDeadSkipUnits: a residual
+(`compressor.methods.energy.dependence`), on class-stratified training samples in eval mode; clusters the scores
+with optimal 1-D k-means (Ckmeans.1d.dp, from `ckwrap`) into K clusters; keeps one unit per cluster and removes the
+rest through unit gates of 0, which the compiler turns into a shallower network (RemoveDeadSkipUnits: a residual
 unit becomes its shortcut, a dense unit disappears with its channels in every reader); then retrains the smaller
-network for `--epochs` with the paper's schedule (lr restarted at every stage and divided by 10 after each
-quarter of the stage, fresh momentum). Stages repeat until `--target` (fraction of MACs removed),
-`--target-params` or `--target-latency` (the latency the latency table predicts, compressor.latency_target) is
-reached, or for `--option stages=N` stages.
+network for `--epochs` with the paper's schedule (lr restarted at every stage and divided by 10 after each quarter
+of the stage, fresh momentum). Stages repeat until `--target` (fraction of MACs removed), `--target-params` or
+`--target-latency` (the latency the latency table predicts, compressor.methods.latency_goal) is reached, or for
+`--option stages=N` stages.
 
 Choices where the paper is silent or self-defeating, with their reasons:
 - K: the paper takes the K whose pruned, not retrained network has the least training error, which always
@@ -43,13 +43,13 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from compressor.counting import count_macs, count_params
 from compressor.data import DataBundle
-from compressor.dependence import DENSE_OUTPUTS, PAIRS, STATISTICS, unit_dependences
 from compressor.distributed import from_main, group as process_group
 from compressor.errors import CompressorError
 from compressor.gates import dense_unit_readers, gate_unit, units_of
-from compressor.latency_target import (LatencyGoal, check_latency_settings, latency_backend_field,
-                                       latency_cache_field, target_latency_field)
 from compressor.methods.base import Method, register_method
+from compressor.methods.energy.dependence import DENSE_OUTPUTS, PAIRS, STATISTICS, unit_dependences
+from compressor.methods.latency_goal import (LatencyGoal, check_latency_settings, latency_backend_field,
+                                             latency_cache_field, target_latency_field)
 from compressor.models.units import DenseUnit
 from compressor.options import target_params_field
 from compressor.modules import copy_model

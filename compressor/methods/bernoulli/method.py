@@ -2,8 +2,8 @@
 
 Every skip-unit gets a layer variable ξ ~ Bernoulli(θ) on its branch (a dense unit: on its new features) and
 every hidden channel group inside a unit (or, in a network without skip-units, every hidden layer) a unit
-variable η ~ Bernoulli(π) per channel (`compressor.stochastic_gates`). Training samples them per example and
-minimises, beside the task loss,
+variable η ~ Bernoulli(π) per channel (the gates are in `compressor.methods.bernoulli.gates`). Training samples
+them per example and minimises, beside the task loss,
 
     ρ · [κ·L·E[MACs]/MACs₀ + (1−κ)·L·E[params]/params₀ + ν·Σθ]
 
@@ -13,22 +13,22 @@ MACs₀, params₀ are the dense model's. θ and π train with Adam at a constan
 are projected onto [0, 1] after every step, and a structure whose probability falls below ε is dead for good:
 it samples 0 from then on. At the end of every epoch the dead structures are removed physically, by the
 compiler's passes (a dead unit through a unit gate of 0 and RemoveDeadSkipUnits, dead channels through
-channel gates of 0 and SliceChannels), so later epochs train, and cost, a smaller network; the optimizer
-state of the survivors is carried over. A unit whose hidden channels all died goes as a whole. At the end
+channel gates of 0 and SliceChannels; `restructure`), so later epochs train, and cost, a smaller network; the
+optimizer state of the survivors is carried over. A unit whose hidden channels all died goes as a whole. At the end
 every survivor is set to 1, a deterministic network the compiler passes through unchanged.
 
-The paper has only ρ. `--target` (MACs removed; `--target-params` for parameters) makes ρ a controller: it
-starts at `rho` and doubles (`rho_growth`) every epoch while the network that would ship, with every survivor
-at 1, is above the budget; once it is within budget ρ drops to 0 and deaths that would take it further are
-refused (the structure stays at ε). The run so ends at most one structure past the target, which the report
-states as counted. From the next epoch boundary on every survivor is fixed at 1 and the remaining epochs
-fine-tune the deterministic network that will ship: a survivor left at, say, π = 0.4 and only set to 1 at the
-end would change the function the weights were trained for (on digits, resnet56 at 50%: 98.9% before that
-final step, 93.6% after it). The paper reaches the same end state (Theorem 3.1: minima lie at 0 or 1) by
-training long enough for the survivors to climb; its fixed-ρ mode here keeps its behaviour.
-`--target-latency` budgets the latency the latency table (compressor.latency_target) predicts for the network
-that would ship, in the same way: the regulariser still weighs MACs (the paper's complexity), the controller
-weighs milliseconds.
+The paper has only ρ. `--target` (MACs removed; `--target-params` for parameters) makes ρ a controller
+(`controller`): it starts at `rho` and doubles (`rho_growth`) every epoch while the network that would ship, with
+every survivor at 1, is above the budget; once it is within budget ρ drops to 0 and deaths that would take it
+further are refused (the structure stays at ε). The run so ends at most one structure past the target, which the
+report states as counted. From the next epoch boundary on every survivor is fixed at 1 and the remaining epochs
+fine-tune the deterministic network that will ship: a survivor left at, say, π = 0.4 and only set to 1 at the end
+would change the function the weights were trained for (on digits, resnet56 at 50%: 98.9% before that final step,
+93.6% after it). The paper reaches the same end state (Theorem 3.1: minima lie at 0 or 1) by training long enough
+for the survivors to climb; its fixed-ρ mode here keeps its behaviour.
+`--target-latency` budgets the latency the latency table (compressor.methods.latency_goal) predicts for the
+network that would ship, in the same way: the regulariser still weighs MACs (the paper's complexity), the
+controller weighs milliseconds.
 """
 
 from __future__ import annotations
@@ -43,32 +43,26 @@ import torch.nn as nn
 from compressor.counting import count_macs, count_params
 from compressor.data import DataBundle
 from compressor.errors import CompressorError
-from compressor.gates import dense_unit_readers, gate_group, gate_unit, units_of
+from compressor.gates import dense_unit_readers, gate_unit, units_of
 from compressor.distributed import from_main, group as process_group
-from compressor.latency_target import (LatencyGoal, check_latency_settings, latency_backend_field,
-                                       latency_cache_field, target_latency_field)
 from compressor.methods.base import Method, register_method
+from compressor.methods.bernoulli.controller import Removed, RhoController
+from compressor.methods.bernoulli.gates import (CHANNEL_GATES, BernoulliChannelGate, BernoulliUnitGate,
+                                                draw_per_forward, remove_stochastic_gates, unit_gates)
+from compressor.methods.bernoulli.restructure import compile_away_dead, fix_survivors
+from compressor.methods.latency_goal import (LatencyGoal, check_latency_settings, latency_backend_field,
+                                             latency_cache_field, target_latency_field)
 from compressor.models.units import DenseUnit, ResidualUnit
 from compressor.options import target_params_field
-from compressor.modules import copy_model
 from compressor.passes.coupling import ChannelGroup, analyse_channels
 from compressor.passes.expected_counts import ExpectedCounts, unit_layers
-from compressor.passes.pipeline import compile_model
 from compressor.passes.zero_flow import WEIGHT_LAYERS
 from compressor.runtime.latency_model import LatencyModel
-from compressor.stochastic_gates import (CHANNEL_GATES, BernoulliChannelGate, BernoulliUnitGate,
-                                         draw_per_forward, remove_stochastic_gates, unit_gates)
-from compressor.structure import apply_structure, describe_structure, take_shape_of
+from compressor.structure import apply_structure, describe_structure
 
 logger = logging.getLogger(__name__)
 
 PRUNE = ("both", "units", "layers")
-# A probe weight is its flat index times 2^-24: exact in float32 for tensors of up to 2^24 values, so the
-# compiled probe says, value by value, which entry of the old tensor each new entry is.
-_PROBE_SCALE = 2.0 ** -24
-_PROBE_LIMIT = 2 ** 24
-# How far past a target a death may take the network: half the tolerance a user is promised (2 points).
-OVERSHOOT = 0.01
 
 
 def _parse_number(text: str, option: str) -> float:
@@ -107,8 +101,8 @@ class BernoulliConfig:
     # What is pruned: channels and skip-units ("both", the paper), or only one kind (its ablations).
     prune: str = field(default="both", metadata={"parse": _parse_prune})
     target_params: float | None = target_params_field()
-    # With a latency target the controller also asks the latency table (compressor.latency_target) what the network
-    # that would ship costs, after every death it weighs and at every epoch boundary.
+    # With a latency target the controller also asks the latency table (compressor.methods.latency_goal) what the
+    # network that would ship costs, after every death it weighs and at every epoch boundary.
     target_latency: float | None = target_latency_field()
     latency_backend: str | None = latency_backend_field()
     latency_cache: str | None = latency_cache_field()
@@ -180,9 +174,8 @@ class BernoulliMethod(Method):
         if c.initial_probability < c.epsilon:
             raise CompressorError("option initial_probability of method bernoulli must be at least epsilon")
         _parse_prune(c.prune)  # options given in Python (compress's method_options) skip the command-line parser
-        self.budgeted = budget
-        self.rho = c.rho if c.rho is not None else 0.1
-        self.reached_epoch: int | None = None
+        self.controller = RhoController(c.rho if c.rho is not None else 0.1, c.rho_growth, target, c.target_params,
+                                        c.target_latency)
         self.removed_units: list[str] = []
         self.epochs: list[dict[str, float]] = []
         self.stages: dict[str, dict[str, Any]] = {}
@@ -192,7 +185,6 @@ class BernoulliMethod(Method):
         self._structure: _Structure | None = None
         self._adam: torch.optim.Adam | None = None
         self._latency: LatencyModel | None = None  # the current network's layers on the latency goal's table
-        self._epoch = 0  # the last completed epoch
 
     # --- setting up -----------------------------------------------------------------------------------------
 
@@ -274,7 +266,7 @@ class BernoulliMethod(Method):
         self._structure = _Structure(units, roots, expected)
         self._physical_macs = count_macs(model, self.shape)
 
-    def _gates(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
+    def gates(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
         """(key, gate) of every stochastic gate, units first: the order of θ/π in the optimizer."""
         units = dict(unit_gates(model))
         containers = getattr(model, CHANNEL_GATES)
@@ -283,7 +275,7 @@ class BernoulliMethod(Method):
 
     def method_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         if self._adam is None:
-            probabilities = [gate.probability for _, gate in self._gates(model)]
+            probabilities = [gate.probability for _, gate in self.gates(model)]
             if not probabilities:
                 return None  # every gated structure has been removed: nothing left to learn
             self._adam = torch.optim.Adam(probabilities, lr=self.config.probability_lr, weight_decay=0.0)
@@ -297,7 +289,7 @@ class BernoulliMethod(Method):
         def value(gate):
             return gate.alive.float() if deterministic else gate.expected()
 
-        gates = self._gates(model)
+        gates = self.gates(model)
         units = len(self._structure.units)
         device = next(model.parameters()).device
         theta = (torch.stack([value(gate) for _, gate in gates[:units]]) if units
@@ -341,31 +333,49 @@ class BernoulliMethod(Method):
         return (rho * cost).float()
 
     def extra_loss(self, model: nn.Module) -> torch.Tensor | None:
-        rho = self._rho_now()
+        rho = self.rho_now
         return self.regulariser(model, rho) if rho > 0 else None
+
+    def _removed(self, model: nn.Module) -> Removed:
+        """The fractions of the dense model's parameters, MACs and predicted latency that the network that would
+        ship removes."""
+        params, macs = (float(v) for v in self.complexity(model, deterministic=True))
+        return 1 - params / self.dense_params, 1 - macs / self.dense_macs, self.latency_removed(model)
+
+    # --- the controller's state, read-only ----------------------------------------------------------------------
+
+    @property
+    def budgeted(self) -> bool:
+        """Whether a target steers ρ (otherwise ρ is the paper's fixed level)."""
+        return self.controller.budgeted
+
+    @property
+    def rho(self) -> float:
+        return self.controller.rho
+
+    @property
+    def rho_now(self) -> float:
+        """The ρ the regulariser applies now: 0 once the budget is met."""
+        return self.controller.rho_now
+
+    @property
+    def reached_epoch(self) -> int | None:
+        """The epoch in which the budget was met; None until then."""
+        return self.controller.reached_epoch
 
     @property
     def settled(self) -> bool:
         """Whether the survivors are fixed at 1: the budget was met by an epoch boundary already passed."""
-        return self.reached_epoch is not None and self.reached_epoch <= self._epoch
-
-    def _rho_now(self) -> float:
-        return 0.0 if self.reached_epoch is not None else self.rho
-
-    def _within_budget(self, params: float, macs: float, latency_removed: float | None) -> bool:
-        met_macs = self.target is None or 1 - macs / self.dense_macs >= self.target
-        met_params = self.config.target_params is None or 1 - params / self.dense_params >= self.config.target_params
-        met_latency = latency_removed is None or latency_removed >= self.config.target_latency
-        return met_macs and met_params and met_latency
+        return self.controller.settled
 
     # --- per step: projection and the pruning test -------------------------------------------------------------
 
     def after_step(self, model: nn.Module, step: int) -> None:
         epsilon = self.config.epsilon
-        gates = [gate for _, gate in self._gates(model)]
+        gates = [gate for _, gate in self.gates(model)]
         with torch.no_grad():
             if self.settled:
-                _fix_survivors(gates)
+                fix_survivors(gates)
                 return
             for gate in gates:
                 gate.probability.clamp_(0.0, 1.0)
@@ -375,146 +385,52 @@ class BernoulliMethod(Method):
                     gate.probability.copy_(torch.where(gate.alive, gate.probability.clamp_min(epsilon), 0.0))
                 return
             if self.budgeted:
-                self._accept_deaths_within_budget(model, gates)
+                self.controller.accept_deaths(gates, epsilon, lambda: self._removed(model))
             for gate in gates:
                 gate.alive &= gate.probability >= epsilon
                 gate.probability.mul_(gate.alive)
 
-    def _accept_deaths_within_budget(self, model: nn.Module, gates: list[nn.Module]) -> None:
-        """Let structures below ε die, lowest probability first, while the shipped network stays within
-        `OVERSHOOT` of the target; the others are held at ε. The budget is reached when it is met."""
-        epsilon = self.config.epsilon
-        # Flattened, so that a unit's 0-dimensional θ yields index 0 rather than no index at all.
-        dying = [(gate, torch.nonzero((gate.alive & (gate.probability < epsilon)).reshape(-1)).flatten())
-                 for gate in gates]
-        dying = [(gate, index) for gate, index in dying if index.numel()]
-        if not dying:
-            return
-        candidates = sorted(((float(gate.probability.reshape(-1)[i]), n, int(i)) for n, (gate, index) in
-                             enumerate(dying) for i in index), key=lambda item: item[:2])
-        for _, n, i in candidates:
-            gate = dying[n][0]
-            if self.reached_epoch is None:
-                gate.alive.view(-1)[i] = False
-                params, macs = (float(v) for v in self.complexity(model, deterministic=True))
-                latency_removed = self.latency_removed(model)
-                if not self._overshoots(params, macs, latency_removed):
-                    if self._within_budget(params, macs, latency_removed):
-                        self.reached_epoch = self._epoch + 1
-                    continue
-                gate.alive.view(-1)[i] = True
-            gate.probability.view(-1)[i] = epsilon
-
-    def _overshoots(self, params: float, macs: float, latency_removed: float | None) -> bool:
-        """Whether the network removes more than `OVERSHOOT` beyond a target."""
-        over_macs = self.target is not None and 1 - macs / self.dense_macs > self.target + OVERSHOOT
-        target_params, target_latency = self.config.target_params, self.config.target_latency
-        over_params = target_params is not None and 1 - params / self.dense_params > target_params + OVERSHOOT
-        over_latency = latency_removed is not None and latency_removed > target_latency + OVERSHOOT
-        return over_macs or over_params or over_latency
-
     # --- per epoch: the training cost, the controller, physical removal --------------------------------------------
 
     def after_epoch(self, model: nn.Module, epoch: int) -> None:
-        self._epoch = epoch
         with torch.no_grad():
             params, macs = self.complexity(model, deterministic=True)
             expected_params, expected_macs = self.complexity(model)
-        # ρ as it was while this epoch trained (until the budget was met, if that happened in it).
-        rho = self.rho if self.reached_epoch is None or self.reached_epoch == epoch else 0.0
         self.epochs.append({"epoch": epoch, "macs_trained": self._physical_macs, "macs_alive": float(macs),
-                            "params_alive": float(params), "expected_macs": float(expected_macs), "rho": rho})
-        if self.budgeted and self.reached_epoch is None:
-            if self._within_budget(float(params), float(macs), self.latency_removed(model)):
-                self.reached_epoch = epoch
-            else:
-                self.rho *= self.config.rho_growth
-        if self.reached_epoch == epoch:  # the first boundary with the budget met: from here on, settled
+                            "params_alive": float(params), "expected_macs": float(expected_macs),
+                            "rho": self.controller.rho_during(epoch)})
+        shipped = lambda: (1 - float(params) / self.dense_params, 1 - float(macs) / self.dense_macs,  # noqa: E731
+                           self.latency_removed(model))
+        if self.controller.end_epoch(epoch, shipped):  # the first boundary with the budget met: from here on, settled
             self._record_probabilities(model)
             with torch.no_grad():
-                _fix_survivors([gate for _, gate in self._gates(model)])
+                fix_survivors([gate for _, gate in self.gates(model)])
 
     def restructure(self, model: nn.Module, optimizer_state: dict[str, dict]) -> bool:
-        gates = self._gates(model)
+        gates = self.gates(model)
         dead_units = [name for name, gate in gates[:len(self._structure.units)] if not bool(gate.alive)]
         groups_with_dead = [root for root, gate in gates[len(self._structure.units):] if not bool(gate.alive.all())]
         if not dead_units and not groups_with_dead:
             return False
-        self._remove_dead(model, optimizer_state)
+        self.remove_dead(model, optimizer_state)
         return True
 
-    def _remove_dead(self, model: nn.Module, optimizer_state: dict[str, dict] | None) -> None:
+    def remove_dead(self, model: nn.Module, optimizer_state: dict[str, dict] | None) -> None:
         """Compile the dead structures away and rebuild `model` in place, carrying the survivors' θ/π, their
         Adam state and (in `optimizer_state`) the weights' momentum."""
-        gates = dict(self._gates(model))
-        plain = copy_model(model)
-        remove_stochastic_gates(plain)
-        owner = {root: name for name, _ in units_of(plain) for root in self._structure.groups
-                 if root.startswith(name + ".")}
-        dead_units = {name for name in self._structure.units if not bool(gates[name].alive)}
-        # A unit whose hidden channels all died goes as a whole; a layer outside units keeps its best channel.
-        for root in self._structure.groups:
-            gate = gates[root]
-            if not bool(gate.alive.any()):
-                if root in owner:
-                    dead_units.add(owner[root])
-                else:
-                    best = int(gate.probability.argmax())
-                    with torch.no_grad():
-                        gate.alive[best] = True
-                        gate.probability[best] = max(float(gate.probability[best]), self.config.epsilon)
-        adam_state = {key: self._adam.state.get(gate.probability, {}) for key, gate in gates.items()} if self._adam else {}
-        values = {key: gate.probability.detach().clone() for key, gate in gates.items()}
-        flags = {key: gate.alive.clone() for key, gate in gates.items()}
-        gone = lambda root: any(root.startswith(name + ".") for name in dead_units)  # noqa: E731
-        channels_removed = sum(int((~flags[root]).sum()) for root in self._structure.groups if not gone(root))
-
-        old_shapes = {name: parameter.shape for name, parameter in plain.named_parameters()}
-        analysis = analyse_channels(plain, self.shape)
-        by_root = {group.root: group for group in analysis.groups}
-        for name in sorted(dead_units):
-            gate_unit(plain, plain.get_submodule(name), 0.0, self.shape, groups=analysis.groups)
-        for root in self._structure.groups:
-            if not gone(root) and not bool(flags[root].all()):
-                gate_group(by_root[root], flags[root].float().cpu())
-        compiled = compile_model(plain, self.shape).model
-        positions = _surviving_positions(plain, compiled, self.shape)
-        if optimizer_state is not None:
-            _carry_momentum(optimizer_state, compiled, positions)
-
-        remove_stochastic_gates(model)
-        take_shape_of(model, compiled)
-        self.removed_units += sorted(dead_units)
-        units = [name for name in self._structure.units if name not in dead_units]
-        roots, kept_values, kept_flags = [], {}, {}
-        for root in self._structure.groups:
-            if gone(root):
-                continue
-            index = positions.get(root + ".weight")
-            if index is None:
-                kept = torch.nonzero(flags[root]).flatten()
-            else:
-                # The old output channel of each new one, read off its first value's old flat index; a transposed
-                # convolution keeps its output channels in the weight's second dimension.
-                shape = old_shapes[root + ".weight"]
-                dim = 1 if isinstance(plain.get_submodule(root), nn.ConvTranspose2d) else 0
-                first = index.movedim(dim, 0).reshape(index.shape[dim], -1)[:, 0]
-                kept = (first // shape[dim + 1:].numel() % shape[dim]).to(flags[root].device)
-            roots.append(root)
-            kept_values[root], kept_flags[root] = values[root][kept], flags[root][kept]
-            adam_state[root] = {k: (v[kept.to(v.device)] if isinstance(v, torch.Tensor) and v.dim() else v)
-                                for k, v in adam_state.get(root, {}).items()}
-        for name in units:
-            kept_values[name], kept_flags[name] = values[name], flags[name]
-        self._attach(model, units, roots, analyse_channels(model, self.shape).groups, kept_values, kept_flags)
+        survivors = compile_away_dead(model, self.shape, self._structure.units, self._structure.groups,
+                                      dict(self.gates(model)), self.config.epsilon, self._adam, optimizer_state)
+        self.removed_units += survivors.dead_units
+        self._attach(model, survivors.units, survivors.roots, analyse_channels(model, self.shape).groups,
+                     survivors.probabilities, survivors.alive)
         if self._adam is not None:
             self._adam = None
             adam = self.method_optimizer(model)
-            for key, gate in self._gates(model):
-                if adam_state.get(key):
-                    adam.state[gate.probability] = adam_state[key]
+            for key, gate in self.gates(model):
+                if survivors.adam_state.get(key):
+                    adam.state[gate.probability] = survivors.adam_state[key]
         logger.info("bernoulli: removed %d skip-units and %d channels; the model trains with %s MACs per sample now",
-                    len(dead_units), channels_removed, f"{self._physical_macs:,}")
+                    len(survivors.dead_units), survivors.channels_removed, f"{self._physical_macs:,}")
 
     # --- the end ------------------------------------------------------------------------------------------------
 
@@ -522,10 +438,10 @@ class BernoulliMethod(Method):
         """Remove what died since the last epoch, record the final θ and π, and set every survivor to 1."""
         if self._structure is None:
             return model
-        gates = self._gates(model)
+        gates = self.gates(model)
         if any(not bool(gate.alive.all()) for _, gate in gates):
-            self._remove_dead(model, None)
-            gates = self._gates(model)
+            self.remove_dead(model, None)
+            gates = self.gates(model)
         if not self.settled:
             self._record_probabilities(model)
         with torch.no_grad():
@@ -539,7 +455,7 @@ class BernoulliMethod(Method):
 
     def _record_probabilities(self, model: nn.Module) -> None:
         """Keep θ and π of the survivors as they are before being fixed at 1."""
-        gates = self._gates(model)
+        gates = self.gates(model)
         units = len(self._structure.units)
         self.final_probabilities = {
             "theta": [float(gate.probability.detach()) for _, gate in gates[:units] if bool(gate.alive)],
@@ -559,7 +475,7 @@ class BernoulliMethod(Method):
         return stages
 
     def _finish_stages(self, model: nn.Module) -> None:
-        widths = {root: int(gate.alive.sum()) for root, gate in self._gates(model)[len(self._structure.units):]}
+        widths = {root: int(gate.alive.sum()) for root, gate in self.gates(model)[len(self._structure.units):]}
         for stage in self.stages.values():
             stage["removed_units"] = [name for name in stage["units"] if name in self.removed_units]
             for root, sizes in stage["channels"].items():
@@ -585,15 +501,15 @@ class BernoulliMethod(Method):
 
     def state_dict(self) -> dict:
         return {"rho": self.rho, "reached_epoch": self.reached_epoch, "probabilities": dict(self.final_probabilities), "removed_units": list(self.removed_units),
-                "epochs": [dict(record) for record in self.epochs], "epoch": self._epoch}
+                "epochs": [dict(record) for record in self.epochs], "epoch": self.controller.epoch}
 
     def load_state_dict(self, state: dict) -> None:
-        self.rho = float(state["rho"])
-        self.reached_epoch = state["reached_epoch"]
+        self.controller.rho = float(state["rho"])
+        self.controller.reached_epoch = state["reached_epoch"]
         self.final_probabilities = dict(state["probabilities"])
         self.removed_units = list(state["removed_units"])
         self.epochs = [dict(record) for record in state["epochs"]]
-        self._epoch = int(state["epoch"])
+        self.controller.epoch = int(state["epoch"])
 
     def facts(self) -> dict[str, Any]:
         facts = super().facts()
@@ -603,48 +519,3 @@ class BernoulliMethod(Method):
                      target_reached_epoch=self.reached_epoch, rho_final=self.rho)
         return facts
 
-
-def _fix_survivors(gates: list[nn.Module]) -> None:
-    """Every survivor at 1, every dead structure at 0: the deterministic network."""
-    for gate in gates:
-        gate.probability.copy_(gate.alive.float())
-
-
-def _surviving_positions(gated: nn.Module, compiled: nn.Module, input_shape: tuple[int, ...]
-                         ) -> dict[str, torch.Tensor]:
-    """Per parameter of `compiled` (the compiled `gated`), the flat index in the tensor of `gated` that each of
-    its values came from, found by compiling a copy whose weights are their own indices.
-
-    Parameters whose shape the probe does not reproduce (a channel that is zero in the model's own weights, which
-    the probe's weights do not share) are left out, as are tensors too large to index exactly.
-    """
-    probe = copy_model(gated)
-    with torch.no_grad():
-        for parameter in probe.parameters():
-            if parameter.numel() <= _PROBE_LIMIT:
-                parameter.copy_((torch.arange(parameter.numel(), device=parameter.device, dtype=torch.float32) + 1)
-                                .mul_(_PROBE_SCALE).reshape(parameter.shape))
-    compiled_probe = compile_model(probe, input_shape).model
-    probes = dict(compiled_probe.named_parameters())
-    positions = {}
-    for name, parameter in compiled.named_parameters():
-        found = probes.get(name)
-        if found is None or found.shape != parameter.shape:
-            continue
-        index = torch.round(found.detach() / _PROBE_SCALE).long() - 1
-        if bool((index >= 0).all()):
-            positions[name] = index
-    return positions
-
-
-def _carry_momentum(optimizer_state: dict[str, dict], compiled: nn.Module, positions: dict[str, torch.Tensor]) -> None:
-    """Slice each surviving parameter's optimizer state as the parameter was sliced; drop the rest."""
-    shapes = {name: parameter.shape for name, parameter in compiled.named_parameters()}
-    for name in list(optimizer_state):
-        index = positions.get(name)
-        if name not in shapes or index is None:
-            del optimizer_state[name]
-            continue
-        optimizer_state[name] = {
-            key: (value.reshape(-1)[index.to(value.device)] if isinstance(value, torch.Tensor) and value.dim() else value)
-            for key, value in optimizer_state[name].items()}
