@@ -47,9 +47,9 @@ import torch_pruning as tp
 from compressor.passes.analysis import groups as coupling_groups
 
 from compressor.counting import count_macs, count_params
-from compressor.gates import gate_group
 from compressor.methods.channel import ChannelMethod
 from compressor.modules import copy_model
+from compressor.passes.gates import gate_group
 from compressor.passes.pipeline import compile_model
 from compressor.tables import text_table
 

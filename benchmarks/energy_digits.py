@@ -42,12 +42,12 @@ import torch
 from compressor.api import train_model
 from compressor.counting import count_macs, count_params
 from compressor.data import load_data
-from compressor.gates import units_of
 from compressor.loading import load_model
 from compressor.methods import create_method
 from compressor.methods.energy import EnergyMethod, labels_of, samples_at
 from compressor.methods.energy.dependence import unit_dependences
 from compressor.modules import copy_model
+from compressor.passes.gates import units_of
 from compressor.tables import mean_sd, text_table, verdict
 from compressor.training import TrainConfig, evaluate
 

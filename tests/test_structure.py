@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from compressor.passes.pipeline import compile_model
 from compressor.errors import CompressorError
-from compressor.gates import gate_unit, units_of
 from compressor.loading import CHECKPOINT_FORMAT, load_model, save_checkpoint
 from compressor.methods import create_method
-from compressor.structure import apply_structure, describe_structure
 from compressor.models import create_model
+from compressor.passes.gates import gate_unit, units_of
+from compressor.passes.pipeline import compile_model
+from compressor.structure import apply_structure, describe_structure
 from shared import randomize_batchnorm_, single_torch_thread
 
 

@@ -30,16 +30,18 @@ import torch.nn as nn
 
 from compressor.counting import count_layer_macs, count_params
 from compressor.data import DataBundle
-from compressor.errors import CompressorError
 from compressor.distributed import from_main, group as process_group
-from compressor.gates import gate_group
+from compressor.errors import CompressorError
 from compressor.methods.base import Method, register_method
 from compressor.methods.latency_goal import (LatencyGoal, check_latency_settings, greedy_by_latency,
                                              latency_backend_field, latency_cache_field, latency_checks_field,
                                              latency_steps, target_latency_field)
-from compressor.options import method_flag, target_params_field
 from compressor.modules import copy_model
-from compressor.passes.coupling import ChannelGroup, CountPredictor, analyse_channels, group_l1, realizable
+from compressor.options import method_flag, target_params_field
+from compressor.passes.analysis.counts import CountPredictor
+from compressor.passes.analysis.groups import ChannelGroup, analyse_channels, realizable
+from compressor.passes.analysis.importance import group_l1
+from compressor.passes.gates import gate_group
 from compressor.passes.pipeline import compile_model
 
 SCOPES = ("global", "uniform")

@@ -24,9 +24,9 @@ import torch
 import torch.nn as nn
 
 from compressor.errors import CompressorError
-from compressor.options import method_flag
 from compressor.modules import copy_model
-from compressor.passes.coupling import CountPredictor
+from compressor.options import method_flag
+from compressor.passes.analysis.counts import CountPredictor
 from compressor.passes.pipeline import export_onnx
 from compressor.report import LatencyCheck, LatencyLayer, LatencyTargetStats
 from compressor.runtime.backends import Subject

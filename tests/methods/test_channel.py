@@ -9,14 +9,14 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import parametrize
 
-from compressor.passes.pipeline import compile_model
 from compressor.counting import count_macs, count_params
 from compressor.errors import CompressorError
-from compressor.gates import ChannelGate, gates_of
 from compressor.methods import create_method
 from compressor.methods.channel import filter_l1
 from compressor.models import create_model
-from compressor.passes.coupling import channel_groups
+from compressor.passes.analysis.groups import channel_groups
+from compressor.passes.gates import ChannelGate, gates_of
+from compressor.passes.pipeline import compile_model
 from shared import single_torch_thread
 
 

@@ -8,10 +8,10 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import parametrize
 
-from compressor.gates import UnitGate, attach_channel_gate, gate_group, gate_unit, gates_of, units_of
 from compressor.models import create_model
-from compressor.passes.coupling import channel_groups
+from compressor.passes.analysis.groups import channel_groups
 from compressor.passes.fold_gates import FoldGatesPass, fold_gates
+from compressor.passes.gates import UnitGate, attach_channel_gate, gate_group, gate_unit, gates_of, units_of
 
 
 def has_parametrizations(model: nn.Module) -> bool:

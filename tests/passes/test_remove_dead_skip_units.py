@@ -9,11 +9,12 @@ import torch
 import torch.nn as nn
 
 from compressor.counting import count_macs, count_params
-from compressor.gates import gate_unit, last_layer, producing_group
 from compressor.models import create_model
 from compressor.models.units import DenseUnit, PadShortcut, ResidualUnit
-from compressor.passes.coupling import channel_groups, predict_counts
+from compressor.passes.analysis.counts import predict_counts
+from compressor.passes.analysis.groups import channel_groups
 from compressor.passes.fold_gates import fold_gates
+from compressor.passes.gates import gate_unit, last_layer, producing_group
 from compressor.passes.remove_dead_skip_units import RemoveDeadSkipUnitsPass
 
 

@@ -8,12 +8,13 @@ import pytest
 import torch
 import torch.nn as nn
 
-from compressor.passes.pipeline import compile_model
 from compressor.counting import count_params
-from compressor.gates import gate_group
 from compressor.models import create_model
-from compressor.passes.coupling import channel_groups, reader_importance
+from compressor.passes.analysis.groups import channel_groups
+from compressor.passes.analysis.importance import reader_importance
 from compressor.passes.fold_gates import fold_gates
+from compressor.passes.gates import gate_group
+from compressor.passes.pipeline import compile_model
 from compressor.passes.round_channels import RoundChannelsPass
 from compressor.passes.slice_channels import SliceChannelsPass
 

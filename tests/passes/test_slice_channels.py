@@ -10,10 +10,12 @@ import torch
 import torch.nn as nn
 
 from compressor.counting import count_macs, count_params
-from compressor.gates import gate_group
 from compressor.models import create_model
-from compressor.passes.coupling import channel_groups, predict_counts, reader_importance, realizable
+from compressor.passes.analysis.counts import predict_counts
+from compressor.passes.analysis.groups import channel_groups, realizable
+from compressor.passes.analysis.importance import reader_importance
 from compressor.passes.fold_gates import fold_gates
+from compressor.passes.gates import gate_group
 from compressor.passes.slice_channels import SliceChannelsPass, slice_channels
 
 

@@ -28,10 +28,10 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import parametrize
 
-from compressor.gates import FeatureRangeGate, UnitGate
 from compressor.models.units import DenseUnit, ResidualUnit
 from compressor.modules import unparametrize
-from compressor.passes.coupling import ChannelGroup
+from compressor.passes.analysis.groups import ChannelGroup
+from compressor.passes.gates import FeatureRangeGate, UnitGate
 
 # Where a model keeps its channel gates, so their probabilities are parameters of the model.
 CHANNEL_GATES = "bernoulli_channel_gates"

@@ -42,9 +42,8 @@ import torch.nn as nn
 
 from compressor.counting import count_macs, count_params
 from compressor.data import DataBundle
-from compressor.errors import CompressorError
-from compressor.gates import dense_unit_readers, gate_unit, units_of
 from compressor.distributed import from_main, group as process_group
+from compressor.errors import CompressorError
 from compressor.methods.base import Method, register_method
 from compressor.methods.bernoulli.controller import Removed, RhoController
 from compressor.methods.bernoulli.gates import (CHANNEL_GATES, BernoulliChannelGate, BernoulliUnitGate,
@@ -54,9 +53,10 @@ from compressor.methods.latency_goal import (LatencyGoal, check_latency_settings
                                              latency_cache_field, target_latency_field)
 from compressor.models.units import DenseUnit, ResidualUnit
 from compressor.options import target_params_field
-from compressor.passes.coupling import ChannelGroup, analyse_channels
-from compressor.passes.expected_counts import ExpectedCounts, unit_layers
-from compressor.passes.zero_flow import WEIGHT_LAYERS
+from compressor.passes.analysis.expected_counts import ExpectedCounts, unit_layers
+from compressor.passes.analysis.groups import ChannelGroup, analyse_channels
+from compressor.passes.analysis.zero_flow import WEIGHT_LAYERS
+from compressor.passes.gates import dense_unit_readers, gate_unit, units_of
 from compressor.runtime.latency_model import LatencyModel
 from compressor.structure import apply_structure, describe_structure
 

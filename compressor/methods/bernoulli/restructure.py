@@ -12,10 +12,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from compressor.gates import gate_group, gate_unit, units_of
 from compressor.methods.bernoulli.gates import remove_stochastic_gates
 from compressor.modules import copy_model
-from compressor.passes.coupling import analyse_channels
+from compressor.passes.analysis.groups import analyse_channels
+from compressor.passes.gates import gate_group, gate_unit, units_of
 from compressor.passes.pipeline import compile_model
 from compressor.structure import take_shape_of
 

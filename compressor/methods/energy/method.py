@@ -45,16 +45,16 @@ from compressor.counting import count_macs, count_params
 from compressor.data import DataBundle
 from compressor.distributed import from_main, group as process_group
 from compressor.errors import CompressorError
-from compressor.gates import dense_unit_readers, gate_unit, units_of
 from compressor.methods.base import Method, register_method
 from compressor.methods.energy.dependence import DENSE_OUTPUTS, PAIRS, STATISTICS, unit_dependences
 from compressor.methods.latency_goal import (LatencyGoal, check_latency_settings, latency_backend_field,
                                              latency_cache_field, target_latency_field)
 from compressor.models.units import DenseUnit
-from compressor.options import target_params_field
 from compressor.modules import copy_model
-from compressor.passes.coupling import analyse_channels
-from compressor.passes.expected_counts import ExpectedCounts
+from compressor.options import target_params_field
+from compressor.passes.analysis.expected_counts import ExpectedCounts
+from compressor.passes.analysis.groups import analyse_channels
+from compressor.passes.gates import dense_unit_readers, gate_unit, units_of
 from compressor.passes.pipeline import compile_model
 from compressor.runtime.latency_model import LatencyModel
 from compressor.structure import apply_structure, describe_structure, take_shape_of

@@ -10,12 +10,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from compressor.gates import dense_unit_readers
 from compressor.methods import create_method
 from compressor.methods.bernoulli.gates import CHANNEL_GATES, BernoulliChannelGate, BernoulliUnitGate, draw_per_forward
 from compressor.models import create_model
 from compressor.models.resnet_cifar import basic_unit
-from compressor.passes.coupling import analyse_channels
+from compressor.passes.analysis.groups import analyse_channels
+from compressor.passes.gates import dense_unit_readers
 from compressor.passes.remove_dead_skip_units import RemoveDeadSkipUnitsPass
 from shared import randomize_batchnorm_, single_torch_thread
 

@@ -10,12 +10,12 @@ import torch
 from torch.nn.utils import parametrize
 
 from compressor.counting import count_macs, count_params
-from compressor.gates import dense_unit_readers
 from compressor.methods import create_method
 from compressor.methods.bernoulli.gates import CHANNEL_GATES, remove_stochastic_gates
 from compressor.models import create_model
 from compressor.modules import copy_model
-from compressor.passes.coupling import analyse_channels
+from compressor.passes.analysis.groups import analyse_channels
+from compressor.passes.gates import dense_unit_readers
 from compressor.training import plain_parameter_name
 from shared import randomize_batchnorm_, single_torch_thread
 from user_models import build

@@ -22,14 +22,14 @@ from compressor.cli import main
 from compressor.counting import count_macs, count_params
 from compressor.data import load_data
 from compressor.errors import CompressorError
-from compressor.gates import dense_unit_readers, last_layer
 from compressor.methods import create_method
 from compressor.methods.energy import EnergyMethod, ped_kept, removal, remove_units, stratified_indices
 from compressor.models import create_model
 from compressor.models.densenet import dense_unit
 from compressor.models.resnet_cifar import basic_unit, preact_bottleneck_unit
 from compressor.modules import copy_model
-from compressor.passes.coupling import analyse_channels
+from compressor.passes.analysis.groups import analyse_channels
+from compressor.passes.gates import dense_unit_readers, last_layer
 from compressor.report import Report
 from compressor.runtime.latency_model import LatencyModel
 from compressor.training import TrainConfig
