@@ -69,6 +69,7 @@ from compressor.passes.pipeline import compile_model
 from compressor.counting import count_macs, count_params
 from compressor.errors import CompressorError
 from compressor.methods import create_method
+from compressor.methods.base import RunContext
 from compressor.options import parse_fraction
 from compressor.tables import text_table
 from compressor.training import TrainConfig, evaluate, train
@@ -284,9 +285,9 @@ def _ours(arch: str, fraction: float, round_to: int, shape: tuple[int, ...]) -> 
 def _ours_by_latency(model: nn.Module, fraction: float, settings: Settings) -> tuple[nn.Module, object]:
     """`model` with `fraction` of its predicted latency removed by channel pruning's `--target-latency`."""
     shape = tuple(model.input_shape)
-    method = create_method("channel", None, target_latency=fraction, round_to=LATENCY_ROUND_TO,
-                           latency_backend=settings.backend, latency_cache=settings.cache)
-    method.bench_batch, method.bench_threads = settings.latency_batch, settings.threads
+    method = create_method("channel", None, run=RunContext(settings.latency_batch, settings.threads),
+                           target_latency=fraction, round_to=LATENCY_ROUND_TO, latency_backend=settings.backend,
+                           latency_cache=settings.cache)
     method.prepare(model, None)
     return compile_model(model, shape, round_to=LATENCY_ROUND_TO).model.eval(), method
 

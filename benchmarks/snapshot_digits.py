@@ -100,7 +100,7 @@ def run_setting(arch: str, seed: int, setting: str, args) -> dict[str, Any]:
     method.prepare(model, data)
     method.fit(model, data, config, progress=False)
     method.finalize(model)
-    details = method.facts()["snapshot"]
+    details = method.outcome().details["snapshot"]
     row["snapshot"] = {"params": details["params"], "params_dense": details["params_dense"],
                        "sparsity": details["sparsity"], "accuracy_after_pruning": details["accuracy_after_pruning"],
                        "accuracy_after_retraining": evaluate(model, data.test), "groups": details["groups"],

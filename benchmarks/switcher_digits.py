@@ -75,7 +75,7 @@ def run_mode(arch: str, seed: int, mode: str, dense: torch.nn.Module, data, args
                            bottleneck_channels=args.bottleneck_channels, from_scratch=args.from_scratch)
     method.prepare(model, data)
     method.fit(model, data, TrainConfig(epochs=args.epochs, lr=FINE_TUNE_LR, seed=seed), progress=False)
-    facts = method.facts()["switcher"]
+    facts = method.outcome().details["switcher"]
     model = method.finalize(model)
     layers = facts["layers"]
     gated = sum(layer["weights"] for layer in layers)

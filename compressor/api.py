@@ -22,33 +22,34 @@ import torch
 import torch.nn as nn
 
 import compressor
-from compressor.counting import (CONV_TRANSPOSE_TYPES, count_layer_macs, count_macs, count_params, layer_sparsity,
-                                 prunable_layers)
-from compressor.data import DataBundle, data_path, load_data
-from compressor.errors import CompressorError, VerificationError, printable
+from compressor.counting import count_layer_macs, count_params, layer_sparsity, prunable_layers
+from compressor.data import data_path, load_data
 from compressor.distributed import describe_device, group, start, together
+from compressor.errors import CompressorError, VerificationError, printable
 from compressor.files import Output, state_location
-from compressor.loading import check_finite_weights, load_model, module_pickler, save_checkpoint, trained_with
+from compressor.loading import (check_finite_weights, load_model, module_pickler, output_classes, save_checkpoint,
+                                trained_with)
+from compressor.measurements import layer_stats, structure_stats, training_cost
 from compressor.methods import create_method
+from compressor.methods.base import Method, RunContext
 from compressor.models import create_model
+from compressor.modules import copy_model
 from compressor.options import parse_fraction
-from compressor.report import (CompressedStats, DenseStats, EpochCost, LatencyStats, LayerShape, LayerStats, OnnxStats,
-                               PassStats, ProbabilityCounts, PruningStage, Report, SnapshotStats, StageStats,
-                               StructureStats, SwitcherStats, write_report)
-from compressor.training import (DEFAULT_WEIGHT_DECAY, EpochRecord, TrainConfig, TrainResult, check_config, default_lr,
-                                 evaluate, train)
-from compressor.modules import model_device, copy_model
-from compressor.verify import verify_onnx
-from compressor.passes.analysis import has_unbaked_mask, two_four_eligibility
+from compressor.passes.analysis import has_unbaked_mask
 from compressor.passes.bake_masks import BakeMasksPass
-from compressor.passes.base import Pipeline, PipelineResult
+from compressor.passes.base import Pipeline
 from compressor.passes.check_onnx_sparsity import distinct_weights
 from compressor.passes.enforce_two_four import EnforceTwoFourPass
 from compressor.passes.fold_batchnorm import fold_batchnorm
 # export_onnx is re-exported: it is part of the API (`compressor.export_onnx`).
-from compressor.passes.pipeline import compile_model, export_onnx
-from compressor.runtime.bench import BenchResult, time_alternating, benchmark as run_benchmark
+from compressor.passes.pipeline import compile_model, export_onnx  # noqa: F401
+from compressor.report import CompressedStats, DenseStats, LatencyStats, OnnxStats, PassStats, Report, write_report
+from compressor.runtime.bench import BenchResult, time_onnx_pair
+from compressor.runtime.bench import benchmark as run_benchmark
 from compressor.runtime.ort_backend import OrtBackend
+from compressor.training import (DEFAULT_WEIGHT_DECAY, TrainConfig, check_config, check_resume_settings, default_lr,
+                                 evaluate, train)
+from compressor.verify import verify_onnx
 
 logger = logging.getLogger(__name__)
 
@@ -170,11 +171,11 @@ def compress(model: str | os.PathLike | nn.Module, method: str = "magnitude", ta
     timings: dict[str, float] = {}
     started = time.perf_counter()
     target_value = parse_target(target) if target is not None else None
-    compression = create_method(method, target_value, pattern, **(method_options or {}))
+    compression = create_method(method, target_value, pattern, run=RunContext(bench_batch, threads),
+                                **(method_options or {}))
     epochs = compression.default_epochs if epochs is None else epochs
     _check_settings(epochs, lr=lr, batch_size=batch_size, bench_batch=bench_batch, bench_runs=bench_runs,
                     threads=threads)
-    compression.bench_batch, compression.bench_threads = bench_batch, threads
     # Checked now with stand-ins for what the model's checkpoint decides, so a bad setting stops before any work.
     check_config(TrainConfig(loss=loss or "ce", optimizer=optimizer or "adam", weight_decay=weight_decay,
                              wd_mode=wd_mode))
@@ -213,9 +214,9 @@ def _timed(timings: dict[str, float], stage: str, announce: bool = True):
         timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
 
 
-def _compress_into(output: Output | None, state_path: Path, device: torch.device, source, compression, data_spec,
-                   training, batch_size, arch, trust_model, input_shape, seed, bench_batch, threads, bench_runs,
-                   progress, resume, timings) -> Report | None:
+def _compress_into(output: Output | None, state_path: Path, device: torch.device, source, compression: Method,
+                   data_spec, training, batch_size, arch, trust_model, input_shape, seed, bench_batch, threads,
+                   bench_runs, progress, resume, timings) -> Report | None:
     """The run itself; `output` is None on the processes of a data-parallel run that write nothing, which
     return None once the method has trained."""
     main = output is not None
@@ -242,11 +243,14 @@ def _compress_into(output: Output | None, state_path: Path, device: torch.device
             raise CompressorError("the model's input shape is unknown; give it with --input-shape C,H,W")
         shape = tuple(model.input_shape)
         model = model.to(device)
-        outputs = _output_classes(model, shape)
+        outputs = output_classes(model, shape)
         bundle = load_data(data_spec, shape, batch_size=batch_size, seed=seed, num_classes=outputs)
-        _check_data_fits(model, bundle)
+        bundle.check_fits(model)
         config = _method_training(model, compression, training)
         model.trained_with = {"loss": config.loss, "optimizer": config.optimizer}
+        if resume:
+            # Before any model work: the loop would refuse other settings only once the dense model is measured.
+            check_resume_settings(state_path, config, compression.settings(), unchecked=("epochs",))
     if main:
         with _timed(timings, "measure dense"):
             dense = DenseStats(count_params(model), sum(l.macs for l in count_layer_macs(model, shape).values()),
@@ -270,9 +274,10 @@ def _compress_into(output: Output | None, state_path: Path, device: torch.device
             torch_passes = [BakeMasksPass()] + ([EnforceTwoFourPass()] if compression.pattern == "2:4" else [])
             compiled = Pipeline(torch_passes).run(model)
         model = compiled.model.eval()
-        layers = _layer_stats(model, masked, compression)
+        outcome = compression.outcome()
+        layers = layer_stats(model, masked, compression)
         if compression.structured:
-            structure = _structure_stats(model, shape, dense, shapes_before, compiled, compression)
+            structure = structure_stats(model, shape, dense, shapes_before, compiled, outcome)
         two_four_names = [f"{row.name}.weight" for row in layers if row.pattern == "2:4"]
         compressed_accuracy = evaluate(model, bundle.test)
     # Export, verification, counting and the checkpoint read the model on the CPU, where onnxruntime runs.
@@ -280,12 +285,12 @@ def _compress_into(output: Output | None, state_path: Path, device: torch.device
     torch_zeros = sum(row.zeros for row in layers)
     weights = sum(row.weights for row in layers)
     sparsity = torch_zeros / weights if weights else 0.0
-    facts = {**compression.facts(), "tool_version": compressor.__version__, "sparsity": sparsity,
+    facts = {**outcome.metadata(), "tool_version": compressor.__version__, "sparsity": sparsity,
              "layers": {row.name: round(row.sparsity, 6) for row in layers}}
     with _timed(timings, "export"):
         exported = export_onnx(model, output.staging / "model.onnx", shape, facts=facts, expect_two_four=two_four_names)
     with _timed(timings, "verify"):
-        check = verify_onnx(model, exported.model, _real_batch(bundle))
+        check = verify_onnx(model, exported.model, bundle.real_batch(VERIFY_BATCH))
         # A layer called twice (a shared weight) is read by two ONNX nodes but stored, and counted in torch, once.
         onnx_rows = distinct_weights(exported.notes("CheckOnnxSparsity")["layers"])
         onnx_zeros = sum(row.zeros for row in onnx_rows)
@@ -295,7 +300,8 @@ def _compress_into(output: Output | None, state_path: Path, device: torch.device
         if onnx_zeros != folded_zeros:
             raise VerificationError(f"the ONNX holds {onnx_zeros} zero weights but the model {folded_zeros}")
     with _timed(timings, "latency"):
-        dense_bench, compressed_bench = _time_pair(dense_onnx, exported.model, shape, bench_batch, threads, bench_runs)
+        dense_bench, compressed_bench = time_onnx_pair(dense_onnx, exported.model, shape, bench_batch, threads,
+                                                       bench_runs)
     latency_target = None
     if compression.latency_goal is not None:
         with _timed(timings, "latency target"):
@@ -312,7 +318,7 @@ def _compress_into(output: Output | None, state_path: Path, device: torch.device
         target=compression.target,
         pattern=compression.pattern,
         epochs=config.epochs,
-        method_config=compression.facts()["config"],
+        method_config=outcome.config,
         dense=dense,
         compressed=CompressedStats(
             params=count_params(model),
@@ -334,27 +340,12 @@ def _compress_into(output: Output | None, state_path: Path, device: torch.device
         structure=structure,
         device=describe_device(device),
         processes=group().size,
-        training_cost=_training_cost(compression.facts().get("training_cost", []), trained.history),
+        training_cost=training_cost(outcome.structure, trained.history),
         training={"loss": config.loss, "optimizer": config.optimizer, "lr": config.lr,
                   "weight_decay": config.weight_decay, "wd_mode": config.wd_mode},
-        snapshot=SnapshotStats.from_dict(facts["snapshot"]) if "snapshot" in facts else None,
-        switcher=SwitcherStats.from_dict(facts["switcher"]) if "switcher" in facts else None,
+        sections={section.key: section for section in outcome.sections},
         latency_target=latency_target,
     )
-
-
-def _time_pair(dense: onnx.ModelProto, compressed: onnx.ModelProto, shape: tuple[int, ...], batch: int,
-               threads: int | None, runs: int) -> tuple[BenchResult, BenchResult]:
-    """The dense and the compressed ONNX on onnxruntime, their runs taken in turn on the same seeded batch (see
-    `time_alternating`); the sessions' threads do not spin between runs, so neither takes the other's cores."""
-    backends = [OrtBackend(model, threads=threads, spin_wait=False) for model in (dense, compressed)]
-    x = np.random.default_rng(0).standard_normal((batch, *shape), dtype=np.float32)
-    timings = time_alternating(backends, [x, x], warmup=10, runs=runs)
-    return tuple(BenchResult(backend=backend.name, batch=batch, threads=backend.threads,
-                             median_ms=float(np.median(t.times_ms)), p90_ms=float(np.percentile(t.times_ms, 90)),
-                             mean_ms=float(t.times_ms.mean()), throughput_per_s=batch / (float(np.median(t.times_ms)) / 1e3),
-                             runs=runs, precision=backend.precision, timer=t.timer)
-                 for backend, t in zip(backends, timings))
 
 
 def _method_training(model: nn.Module, compression, training: dict[str, Any]) -> TrainConfig:
@@ -367,103 +358,3 @@ def _method_training(model: nn.Module, compression, training: dict[str, Any]) ->
                          optimizer=optimizer, weight_decay=training["weight_decay"], wd_mode=training["wd_mode"])
     check_config(config)
     return config
-
-
-def _training_cost(records: list[dict[str, Any]], history: list[EpochRecord]) -> list[EpochCost]:
-    """The MACs a method recorded per epoch, joined by epoch number with the training loop's seconds and test
-    accuracy for that epoch (a resumed run has both for the epochs before it resumed, from its saved state)."""
-    epochs = {record.epoch: record for record in history}
-    return [EpochCost(epoch=record["epoch"], seconds=epochs[record["epoch"]].seconds,
-                      macs_trained=int(record["macs_trained"]), predicted_macs_alive=float(record["macs_alive"]),
-                      test_accuracy=epochs[record["epoch"]].test_accuracy) for record in records]
-
-
-def _structure_stats(model: nn.Module, shape: tuple[int, ...], dense: DenseStats, shapes_before: dict[str, list[int]],
-                     compiled: PipelineResult, method) -> StructureStats:
-    layers = prunable_layers(model)
-    after = {name: list(layer.weight.shape) for name, layer in layers}
-    transposed = {name for name, layer in layers if isinstance(layer, CONV_TRANSPOSE_TYPES)}
-    macs = count_macs(model, shape)
-    facts = method.facts()
-    return StructureStats(
-        macs_removed=1 - macs / dense.macs,
-        params_removed=1 - count_params(model) / dense.params,
-        # Units a method removed while it trained, and those the compiler removed.
-        removed_units=facts.get("removed_units", []) + compiled.notes("RemoveDeadSkipUnits")["removed_units"],
-        layers=[LayerShape(name, before, after.get(name), name in transposed) for name, before in shapes_before.items()],
-        predicted_macs_removed=facts.get("predicted", {}).get("macs_removed"),
-        left_whole=facts.get("left_whole", []),
-        stages=_stage_stats(facts.get("stages", {}), list(shapes_before)),
-        probabilities=_probability_counts(facts.get("probabilities", {}), facts["config"].get("epsilon", 0.1)),
-        notes=facts.get("notes", []),
-        pruning_stages=[PruningStage(**record) for record in facts.get("pruning_stages", [])],
-    )
-
-
-def _stage_stats(stages: dict[str, dict[str, Any]], layer_order: list[str]) -> list[StageStats]:
-    """A method's stages in the order of the model's layers (the first layer each holds), whatever order the
-    method found them in."""
-    def first_layer(stage: str) -> int:
-        held = (index for index, layer in enumerate(layer_order) if layer == stage or layer.startswith(stage + "."))
-        return next(held, len(layer_order))
-
-    return [StageStats(name, stages[name]["units"], stages[name].get("removed_units", []),
-                       {root: list(widths) for root, widths in stages[name]["channels"].items()})
-            for name in sorted(stages, key=first_layer)]
-
-
-def _probability_counts(final: dict[str, list[float]], epsilon: float) -> list[ProbabilityCounts]:
-    """The survivors' final θ (skip-units) and π (channels), binned, for each a method recorded."""
-    variables = {"theta": ("θ", "skip-units"), "pi": ("π", "channels")}
-    return [ProbabilityCounts.count(*variables[key], final[key], epsilon) for key in variables if final.get(key)]
-
-
-def _output_classes(model: nn.Module, shape: tuple[int, ...]) -> int:
-    try:
-        with torch.no_grad():
-            output = model.eval()(torch.zeros((1, *shape), device=model_device(model)))
-    except Exception as error:  # a user model rejecting the declared shape raises whatever its layers raise
-        raise CompressorError(f"the model does not accept inputs of shape {'x'.join(map(str, shape))}: "
-                              f"{' '.join(str(error).split())[:200]}") from None
-    if output.dim() != 2:
-        raise CompressorError(f"the model outputs a tensor of shape {tuple(output.shape)}; a classifier's "
-                              "[batch, classes] output is expected")
-    return int(output.shape[1])
-
-
-def _check_data_fits(model: nn.Module, bundle: DataBundle) -> None:
-    images, _ = next(iter(bundle.test))
-    try:
-        with torch.no_grad():
-            model.eval()(images[:2].to(model_device(model)))
-    except Exception as error:  # as above: the model's own layers decide what a misfit raises
-        raise CompressorError(f"data {bundle.name} does not fit the model: {' '.join(str(error).split())[:200]}") from None
-
-
-def _real_batch(bundle: DataBundle) -> torch.Tensor:
-    images = []
-    for batch, _ in bundle.test:
-        images.append(batch)
-        if sum(len(b) for b in images) >= VERIFY_BATCH:
-            break
-    return torch.cat(images)[:VERIFY_BATCH]
-
-
-def _layer_stats(model: nn.Module, masked: set[str], method) -> list[LayerStats]:
-    rows = []
-    layers = dict(prunable_layers(model))
-    predicted = method.predicted_sparsity()
-    for counted in layer_sparsity(model):
-        layout, note = method.pattern, ""
-        if counted.name not in masked and method.pattern != "structured":
-            layout = "dense"
-            if counted.name in method.skipped:
-                note = method.skipped[counted.name]
-            elif method.pattern == "2:4":
-                note = two_four_eligibility(layers[counted.name]).reason
-            else:
-                note = "not pruned by the method"
-        rows.append(LayerStats(name=counted.name, kind=counted.kind, shape=list(counted.shape), weights=counted.weights,
-                               zeros=counted.zeros, sparsity=counted.sparsity, pattern=layout, note=note,
-                               predicted_sparsity=predicted.get(counted.name)))
-    return rows

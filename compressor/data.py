@@ -26,11 +26,13 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from compressor.errors import CompressorError
+from compressor.modules import model_device
 from compressor.paths import is_dir, is_file
 
 logger = logging.getLogger(__name__)
@@ -65,6 +67,26 @@ class DataBundle:
     test: DataLoader
     num_classes: int  # classes in the data (labels are 0..num_classes-1), not the model's output count
     name: str  # the spec it came from, e.g. "digits" or "npz:/data/mnist.npz"
+
+    def real_batch(self, size: int) -> torch.Tensor:
+        """The first `size` test images (fewer when the test split is smaller), as one batch: a real batch to
+        check an export on."""
+        images = []
+        for batch, _ in self.test:
+            images.append(batch)
+            if sum(len(b) for b in images) >= size:
+                break
+        return torch.cat(images)[:size]
+
+    def check_fits(self, model: nn.Module) -> None:
+        """Refuse, in one line, data whose images the model cannot take."""
+        images, _ = next(iter(self.test))
+        try:
+            with torch.no_grad():
+                model.eval()(images[:2].to(model_device(model)))
+        except Exception as error:  # the model's own layers decide what a misfit raises
+            raise CompressorError(f"data {self.name} does not fit the model: "
+                                  f"{' '.join(str(error).split())[:200]}") from None
 
 
 class _Split(NamedTuple):

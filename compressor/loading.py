@@ -38,6 +38,7 @@ from compressor.counting import prunable_layers
 from compressor.errors import CompressorError, first_line
 from compressor.files import atomic_torch_save
 from compressor.finite import first_non_finite
+from compressor.modules import model_device
 from compressor.models import create_model, list_models
 from compressor.paths import cannot_read, is_file
 from compressor.structure import apply_structure, describe_structure
@@ -376,3 +377,18 @@ def _load_state(model: nn.Module, state_dict: dict[str, torch.Tensor], path: Pat
     except RuntimeError as error:
         detail = " ".join(str(error).split())
         raise CompressorError(f"{path} does not fit architecture {arch}: {detail[:300]}") from None
+
+
+def output_classes(model: nn.Module, shape: tuple[int, ...]) -> int:
+    """How many classes `model` scores for an input of `shape`, refusing in one line a model that does not take
+    that shape or does not output a classifier's [batch, classes]."""
+    try:
+        with torch.no_grad():
+            output = model.eval()(torch.zeros((1, *shape), device=model_device(model)))
+    except Exception as error:  # a user model rejecting the declared shape raises whatever its layers raise
+        raise CompressorError(f"the model does not accept inputs of shape {'x'.join(map(str, shape))}: "
+                              f"{' '.join(str(error).split())[:200]}") from None
+    if output.dim() != 2:
+        raise CompressorError(f"the model outputs a tensor of shape {tuple(output.shape)}; a classifier's "
+                              "[batch, classes] output is expected")
+    return int(output.shape[1])

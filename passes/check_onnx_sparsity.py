@@ -3,7 +3,7 @@
 The report's sparsity must describe the file that ships, not the torch model it came from. This analysis
 pass counts zeros in the weight initializer of every Conv, ConvTranspose, Gemm and MatMul node (reached
 through Transpose nodes too, on either operand of a MatMul), checks TensorRT's 2:4 layout per layer
-(DESIGN.md), and fails when a layer that should be 2:4 is not. It never changes the model.
+(docs/ARCHITECTURE.md), and fails when a layer that should be 2:4 is not. It never changes the model.
 """
 
 from __future__ import annotations

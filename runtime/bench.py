@@ -18,9 +18,11 @@ from dataclasses import dataclass
 from typing import Protocol, Sequence
 
 import numpy as np
+import onnx
 
 from compressor.errors import CompressorError
 from compressor.tables import text_table
+from compressor.runtime.ort_backend import OrtBackend
 from compressor.runtime.timing import Timing, time_host
 
 
@@ -210,3 +212,18 @@ def results_table(results: Sequence[BenchResult], title: str | None = None) -> s
         for r in results
     ]
     return text_table(headers, rows, title, left_columns=1)
+
+
+def time_onnx_pair(dense: onnx.ModelProto, compressed: onnx.ModelProto, shape: tuple[int, ...], batch: int,
+                   threads: int | None, runs: int) -> tuple[BenchResult, BenchResult]:
+    """The dense and the compressed ONNX on onnxruntime, their runs taken in turn on the same seeded batch (see
+    `time_alternating`); the sessions' threads do not spin between runs, so neither takes the other's cores."""
+    backends = [OrtBackend(model, threads=threads, spin_wait=False) for model in (dense, compressed)]
+    x = np.random.default_rng(0).standard_normal((batch, *shape), dtype=np.float32)
+    timings = time_alternating(backends, [x, x], warmup=10, runs=runs)
+    return tuple(BenchResult(backend=backend.name, batch=batch, threads=backend.threads,
+                             median_ms=float(np.median(t.times_ms)), p90_ms=float(np.percentile(t.times_ms, 90)),
+                             mean_ms=float(t.times_ms.mean()),
+                             throughput_per_s=batch / (float(np.median(t.times_ms)) / 1e3),
+                             runs=runs, precision=backend.precision, timer=t.timer)
+                 for backend, t in zip(backends, timings))

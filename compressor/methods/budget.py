@@ -174,8 +174,8 @@ class BudgetMethod(Method):
     default_epochs = 10
     default_lr = 0.05
 
-    def __init__(self, target, pattern="unstructured", config=None):
-        super().__init__(target, pattern, config)
+    def __init__(self, target, pattern="unstructured", config=None, run=None):
+        super().__init__(target, pattern, config, run)
         _parse_loss(self.config.loss)
         if target is None and self.config.loss != "unconstrained":
             raise CompressorError(f"method budget with loss {self.config.loss} needs --target")

@@ -20,10 +20,10 @@ The gated model is then fine-tuned and compiled by the structural passes, which 
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import math
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 import torch.nn as nn
@@ -32,7 +32,7 @@ from compressor.counting import count_layer_macs, count_params
 from compressor.data import DataBundle
 from compressor.distributed import from_main, group as process_group
 from compressor.errors import CompressorError
-from compressor.methods.base import Method, register_method
+from compressor.methods.base import Method, MethodOutcome, StructureOutcome, register_method
 from compressor.methods.latency_goal import (LatencyGoal, check_latency_settings, greedy_by_latency,
                                              latency_backend_field, latency_cache_field, latency_checks_field,
                                              latency_steps, target_latency_field)
@@ -108,8 +108,8 @@ class ChannelMethod(Method):
     patterns = ("structured",)
     structured = True
 
-    def __init__(self, target, pattern="structured", config=None):
-        super().__init__(target, pattern, config)
+    def __init__(self, target, pattern="structured", config=None, run=None):
+        super().__init__(target, pattern, config, run)
         if self.config.scope not in SCOPES:
             raise CompressorError(f"channel scope must be one of {', '.join(SCOPES)}, not {self.config.scope!r}")
         if target is None and self.config.target_params is None and self.config.target_latency is None:
@@ -221,7 +221,7 @@ class ChannelMethod(Method):
         plan = None
         if process_group().main:
             goal = LatencyGoal(model, input_shape, self.config.target_latency, self.config.latency_backend,
-                               self.bench_batch, self.bench_threads, self.config.latency_cache, self.latency_measure)
+                               self.run.bench_batch, self.run.threads, self.config.latency_cache, self.latency_measure)
 
             def realize(removed: list[int]) -> list[list[int]]:
                 return self._rounded(groups, orders, realizable(groups, [o[:r] for o, r in zip(orders, removed)]))
@@ -300,8 +300,6 @@ class ChannelMethod(Method):
                 return plan
             plan = realizable(groups, plan)
 
-    def facts(self) -> dict[str, Any]:
-        facts = super().facts()
-        facts["predicted"] = dict(self.predicted)
-        facts["left_whole"] = list(self.left_whole)
-        return facts
+    def outcome(self) -> MethodOutcome:
+        structure = StructureOutcome(predicted=dict(self.predicted), left_whole=list(self.left_whole))
+        return dataclasses.replace(super().outcome(), structure=structure)

@@ -37,7 +37,7 @@ class MagnitudeMethod(Method):
     name = "magnitude"
     Config = MagnitudeConfig
 
-    def __init__(self, target, pattern="unstructured", config=None):
+    def __init__(self, target, pattern="unstructured", config=None, run=None):
         if pattern == "2:4":
             if target is not None and abs(target - TWO_FOUR_SPARSITY) > 1e-9:
                 raise CompressorError(
@@ -45,7 +45,7 @@ class MagnitudeMethod(Method):
             target = TWO_FOUR_SPARSITY
         elif target is None:
             raise CompressorError("method magnitude needs --target for unstructured pruning")
-        super().__init__(target, pattern, config)
+        super().__init__(target, pattern, config, run)
         if self.config.scope not in ("global", "layer"):
             raise CompressorError(f"magnitude scope must be 'global' or 'layer', not {self.config.scope!r}")
 

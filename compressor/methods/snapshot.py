@@ -12,14 +12,17 @@ ratios between the groups. `--pattern 2:4` keeps the 2 largest of every 4 instea
 Then every Conv/Linear weight is frozen at snapshot ⊙ mask (left out of the optimizer, so momentum and weight
 decay cannot move it) and only biases and normalisation parameters train, under the model's own task loss.
 `sweep=N` also runs N of the paper's ten θ settings from the same trained model, each pruned and retrained the
-same way, for the efficiency curve (parameters against test error).
+same way, for the efficiency curve (parameters against test error). `SnapshotSection` is the method's part of the
+report: its thresholds per group, its sweep and efficiency.png.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from typing import Any
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 import torch
@@ -28,10 +31,13 @@ import torch.nn as nn
 from compressor.counting import count_params, counted_params, layer_sparsity, prunable_layers, storage_bits
 from compressor.data import DataBundle
 from compressor.errors import CompressorError
-from compressor.methods.base import Method, register_method
+from compressor.files import atomic_write
+from compressor.methods.base import Method, MethodOutcome, register_method
 from compressor.methods.masks import attach_masks, magnitude_masks
 from compressor.passes.analysis import two_four_eligibility, two_four_mask
 from compressor.modules import copy_model
+from compressor.report import Report, ReportSection
+from compressor.tables import markdown_table
 from compressor.training import TrainConfig, TrainResult, evaluate, train
 
 SETTINGS = 10  # the paper's θ settings per curve, k = 0..9
@@ -125,8 +131,8 @@ class SnapshotMethod(Method):
     default_epochs = 5
     default_lr = 0.01
 
-    def __init__(self, target, pattern="unstructured", config=None):
-        super().__init__(target, pattern, config)
+    def __init__(self, target, pattern="unstructured", config=None, run=None):
+        super().__init__(target, pattern, config, run)
         c = self.config
         if pattern == "2:4":
             if target is not None and abs(target - 0.5) > 1e-9:
@@ -247,8 +253,11 @@ class SnapshotMethod(Method):
         self._dense = None
         return model
 
-    def facts(self) -> dict[str, Any]:
-        return {**super().facts(), "snapshot": {**self.details, "sweep": self.sweep}}
+    def outcome(self) -> MethodOutcome:
+        recorded = {**self.details, "sweep": self.sweep}
+        # The section describes the shipped model: it exists once `finalize` has counted what that model stores.
+        sections = [SnapshotSection.from_dict(recorded)] if "params" in self.details else []
+        return dataclasses.replace(super().outcome(), details={"snapshot": recorded}, sections=sections)
 
 
 def efficiency(model: nn.Module) -> dict[str, Any]:
@@ -258,3 +267,159 @@ def efficiency(model: nn.Module) -> dict[str, Any]:
     weights = sum(row.weights for row in rows)
     return {"params": counted_params(model), "params_dense": count_params(model),
             "sparsity": sum(row.zeros for row in rows) / weights, "bits": storage_bits(model)}
+
+
+# --- the report section -----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ThresholdGroup:
+    """One weight group of snapshot pruning: its θ (after a target's common scale) and the paper's, the pooled σ
+    and threshold τ = θσ (None when each layer took its own σ), and the weights it pruned."""
+
+    group: str
+    layers: list[str]
+    theta: float
+    paper_theta: float
+    sigma: float | None
+    threshold: float | None
+    weights: int
+    pruned: int
+
+
+@dataclass
+class EfficiencyPoint:
+    """One θ setting of a snapshot sweep, pruned from the same trained model and retrained alone. Parameters are
+    the paper's count: non-zero weights plus every non-weight parameter; bits are our lower bound (32 bits per
+    parameter counted plus the entropy of each layer's mask)."""
+
+    k: int
+    theta: float
+    params: int
+    params_dense: int
+    sparsity: float
+    bits: float
+    accuracy_after_pruning: float
+    accuracy_after_retraining: float
+
+    @property
+    def compression(self) -> float:
+        return self.params_dense / self.params
+
+
+@dataclass
+class SnapshotSection(ReportSection):
+    """Snapshot pruning of the shipped model (mode θ, target or 2:4) and the sweep's efficiency points: report.json's
+    "snapshot", report.md's "Snapshot pruning", and efficiency.png when a sweep ran."""
+
+    key: ClassVar[str] = "snapshot"
+
+    mode: str
+    groups: list[ThresholdGroup]
+    accuracy_after_pruning: float
+    params: int
+    params_dense: int
+    sparsity: float
+    bits: float
+    scale: float | None = None  # the common factor a target put on every θ
+    family: str | None = None
+    swept_group: str | None = None
+    sweep: list[EfficiencyPoint] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SnapshotSection:
+        values = dict(data)
+        values["groups"] = [ThresholdGroup(**row) for row in data.get("groups", [])]
+        values["sweep"] = [EfficiencyPoint(**row) for row in data.get("sweep", [])]
+        return cls(**values)
+
+    def markdown(self, report: Report) -> list[str]:
+        """Thresholds per weight group, test error through pruning and the non-weight retrain, and the sweep."""
+        snap, dense = self, report.dense
+        groups = [[g.group, len(g.layers), f"{g.theta:.4g}", f"{g.paper_theta:g}",
+                   "per layer" if g.sigma is None else f"{g.sigma:.4g}",
+                   "per layer" if g.threshold is None else f"{g.threshold:.4g}", f"{g.weights:,}", f"{g.pruned:,}",
+                   f"{g.pruned / g.weights:.2%}"] for g in snap.groups]
+        how = {"θ": f"at the paper's θ for the {snap.family} family",
+               "target": f"at the paper's θ ratios scaled by one common factor {snap.scale:.4g} to meet the target"
+               if snap.scale is not None else "",
+               "2:4": "keeping the 2 largest of every 4 weights (2:4)"}[snap.mode]
+        lines = [
+            "## Snapshot pruning",
+            "",
+            f"Pruned once, {how}, then only biases and normalisation parameters retrained (every Conv/Linear weight "
+            f"frozen; retrain weight decay {report.method_config.get('retrain_weight_decay', 0):g}). Parameters are "
+            "counted as the paper does: non-zero weights plus every non-weight parameter.",
+            "",
+        ]
+        if groups:
+            lines += [markdown_table(["group", "layers", "θ", "paper's θ", "σ (pooled)", "τ = θσ", "weights", "pruned",
+                                      "share pruned"], groups), ""]
+        lines += [markdown_table(
+            ["", "test error", "parameters", "compression", "storage bits (our lower bound)"],
+            [["dense", f"{1 - dense.accuracy:.2%}", f"{snap.params_dense:,}", "1.0×", f"{32 * snap.params_dense:,}"],
+             ["pruned, before the retrain", f"{1 - snap.accuracy_after_pruning:.2%}", f"{snap.params:,}",
+              f"{snap.params_dense / snap.params:.1f}×", f"{snap.bits:,.0f}"],
+             ["after the non-weight retrain", f"{1 - report.compressed.accuracy:.2%}", f"{snap.params:,}",
+              f"{snap.params_dense / snap.params:.1f}×", f"{snap.bits:,.0f}"]]), ""]
+        if snap.sweep:
+            rows = [[p.k, f"{p.theta:g}", f"{p.params:,}", f"{p.compression:.1f}×", f"{p.sparsity:.2%}",
+                     f"{1 - dense.accuracy:.2%}", f"{1 - p.accuracy_after_pruning:.2%}",
+                     f"{1 - p.accuracy_after_retraining:.2%}", f"{p.bits:,.0f}"] for p in snap.sweep]
+            lines += [
+                "### Efficiency curve",
+                "",
+                f"Each θ setting of the {snap.swept_group} group (the others fixed at the paper's) pruned from the "
+                "same trained model and retrained alone; bottom-left is more efficient. Storage bits: 32 per "
+                "parameter counted plus each layer's mask entropy (our lower bound, not the paper's).",
+                "",
+                "![test error against parameters, one point per θ](efficiency.png)",
+                "",
+                markdown_table(["k", f"θ {snap.swept_group}", "parameters", "compression", "weight sparsity",
+                                "error before pruning", "after pruning", "after retrain", "storage bits"], rows),
+                "",
+            ]
+        return lines
+
+    def plots(self, report: Report) -> dict[str, Callable[[Report, Path], Path]]:
+        return {"efficiency.png": plot_efficiency} if self.sweep else {}
+
+
+def plot_efficiency(report: Report, path: str | os.PathLike) -> Path:
+    """efficiency.png: test error against parameters (non-zero weights plus non-weight parameters), one point per
+    θ of the sweep, after the non-weight retrain and right after pruning; the dense model and the shipped one
+    marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    snap = report.sections[SnapshotSection.key]
+    points = snap.sweep
+    params = [p.params for p in points]
+    figure, axes = plt.subplots(figsize=(6.5, 4.5))
+    axes.plot(params, [100 * (1 - p.accuracy_after_retraining) for p in points], marker="o", color="tab:blue",
+              label="after the non-weight retrain")
+    axes.plot(params, [100 * (1 - p.accuracy_after_pruning) for p in points], marker="o", fillstyle="none",
+              linestyle=":", color="tab:orange", label="right after pruning")
+    # Labelled at both ends and the middle: neighbouring points sit too close for every label.
+    for p in (points[i] for i in sorted({0, len(points) // 2, len(points) - 1})):
+        axes.annotate(f"{p.theta:g}", (p.params, 100 * (1 - p.accuracy_after_retraining)), fontsize=7,
+                      textcoords="offset points", xytext=(3, 4))
+    axes.scatter([snap.params_dense], [100 * (1 - report.dense.accuracy)], marker="*", s=120, color="black",
+                 label="dense", zorder=3)
+    axes.scatter([snap.params], [100 * (1 - report.compressed.accuracy)], marker="D", s=50, color="tab:red",
+                 label="shipped model", zorder=3)
+    axes.set_xscale("log")
+    axes.set_xlabel("parameters (non-zero weights + non-weight parameters)")
+    axes.set_ylabel("test error, %")
+    axes.set_title(f"{report.arch or report.model}: snapshot efficiency (labels: θ {snap.swept_group})")
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    written = atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=120))
+    plt.close(figure)
+    return written
+
+
+# The name it had in compressor.report, kept for one release.
+SnapshotStats = SnapshotSection

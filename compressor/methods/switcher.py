@@ -22,6 +22,7 @@ zero) a run short of it is topped up by the smallest |W ⊙ Z| (connection) or z
 epoch with the switches frozen follows. Finalize writes the switches into the weights: connection switches become
 unstructured weight masks; neuron switches are folded into the consumer's columns, and a producer channel whose
 every column is zero in its only reader gets a channel gate of 0, which SliceChannels removes with the column.
+`SwitcherSection` is the method's part of the report: each gated layer's switches and zeros.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import dataclasses
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
@@ -41,10 +42,12 @@ from compressor.counting import NORM_TYPES, PRUNABLE_TYPES, prunable_layers
 from compressor.data import DataBundle
 from compressor.errors import CompressorError
 from compressor.gates import gate_group
-from compressor.methods.base import Method, register_method
+from compressor.methods.base import Method, MethodOutcome, register_method
 from compressor.methods.masks import attach_masks
 from compressor.modules import unparametrize
 from compressor.passes.coupling import ChannelGroup, analyse_channels
+from compressor.report import Report, ReportSection
+from compressor.tables import markdown_table
 from compressor.training import TrainConfig, TrainingHooks, TrainResult, train
 
 logger = logging.getLogger(__name__)
@@ -268,7 +271,7 @@ class SwitcherMethod(Method):
     # once the switches, which reach 3 and more, scale its gradients.
     default_lr = 0.01
 
-    def __init__(self, target, pattern="unstructured", config=None):
+    def __init__(self, target, pattern="unstructured", config=None, run=None):
         config = config if config is not None else SwitcherConfig()
         if pattern == "2:4":
             raise CompressorError("method switcher has no 2:4 mode (its paper switches connections or neurons); "
@@ -278,7 +281,7 @@ class SwitcherMethod(Method):
             raise CompressorError("switcher's connection mode prunes unstructured; --option mode=neuron removes neurons")
         # Neuron switches remove neurons, which the compiler slices away: that mode is a structured method.
         self.structured = config.mode == "neuron"
-        super().__init__(target, pattern, config)
+        super().__init__(target, pattern, config, run)
         c = self.config
         self.channels = encoder_channels(c.encoder_channels)
         if c.bottleneck_channels < 1 or c.topup_lr <= 0 or c.snn_lr < 0 or c.snn_momentum < 0:
@@ -393,8 +396,9 @@ class SwitcherMethod(Method):
             group["lr"] = self.config.snn_lr * factor
 
     def fingerprint(self) -> dict[str, Any]:
-        # The switch counts in `facts` come from the switchers' random start; a resume must match the settings only.
-        return {**super().facts(), "gated": self.gated}
+        # The switch counts in the outcome come from the switchers' random start; a resume must match the settings
+        # only.
+        return {**self.settings(), "gated": self.gated}
 
     # --- fit, top-up and finalize ---------------------------------------------------------------------------
 
@@ -493,8 +497,11 @@ class SwitcherMethod(Method):
                 gate_group(group, scale)
                 self.details["layers"][reader.name].setdefault("channels_removed", {})[group.root] = len(dead)
 
-    def facts(self) -> dict[str, Any]:
-        return {**super().facts(), "switcher": {**self.details, "layers": list(self.details.get("layers", {}).values())}}
+    def outcome(self) -> MethodOutcome:
+        recorded = {**self.details, "layers": list(self.details.get("layers", {}).values())}
+        # The section describes the trained switches: it exists once `fit` has recorded the shipped sparsity.
+        sections = [SwitcherSection.from_dict(recorded)] if "final_sparsity" in self.details else []
+        return dataclasses.replace(super().outcome(), details={"switcher": recorded}, sections=sections)
 
 
 class _TaskOnly(TrainingHooks):
@@ -505,3 +512,77 @@ class _TaskOnly(TrainingHooks):
 
     def param_groups(self, model: nn.Module) -> list[dict] | None:
         return [{"params": self.task}]
+
+
+# --- the report section -----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SwitchedLayer:
+    """One Linear layer gated by a switcher: its switches (counts of exactly 0, in (0, 1) and ≥ 1) at the start and
+    at the end of training, and its zero weights at the start, at the end (emergent) and in the shipped model
+    (after a target's top-up); in neuron mode, its input neurons and those switched off, and the producer channels
+    removed with them (by the producer's name)."""
+
+    name: str
+    weights: int
+    switches_start: dict[str, int]
+    switches_end: dict[str, int]
+    zeros_start: int
+    zeros_end: int
+    zeros_final: int
+    neurons: int | None = None
+    neurons_switched_off: int | None = None
+    channels_removed: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class SwitcherSection(ReportSection):
+    """Switcher networks: the mode, the gated layers' emergent sparsity (what the switchers zeroed) and the shipped
+    one, the test accuracy at the end of the alternating training, and whether a target's top-up ran."""
+
+    key: ClassVar[str] = "switcher"
+
+    mode: str
+    emergent_sparsity: float
+    final_sparsity: float
+    accuracy_emergent: float
+    topped_up: bool
+    layers: list[SwitchedLayer]
+    cut_layers: list[str] = field(default_factory=list)  # gated layers left with every switch at 0
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SwitcherSection:
+        return cls(**{**data, "layers": [SwitchedLayer(**row) for row in data["layers"]]})
+
+    def markdown(self, report: Report) -> list[str]:
+        """Emergent and shipped sparsity of the gated layers, and each layer's switches at the start and the end."""
+        sw = self
+
+        def counts(c: dict[str, int]) -> str:
+            return f"{c['zero']:,} / {c['weak']:,} / {c['strong']:,}"
+
+        rows = [[f"`{l.name}`", f"{l.weights:,}", counts(l.switches_start), counts(l.switches_end),
+                 f"{l.zeros_start / l.weights:.2%}", f"{l.zeros_end / l.weights:.2%}",
+                 f"{l.zeros_final / l.weights:.2%}",
+                 "-" if l.neurons is None else f"{l.neurons_switched_off:,} of {l.neurons:,}"] for l in sw.layers]
+        what = "connection (W ⊙ Z)" if sw.mode == "connection" else "neuron (W·diag(z), one switch per input neuron)"
+        cut = (f" **Every switch of {', '.join(f'`{name}`' for name in sw.cut_layers)} is 0: the network no longer "
+               f"reads its input.**" if sw.cut_layers else "")
+        topped = (f" A target's top-up then switched off the smallest remaining weights and trained the task network "
+                  f"one epoch with the switches frozen: {sw.final_sparsity:.2%}." if sw.topped_up else "")
+        return [
+            "## Switcher",
+            "",
+            f"Mode {what}; switchers and task network trained in alternating epochs on the task loss alone. Emergent "
+            f"sparsity of the gated layers (what the switchers zeroed): {sw.emergent_sparsity:.2%}, test accuracy "
+            f"{sw.accuracy_emergent:.2%}.{topped}{cut} Switches are counted as 0 / (0, 1) / ≥ 1.",
+            "",
+            markdown_table(["layer", "weights", "switches at start", "switches at end", "zeros at start", "emergent",
+                            "shipped", "neurons switched off"], rows),
+            "",
+        ]
+
+
+# The name it had in compressor.report, kept for one release.
+SwitcherStats = SwitcherSection

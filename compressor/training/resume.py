@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -117,10 +118,12 @@ def _check_fingerprint(state: dict, path: str | os.PathLike, fingerprint: str, c
         raise _different_settings(path, ", ".join(changed) if changed else "a different model, method or training data")
 
 
-def check_resume_settings(path: str | os.PathLike, config: TrainConfig, hooks_fingerprint: dict | None) -> None:
+def check_resume_settings(path: str | os.PathLike, config: TrainConfig, hooks_fingerprint: dict | None,
+                          unchecked: Sequence[str] = ()) -> None:
     """Refuse to resume the training state at `path` when it was written with settings other than `config` and the
     method's `hooks_fingerprint` (its `TrainingHooks.fingerprint()`; None for a run without hooks), with the error
-    `train` would raise; do nothing when there is no state at `path`.
+    `train` would raise; do nothing when there is no state at `path`. Fields of `config` named in `unchecked` are
+    left to `train` (a method that trains in stages runs the loop for a multiple of the epochs it was given).
 
     Only the settings saved beside the state's hash are compared, so no model is needed: a resume with other
     settings is refused before a model is built or measured. The rest of the hash (the model's parameter shapes,
@@ -130,7 +133,8 @@ def check_resume_settings(path: str | os.PathLike, config: TrainConfig, hooks_fi
     state = _load_state(path, torch.device("cpu"))
     if state is None:
         return
-    changed = _changed_saved_settings(state, config, hooks_fingerprint if hooks_fingerprint is not None else {})
+    compared = dataclasses.replace(config, **{name: state["config"].get(name) for name in unchecked})
+    changed = _changed_saved_settings(state, compared, hooks_fingerprint if hooks_fingerprint is not None else {})
     if changed:
         raise _different_settings(path, ", ".join(changed))
 

@@ -28,7 +28,7 @@ class Eligibility:
 
 
 def two_four_eligibility(module: nn.Module) -> Eligibility:
-    """2:4 applies along the input-channel axis (DESIGN.md): it needs dense groups of 4 input channels."""
+    """2:4 applies along the input-channel axis (docs/ARCHITECTURE.md): it needs dense groups of 4 input channels."""
     if isinstance(module, nn.Linear):
         if module.in_features % GROUP:
             return Eligibility(False, f"in_features={module.in_features} is not a multiple of {GROUP}")

@@ -66,7 +66,7 @@ def test_half_the_macs_go_and_compilation_removes_what_was_predicted(name):
     assert params_removed == pytest.approx(predicted["params_removed"], abs=1e-12)
     assert 0 < predicted["channels_removed"] < predicted["channels"]
     assert gates_of(compiled) == []
-    assert method.facts()["predicted"] == predicted
+    assert method.outcome().structure.predicted == predicted
 
 
 def test_the_lowest_l1_filters_are_gated_off():

@@ -101,4 +101,4 @@ def test_bad_method_requests(call, message):
 def test_registry_and_typed_options():
     assert "magnitude" in list_methods()
     assert typed_options("magnitude", {"scope": "layer"}) == {"scope": "layer"}
-    assert create_method("magnitude", 0.5).facts()["config"] == {"scope": "global"}
+    assert create_method("magnitude", 0.5).outcome().config == {"scope": "global"}

@@ -1,9 +1,9 @@
 """Shared fixtures of the pass tests: realistic models (random BatchNorm statistics, masks), output comparison,
 input-not-mutated checks, onnxruntime runs, and zoo models exported to ONNX once per session.
 
-Every pass is tested the same way (DESIGN.md, "Contracts"): run it, assert `modified`, compare outputs with the
-model before the pass (max |diff| <= 1e-5 * max |ref| in fp32), run it again expecting `modified is False`, and
-check that the input model was not mutated. The helpers live here as fixtures that return functions, because the
+Every pass is tested the same way (docs/ARCHITECTURE.md, "Contracts"): run it, assert `modified`, compare outputs
+with the model before the pass (max |diff| <= 1e-5 * max |ref| in fp32), run it again expecting `modified is
+False`, and check that the input model was not mutated. The helpers live here as fixtures that return functions, because the
 test modules are imported with `--import-mode=importlib`, where importing `conftest` by name is not reliable.
 """
 

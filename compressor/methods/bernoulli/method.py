@@ -33,6 +33,7 @@ controller weighs milliseconds.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,7 +45,7 @@ from compressor.counting import count_macs, count_params
 from compressor.data import DataBundle
 from compressor.distributed import from_main, group as process_group
 from compressor.errors import CompressorError
-from compressor.methods.base import Method, register_method
+from compressor.methods.base import Method, MethodOutcome, StructureOutcome, register_method
 from compressor.methods.bernoulli.controller import Removed, RhoController
 from compressor.methods.bernoulli.gates import (CHANNEL_GATES, BernoulliChannelGate, BernoulliUnitGate,
                                                 draw_per_forward, remove_stochastic_gates, unit_gates)
@@ -157,8 +158,8 @@ class BernoulliMethod(Method):
     default_epochs = 30
     default_lr = 0.05
 
-    def __init__(self, target, pattern="structured", config=None):
-        super().__init__(target, pattern, config)
+    def __init__(self, target, pattern="structured", config=None, run=None):
+        super().__init__(target, pattern, config, run)
         c = self.config
         budget = target is not None or c.target_params is not None or c.target_latency is not None
         if c.rho is None and not budget:
@@ -213,7 +214,7 @@ class BernoulliMethod(Method):
         self.stages = self._stage_widths(model, units, groups)
         if self.config.target_latency is not None and process_group().main:
             self.latency_goal = LatencyGoal(model, self.shape, self.config.target_latency, self.config.latency_backend,
-                                            self.bench_batch, self.bench_threads, self.config.latency_cache,
+                                            self.run.bench_batch, self.run.threads, self.config.latency_cache,
                                             self.latency_measure)
         self._attach(model, units_gated, [g.root for g in groups], analysis.groups)
         return model
@@ -497,7 +498,7 @@ class BernoulliMethod(Method):
 
     def fingerprint(self) -> dict[str, Any]:
         # The settings only: what the run has learned so far is its state, not its identity.
-        return super().facts()
+        return self.settings()
 
     def state_dict(self) -> dict:
         return {"rho": self.rho, "reached_epoch": self.reached_epoch, "probabilities": dict(self.final_probabilities), "removed_units": list(self.removed_units),
@@ -511,11 +512,10 @@ class BernoulliMethod(Method):
         self.epochs = [dict(record) for record in state["epochs"]]
         self.controller.epoch = int(state["epoch"])
 
-    def facts(self) -> dict[str, Any]:
-        facts = super().facts()
-        facts.update(predicted=dict(self.predicted), removed_units=list(self.removed_units),
-                     training_cost=[dict(record) for record in self.epochs], stages=self.stages,
-                     probabilities=dict(self.final_probabilities), notes=list(self.notes),
-                     target_reached_epoch=self.reached_epoch, rho_final=self.rho)
-        return facts
+    def outcome(self) -> MethodOutcome:
+        structure = StructureOutcome(predicted=dict(self.predicted), removed_units=list(self.removed_units),
+                                     training_cost=[dict(record) for record in self.epochs], stages=self.stages,
+                                     probabilities=dict(self.final_probabilities), notes=list(self.notes))
+        return dataclasses.replace(super().outcome(), structure=structure,
+                                   details={"target_reached_epoch": self.reached_epoch, "rho_final": self.rho})
 

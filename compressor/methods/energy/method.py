@@ -45,7 +45,7 @@ from compressor.counting import count_macs, count_params
 from compressor.data import DataBundle
 from compressor.distributed import from_main, group as process_group
 from compressor.errors import CompressorError
-from compressor.methods.base import Method, register_method
+from compressor.methods.base import Method, MethodOutcome, StructureOutcome, register_method
 from compressor.methods.energy.dependence import DENSE_OUTPUTS, PAIRS, STATISTICS, unit_dependences
 from compressor.methods.latency_goal import (LatencyGoal, check_latency_settings, latency_backend_field,
                                              latency_cache_field, target_latency_field)
@@ -169,8 +169,8 @@ class EnergyMethod(Method):
     default_epochs = 10
     default_lr = 0.1
 
-    def __init__(self, target, pattern="structured", config=None):
-        super().__init__(target, pattern, config)
+    def __init__(self, target, pattern="structured", config=None, run=None):
+        super().__init__(target, pattern, config, run)
         c = self.config
         for option, value, choices in (("pairs", c.pairs, PAIRS), ("statistic", c.statistic, STATISTICS),
                                        ("dense_output", c.dense_output, DENSE_OUTPUTS),
@@ -222,7 +222,7 @@ class EnergyMethod(Method):
                                   "none it can remove")
         if self.config.target_latency is not None and process_group().main:
             self.latency_goal = LatencyGoal(model, self.shape, self.config.target_latency, self.config.latency_backend,
-                                            self.bench_batch, self.bench_threads, self.config.latency_cache,
+                                            self.run.bench_batch, self.run.threads, self.config.latency_cache,
                                             self.latency_measure)
         self._check_reachable(model, groups)
         self.network_stages: dict[str, dict[str, Any]] = {}
@@ -409,7 +409,7 @@ class EnergyMethod(Method):
         return model
 
     def fingerprint(self) -> dict[str, Any]:
-        return super().facts()
+        return self.settings()
 
     def state_dict(self) -> dict:
         return {"pruning_stages": [dict(record) for record in self.pruning_stages],
@@ -424,13 +424,13 @@ class EnergyMethod(Method):
         self.last_stage, self.complete = bool(state["last_stage"]), bool(state["complete"])
         self.predicted, self.notes = dict(state["predicted"]), list(state["notes"])
 
-    def facts(self) -> dict[str, Any]:
-        facts = super().facts()
-        facts.update(predicted=dict(self.predicted), removed_units=list(self.removed_units),
-                     training_cost=[dict(record) for record in self.epochs] if self.stage_epochs else [],
-                     stages=getattr(self, "network_stages", {}), pruning_stages=[dict(r) for r in self.pruning_stages],
-                     notes=list(self.notes))
-        return facts
+    def outcome(self) -> MethodOutcome:
+        structure = StructureOutcome(
+            predicted=dict(self.predicted), removed_units=list(self.removed_units),
+            training_cost=[dict(record) for record in self.epochs] if self.stage_epochs else [],
+            stages=getattr(self, "network_stages", {}), pruning_stages=[dict(r) for r in self.pruning_stages],
+            notes=list(self.notes))
+        return dataclasses.replace(super().outcome(), structure=structure)
 
 
 def _presence(units: int, removed: list[int], counts: ExpectedCounts) -> torch.Tensor:

@@ -343,6 +343,6 @@ def test_a_fixed_rho_or_a_parameter_target_is_enough():
 def test_a_model_without_skip_units_gets_a_note_saying_why_no_layer_was_removed():
     model, method = prepared("lenet300_100", 0.5)
     assert any("no layer was removed" in note and "no skip-units" in note for note in method.notes)
-    assert method.facts()["notes"] == method.notes
+    assert method.outcome().structure.notes == method.notes
     _, resnet = prepared("resnet20", 0.5)
     assert not any("no layer was removed" in note for note in resnet.notes)

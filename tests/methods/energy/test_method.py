@@ -301,7 +301,7 @@ def test_without_retraining_the_stages_follow_each_other(digits):
     model, method, result = run(digits, 0, stages=2)
     assert [len(r["removed"]) for r in method.pruning_stages] == [2, 1]
     assert all(r["accuracy_after_retraining"] is None for r in method.pruning_stages)
-    assert result.history == [] and method.facts()["training_cost"] == []
+    assert result.history == [] and method.outcome().structure.training_cost == []
 
 
 def test_the_stage_that_reaches_the_target_removes_the_fewest_units_that_reach_it(digits):
