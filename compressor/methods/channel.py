@@ -9,7 +9,7 @@ until the predicted MACs removed reach `--target` (and the parameters removed re
 given); every group keeps at least one channel, and each group's width stays a multiple of `--round-to`
 (8 unless told otherwise; 1 turns rounding off). With `--target-latency` the channels go instead by the least
 importance lost per millisecond saved, as measured per layer on the deployment backend
-(compressor.latency_target), until the predicted latency has fallen by the target. There a channel's importance is
+(compressor.methods.latency_goal), until the predicted latency has fallen by the target. There a channel's importance is
 its filters' L1 norm in every layer that writes it, each layer's normalised by its mean, not by the group's: a
 millisecond bought from a residual stream narrows every convolution writing the stream, and the importance it
 costs must say so, or the streams go first (measured on digits: it then kept less accuracy than the MACs ranking

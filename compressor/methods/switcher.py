@@ -41,11 +41,11 @@ from torch.nn.utils import parametrize
 from compressor.counting import NORM_TYPES, PRUNABLE_TYPES, prunable_layers
 from compressor.data import DataBundle
 from compressor.errors import CompressorError
-from compressor.gates import gate_group
 from compressor.methods.base import Method, MethodOutcome, register_method
 from compressor.methods.masks import attach_masks
 from compressor.modules import unparametrize
-from compressor.passes.coupling import ChannelGroup, analyse_channels
+from compressor.passes.analysis.groups import ChannelGroup, analyse_channels
+from compressor.passes.gates import gate_group
 from compressor.report import Report, ReportSection
 from compressor.tables import markdown_table
 from compressor.training import TrainConfig, TrainingHooks, TrainResult, train
