@@ -7,21 +7,10 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import prune
 
+from backend_cases import one_line, two_four_
 from compressor.errors import CompressorError
 from compressor.passes.analysis import two_four_mask
 from compressor.runtime.semi_structured import Conv1x1AsGemm, semi_structured_candidates
-
-
-def _one_line(error: pytest.ExceptionInfo) -> str:
-    message = str(error.value)
-    assert message and "\n" not in message
-    return message
-
-
-def _two_four_(*layers: nn.Module) -> None:
-    with torch.no_grad():
-        for layer in layers:
-            layer.weight.mul_(two_four_mask(layer.weight))
 
 
 class _Mixed(nn.Module):
@@ -40,8 +29,8 @@ class _Mixed(nn.Module):
         self.strided = nn.Conv2d(64, 32, 1, stride=2)
         self.grouped = nn.Conv2d(64, 32, 1, groups=2)
         self.temporal = nn.Conv1d(64, 32, 1)
-        _two_four_(self.sparse_fc, self.small_fc, self.masked_fc, self.pointwise, self.spatial, self.strided,
-                   self.temporal)
+        two_four_(self.sparse_fc, self.small_fc, self.masked_fc, self.pointwise, self.spatial, self.strided,
+                  self.temporal)
         prune.custom_from_mask(self.masked_fc, "weight", two_four_mask(self.masked_fc.weight))
 
 
@@ -71,7 +60,7 @@ def test_candidates_name_eligible_layers_and_why_others_are_not(backend):
 
 def test_candidates_follow_each_librarys_shape_rule():
     model = nn.Sequential(nn.Linear(32, 16))
-    _two_four_(model[0])
+    two_four_(model[0])
 
     # cuSPARSELt takes FP16 weights in multiples of 16x16, torch's CUTLASS kernels only in multiples of 32x64.
     assert semi_structured_candidates(model, "cusparselt")[0].eligible
@@ -82,7 +71,7 @@ def test_candidates_default_to_this_machines_library_and_refuse_unknown_ones():
     assert [c.name for c in semi_structured_candidates(_Mixed()) if c.eligible] == ["sparse_fc", "pointwise"]
     with pytest.raises(CompressorError, match="unknown semi-structured backend") as error:
         semi_structured_candidates(_Mixed(), "cublas")
-    _one_line(error)
+    one_line(error)
 
 
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
@@ -106,4 +95,4 @@ def test_pointwise_conv_as_gemm_equals_the_conv(memory_format, bias):
 def test_conv_as_gemm_refuses_other_geometry():
     with pytest.raises(CompressorError, match="3x3 kernel") as error:
         Conv1x1AsGemm.from_conv(nn.Conv2d(8, 8, 3))
-    _one_line(error)
+    one_line(error)

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from backend_cases import one_line, random_batch, tiny_cnn
 from compressor.errors import CompressorError
 from compressor.models import create_model
 from compressor.runtime.bench import benchmark
@@ -14,26 +15,6 @@ from compressor.runtime.tolerance import compare_outputs
 from compressor.runtime.torch_dense import TorchBackend, cuda_unavailable
 
 NO_CUDA = cuda_unavailable()
-
-
-def _one_line(error: pytest.ExceptionInfo) -> str:
-    message = str(error.value)
-    assert message and "\n" not in message
-    return message
-
-
-def _tiny_cnn() -> nn.Module:
-    torch.manual_seed(0)
-    model = nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 16, 1), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 5),
-    )
-    model.input_shape = (3, 8, 8)
-    return model
-
-
-def _batch(batch: int, shape: tuple[int, ...]) -> np.ndarray:
-    return np.random.default_rng(batch).standard_normal((batch, *shape), dtype=np.float32)
 
 
 def _reference(model: nn.Module, x: np.ndarray) -> np.ndarray:
@@ -56,7 +37,7 @@ def lenet():
 @pytest.mark.parametrize("batch", [1, 5])
 def test_cpu_output_matches_the_model(lenet, batch):
     backend = TorchBackend(lenet)
-    x = _batch(batch, lenet.input_shape)
+    x = random_batch(batch, lenet.input_shape)
 
     _assert_fp32_close(backend.run(x), _reference(lenet, x))
     assert backend.name == "torch-cpu"
@@ -66,18 +47,18 @@ def test_cpu_output_matches_the_model(lenet, batch):
 
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_cpu_cnn_matches_in_either_memory_format(channels_last):
-    model = _tiny_cnn().eval()
-    x = _batch(3, model.input_shape)
+    model = tiny_cnn().eval()
+    x = random_batch(3, model.input_shape)
 
     _assert_fp32_close(TorchBackend(model, channels_last=channels_last).run(x), _reference(model, x))
 
 
 def test_callers_model_is_left_alone():
-    model = _tiny_cnn().train()
+    model = tiny_cnn().train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
 
     backend = TorchBackend(model)
-    backend.run(_batch(4, model.input_shape))
+    backend.run(random_batch(4, model.input_shape))
 
     assert model.training
     assert backend.model is not model and not backend.model.training
@@ -90,7 +71,7 @@ def test_input_shape_comes_from_the_argument_when_the_model_has_none():
 
     with pytest.raises(CompressorError, match="input_shape") as error:
         TorchBackend(model)
-    _one_line(error)
+    one_line(error)
     assert TorchBackend(model, input_shape=(3, 2, 2)).input_shape == (None, 3, 2, 2)
 
 
@@ -99,14 +80,14 @@ def test_input_shape_comes_from_the_argument_when_the_model_has_none():
 def test_precisions_the_cpu_cannot_run_are_refused_in_one_line(lenet, precision, match):
     with pytest.raises(CompressorError, match=match) as error:
         TorchBackend(lenet, precision=precision)
-    _one_line(error)
+    one_line(error)
 
 
 def test_bad_devices_and_threads_are_refused(lenet):
     for kwargs in ({"device": "tpu"}, {"threads": 0}):
         with pytest.raises(CompressorError) as error:
             TorchBackend(lenet, **kwargs)
-        _one_line(error)
+        one_line(error)
 
 
 @pytest.mark.parametrize("shape", [(2, 1, 28, 27), (2, 784), (1, 28, 28)])
@@ -115,7 +96,7 @@ def test_wrong_input_shape_is_refused_in_one_line(lenet, shape):
 
     with pytest.raises(CompressorError, match=r"declared \('\?', 1, 28, 28\)") as error:
         backend.run(np.zeros(shape, dtype=np.float32))
-    _one_line(error)
+    one_line(error)
 
 
 class _ThreadProbe(nn.Module):
@@ -162,9 +143,9 @@ def test_benchmark_times_the_cpu_backend_with_the_host_clock(lenet):
 @pytest.mark.skipif(NO_CUDA is not None, reason=f"torch cannot use CUDA here: {NO_CUDA}")
 @pytest.mark.parametrize("precision", ["fp32", "tf32", "fp16"])
 def test_cuda_backend_matches_the_model_and_times_with_cuda_events(precision):
-    model = _tiny_cnn().eval()
+    model = tiny_cnn().eval()
     backend = TorchBackend(model, device="cuda", precision=precision)
-    x = _batch(5, model.input_shape)
+    x = random_batch(5, model.input_shape)
 
     assert compare_outputs(backend.run(x), _reference(model, x), precision).ok
     timing = backend.measure(x, warmup=2, runs=5)

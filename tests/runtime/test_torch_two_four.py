@@ -7,13 +7,13 @@ import functools
 import importlib.util
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 
+from backend_cases import one_line, random_batch, tiny_cnn, two_four_
 from compressor.errors import CompressorError
-from compressor.passes.analysis import is_two_four, to_groups, two_four_eligibility, two_four_mask
+from compressor.passes.analysis import is_two_four, to_groups, two_four_eligibility
 from compressor.runtime.bench import benchmark
 from compressor.runtime.semi_structured import (
     Conv1x1AsGemm,
@@ -34,40 +34,14 @@ SEARCHES = ("torch._C._cusparselt.mm_search", "torch._cslt_sparse_mm_search")
 EDGE_BACKENDS = Path(__file__).resolve().parents[2] / "benchmarks" / "edge_backends.py"
 
 
-def _one_line(error: pytest.ExceptionInfo) -> str:
-    message = str(error.value)
-    assert message and "\n" not in message
-    return message
-
-
-def _two_four_(*layers: nn.Module) -> None:
-    with torch.no_grad():
-        for layer in layers:
-            layer.weight.mul_(two_four_mask(layer.weight))
-
-
-def _tiny_cnn() -> nn.Module:
-    torch.manual_seed(0)
-    model = nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 16, 1), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 5),
-    )
-    model.input_shape = (3, 8, 8)
-    return model
-
-
-def _batch(batch: int, shape: tuple[int, ...]) -> np.ndarray:
-    return np.random.default_rng(batch).standard_normal((batch, *shape), dtype=np.float32)
-
-
 @pytest.mark.skipif(NO_CUDA is None, reason="a CUDA GPU is visible to torch here")
 def test_without_a_gpu_the_reasons_are_one_clear_line():
     for reason in (NO_CUDA, NO_TORCH_24):
         assert reason and "\n" not in reason and "CUDA" in reason
-    for make in (lambda: TorchBackend(_tiny_cnn(), device="cuda"), lambda: SemiStructuredBackend(_tiny_cnn())):
+    for make in (lambda: TorchBackend(tiny_cnn(), device="cuda"), lambda: SemiStructuredBackend(tiny_cnn())):
         with pytest.raises(CompressorError, match="CUDA") as error:
             make()
-        _one_line(error)
+        one_line(error)
 
 
 class _GemmHeavy(nn.Module):
@@ -81,7 +55,7 @@ class _GemmHeavy(nn.Module):
         self.project = nn.Conv2d(512, 256, 1, bias=False)
         self.fc = nn.Linear(256, 1024)
         self.head = nn.Linear(1024, 10)
-        _two_four_(self.expand, self.project, self.fc, self.head)
+        two_four_(self.expand, self.project, self.fc, self.head)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.project(torch.relu(self.expand(x)))
@@ -93,7 +67,7 @@ class _GemmHeavy(nn.Module):
 def test_torch_24_agrees_with_dense_fp16_and_reports_its_choices():
     model = _GemmHeavy().eval()
     backend = SemiStructuredBackend(model, batch_sizes=(1, 8))
-    x = _batch(8, model.input_shape)
+    x = random_batch(8, model.input_shape)
 
     assert backend.agreement.ok
     assert compare_outputs(backend.run(x), backend.dense.run(x), "fp16").ok
@@ -126,7 +100,7 @@ def test_torch_24_searches_cusparselt_algorithms_at_its_batch_sizes():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(1024, 2048), nn.ReLU(), nn.Linear(2048, 1024)).eval()
     model.input_shape = (1024,)
-    _two_four_(model[0], model[2])
+    two_four_(model[0], model[2])
 
     backend = SemiStructuredBackend(model, batch_sizes=(64, 512))
 
@@ -185,7 +159,7 @@ def test_cutlass_has_no_algorithm_search_and_unknown_libraries_are_refused():
     assert not search.available and "CUTLASS" in search.reason
     with pytest.raises(CompressorError, match="unknown semi-structured backend") as error:
         cusparselt_algorithm_search("cublas")
-    _one_line(error)
+    one_line(error)
 
 
 @pytest.fixture(scope="module")

@@ -9,29 +9,10 @@ import pytest
 import torch
 
 from compressor.counting import count_macs
-from compressor.methods import create_method
 from compressor.methods.bernoulli import BernoulliMethod
 from compressor.models import create_model
-from shared import macs_latency_table, single_torch_thread
-
-SHAPE = (3, 8, 8)
-EPSILON = 0.1
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with single_torch_thread():
-        yield
-
-
-def prepared(name: str, target: float | None = None, input_shape=None, **options):
-    torch.manual_seed(0)
-    model = create_model(name)
-    if input_shape is not None:
-        model.input_shape = input_shape
-    method = create_method("bernoulli", target, "structured", **options)
-    method.prepare(model, None)
-    return model, method
+from shared import macs_latency_table
+from structured_methods import EPSILON, SHAPE, prepared
 
 
 # ===================================================================================== the budget controller
@@ -123,7 +104,6 @@ def test_the_controller_refuses_a_death_past_the_target_and_grows_rho_below_it()
     assert record["macs_trained"] == count_macs(create_model("resnet20"), (3, 32, 32))
     # one hidden channel of a stage-1 block: one of conv1's 16 filters and one of conv2's 16 input channels
     assert record["macs_alive"] == record["macs_trained"] - UNIT_MACS // 16
-
 
 
 def test_compress_meets_the_target_and_the_controller_stops_pruning(tmp_path, monkeypatch):

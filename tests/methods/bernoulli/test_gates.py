@@ -17,19 +17,8 @@ from compressor.models.resnet_cifar import basic_unit
 from compressor.passes.analysis.groups import analyse_channels
 from compressor.passes.gates import dense_unit_readers
 from compressor.passes.remove_dead_skip_units import RemoveDeadSkipUnitsPass
-from shared import randomize_batchnorm_, single_torch_thread
-
-SHAPE = (3, 8, 8)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with single_torch_thread():
-        yield
-
-
-def generator(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+from shared import randomize_batchnorm_
+from structured_methods import SHAPE, generator
 
 
 # ============================================================================================ the gates

@@ -19,33 +19,10 @@ from compressor.models import create_model
 from compressor.modules import copy_model
 from compressor.passes.pipeline import compile_model
 from compressor.training import TrainConfig, train
-from shared import single_torch_thread
-
-SHAPE = (3, 8, 8)
-EPSILON = 0.1
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with single_torch_thread():
-        yield
-
-
-def generator(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+from structured_methods import EPSILON, SHAPE, generator, prepared, set_random_probabilities
 
 
 # ========================================================================================== the regulariser
-
-
-def prepared(name: str, target: float | None = None, input_shape=None, **options):
-    torch.manual_seed(0)
-    model = create_model(name)
-    if input_shape is not None:
-        model.input_shape = input_shape
-    method = create_method("bernoulli", target, "structured", **options)
-    method.prepare(model, None)
-    return model, method
 
 
 @pytest.mark.parametrize("name, blocks, rho, kappa, nu", [
@@ -58,13 +35,6 @@ def test_regulariser_at_all_ones_is_rho_l_one_plus_nu(name, blocks, rho, kappa, 
     assert method.blocks == blocks
     assert float(method.regulariser(model, rho).detach()) == pytest.approx(rho * blocks * (1 + nu), rel=1e-6)
     assert float(method.extra_loss(model).detach()) == pytest.approx(rho * blocks * (1 + nu), rel=1e-6)
-
-
-def set_random_probabilities(method, model, seed: int, low: float = 0.2, high: float = 0.9) -> None:
-    g = generator(seed)
-    with torch.no_grad():
-        for _, gate in method.gates(model):
-            gate.probability.copy_(torch.rand(gate.probability.shape, generator=g) * (high - low) + low)
 
 
 def test_regulariser_gradient_matches_finite_differences():

@@ -17,35 +17,9 @@ from compressor.modules import copy_model
 from compressor.passes.analysis.groups import analyse_channels
 from compressor.passes.gates import dense_unit_readers
 from compressor.training import plain_parameter_name
-from shared import randomize_batchnorm_, single_torch_thread
+from shared import randomize_batchnorm_
+from structured_methods import generator, prepared, set_random_probabilities
 from user_models import build
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with single_torch_thread():
-        yield
-
-
-def generator(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def prepared(name: str, target: float | None = None, input_shape=None, **options):
-    torch.manual_seed(0)
-    model = create_model(name)
-    if input_shape is not None:
-        model.input_shape = input_shape
-    method = create_method("bernoulli", target, "structured", **options)
-    method.prepare(model, None)
-    return model, method
-
-
-def set_random_probabilities(method, model, seed: int, low: float = 0.2, high: float = 0.9) -> None:
-    g = generator(seed)
-    with torch.no_grad():
-        for _, gate in method.gates(model):
-            gate.probability.copy_(torch.rand(gate.probability.shape, generator=g) * (high - low) + low)
 
 
 # ========================================================================================= physical removal

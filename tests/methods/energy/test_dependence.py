@@ -7,24 +7,10 @@ from __future__ import annotations
 import dcor
 import pytest
 import torch
-import torch.nn as nn
 
 from compressor.methods.energy.dependence import (_capture, class_distances, dependence, energy_distance,
                                                   unit_dependences, unit_output_module)
-from compressor.models import create_model
-from shared import randomize_batchnorm_, single_torch_thread
-
-SHAPE = (3, 8, 8)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with single_torch_thread():
-        yield
-
-
-def generator(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+from structured_methods import SHAPE, generator, zoo_model
 
 
 # ============================================================================================ energy distance
@@ -106,13 +92,6 @@ def test_a_class_without_samples_is_left_out_and_one_class_has_no_dependence():
     with_empty = dependence(*class_distances(features, labels, 5))
     assert with_empty == pytest.approx(dependence(*class_distances(features, labels, 3)), rel=1e-12)
     assert dependence(*class_distances(features[:10], labels[:10], 3)) == 0.0
-
-
-def zoo_model(name: str, shape=SHAPE) -> nn.Module:
-    torch.manual_seed(0)
-    model = create_model(name)
-    model.input_shape = shape
-    return randomize_batchnorm_(model).eval()
 
 
 def test_the_captured_output_of_a_unit_is_its_branch_output_flattened():

@@ -33,19 +33,8 @@ from compressor.passes.gates import dense_unit_readers, last_layer
 from compressor.report import Report
 from compressor.runtime.latency_model import LatencyModel
 from compressor.training import TrainConfig
-from shared import macs_latency_table, randomize_batchnorm_, single_torch_thread
-
-SHAPE = (3, 8, 8)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with single_torch_thread():
-        yield
-
-
-def generator(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+from shared import macs_latency_table, randomize_batchnorm_
+from structured_methods import SHAPE, generator, zoo_model
 
 
 def test_stratified_samples_keep_every_class_share():
@@ -119,13 +108,6 @@ def test_the_baselines_remove_as_many_units_and_rank_the_lowest_scores():
 
 
 # ================================================================================== removal of one skip-unit
-
-
-def zoo_model(name: str, shape=SHAPE) -> nn.Module:
-    torch.manual_seed(0)
-    model = create_model(name)
-    model.input_shape = shape
-    return randomize_batchnorm_(model).eval()
 
 
 def without(model: nn.Module, names: list[str]) -> nn.Module:

@@ -13,14 +13,7 @@ from compressor.modules import copy_model
 from compressor.passes.analysis.counts import CountPredictor, predict_counts
 from compressor.passes.analysis.groups import channel_groups, realizable
 from compressor.passes.gates import gate_group
-
-
-def groups_of(model: nn.Module):
-    return channel_groups(model, model.input_shape)
-
-
-def group_rooted_at(groups, root: str):
-    return next(group for group in groups if group.root == root)
+from group_lookups import group_rooted_at, groups_of
 
 
 # ------------------------------------------------------------------------------------------------ zoo-wide facts

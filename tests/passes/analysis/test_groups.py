@@ -13,18 +13,7 @@ from compressor.models.units import PadShortcut
 from compressor.passes.analysis.groups import analyse_channels, channel_groups, realizable
 from compressor.passes.analysis.importance import dead_channels
 from compressor.passes.gates import gate_group
-
-
-def groups_of(model: nn.Module):
-    return channel_groups(model, model.input_shape)
-
-
-def group_rooted_at(groups, root: str):
-    return next(group for group in groups if group.root == root)
-
-
-def member_named(group, name: str, produces: bool | None = None):
-    return next(m for m in group.members if m.name == name and (produces is None or m.produces is produces))
+from group_lookups import group_rooted_at, groups_of, member_named
 
 
 def pad_shortcut_members(groups):

@@ -9,18 +9,7 @@ import torch.nn as nn
 from compressor.models import create_model
 from compressor.passes.analysis.groups import channel_groups
 from compressor.passes.analysis.importance import dead_channels, reader_importance
-
-
-def groups_of(model: nn.Module):
-    return channel_groups(model, model.input_shape)
-
-
-def group_rooted_at(groups, root: str):
-    return next(group for group in groups if group.root == root)
-
-
-def member_named(group, name: str, produces: bool | None = None):
-    return next(m for m in group.members if m.name == name and (produces is None or m.produces is produces))
+from group_lookups import group_rooted_at, groups_of, member_named
 
 
 # ------------------------------------------------------------------------------------------------ dead channels

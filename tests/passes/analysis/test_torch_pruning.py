@@ -5,18 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn as nn
 
 from compressor.counting import count_layer_macs
 from compressor.models import create_model
 from compressor.models.units import PadShortcut
 from compressor.modules import copy_model
-from compressor.passes.analysis.groups import channel_groups
 from compressor.passes.analysis.torch_pruning import PadShortcutPruner, dependency_graph
-
-
-def groups_of(model: nn.Module):
-    return channel_groups(model, model.input_shape)
+from group_lookups import groups_of
 
 
 # ----------------------------------------------------------------------------------------------- dependency graph
