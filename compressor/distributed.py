@@ -108,12 +108,21 @@ def start(spec: str | torch.device | None) -> torch.device:
         device = torch.device("cuda", place.local_rank)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
+        # torch.distributed.nn binds the world group as a default argument when it is first imported, which
+        # DistributedDataParallel does. Imported after the group is joined, it would keep the group alive past
+        # `stop()`, and with it gloo's worker threads. A worker may still be freeing the tensors of the last
+        # collective when the caller has moved on; if the interpreter is shutting down by then, Python ends the
+        # thread inside a C++ destructor and the process aborts ("terminate called without an active
+        # exception"). Imported before the group exists, it binds none, and `stop()` ends the group.
+        import torch.distributed.nn  # noqa: F401
+
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return device
 
 
 def stop() -> None:
-    """Leave the process group, if this process joined one."""
+    """Leave the process group, if this process joined one: the group is destroyed here, its worker threads
+    joined while the interpreter is whole (see `start`)."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 

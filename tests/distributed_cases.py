@@ -2,7 +2,8 @@
 
 `torchrun ... distributed_cases.py CASE[,CASE...] FOLDER` joins the group on the CPU (gloo) and runs the cases in
 turn; in each, every process writes what the test compares into FOLDER/CASE, named by its rank. Cases share a
-launch where they can: starting two processes costs more than most cases.
+launch where they can: starting two processes costs more than most cases. After leaving the group, every process
+writes into FOLDER/threads how many of its threads were gloo's before and after (see `gloo_threads`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch
 from torch import nn
 
 from compressor.data import load_data
-from compressor.distributed import check_replicas_agree, group, start, stop
+from compressor.distributed import check_replicas_agree, group, launched, start, stop
 from compressor.errors import CompressorError, VerificationError
 from compressor.methods import create_method
 from compressor.models import create_model
@@ -117,6 +118,22 @@ CASES = {
     "diverging": diverging_case,
 }
 
+
+def gloo_threads() -> int | None:
+    """How many of this process's threads are gloo's (its worker and network threads, named so by torch and
+    gloo), or None where the system does not list a process's threads by name."""
+    tasks = Path("/proc/self/task")
+    if not tasks.is_dir():
+        return None
+    names = []
+    for task in tasks.iterdir():
+        try:
+            names.append((task / "comm").read_text())
+        except OSError:  # the thread ended since the folder was listed
+            pass
+    return sum("gloo" in name for name in names)
+
+
 if __name__ == "__main__":
     cases, out = sys.argv[1].split(","), Path(sys.argv[2])
     start("cpu")
@@ -124,5 +141,8 @@ if __name__ == "__main__":
         for case in cases:
             (out / case).mkdir(parents=True, exist_ok=True)
             CASES[case](out / case)
+        joined = gloo_threads()
     finally:
         stop()
+    (out / "threads").mkdir(exist_ok=True)
+    (out / "threads" / f"rank{launched().rank}.txt").write_text(f"{joined} {gloo_threads()}")

@@ -212,6 +212,23 @@ class ReopensLogNet(nn.Module):
         self.log = open(os.devnull, "w")
 
 
+def interrupted_compress(monkeypatch, method_class, epoch, *args, **kwargs):
+    """Run `compress` and stop it like Ctrl-C right after `epoch` has been trained (and its state saved)."""
+    from compressor.api import compress
+
+    original = method_class.after_epoch
+
+    def interrupt(self, model, finished):
+        original(self, model, finished)
+        if finished == epoch:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(method_class, "after_epoch", interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            compress(*args, **kwargs)
+
+
 def random_data(shape: Sequence[int], samples: int = 48, batch_size: int = 16):
     """A DataBundle of seeded random images and labels of 10 classes, shuffled reproducibly, for method tests that
     need data of the model's shape but not real data."""

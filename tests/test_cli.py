@@ -1,11 +1,14 @@
-"""The `compress` command: verbs work, and every bad input is one line on stderr, exit code 2, nothing written."""
+"""The `compress` command: verbs work, and every bad input is one line on stderr, exit code 2, nothing written.
+
+Whole runs that check that flags reach a method, and a run of the installed console script, are in
+tests/e2e/test_cli_runs.py.
+"""
 
 import json
 import math
 import pickle
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +18,7 @@ from compressor.cli import main
 from compressor.errors import quoted
 from compressor.models import create_model, list_models
 from compressor.runtime.trt_backend import tensorrt_unavailable
-from shared import assert_onnx_matches_torch, set_values_
+from shared import set_values_
 
 
 class Evil:
@@ -56,17 +59,6 @@ def test_help_explains_options_with_examples(capsys):
                    "--trust-model", "--input-shape", "--seed", "--resume"):
         assert option in out
     assert "e.g." in out and "compress train" in out
-
-
-def test_budget_flags_reach_the_method(tmp_path, capsys):
-    checkpoint = tmp_path / "lenet5.pt"
-    assert run(["train", "lenet5", "--epochs", "1", "-o", checkpoint, "--no-progress"], capsys)[0] == 0
-    code, out, err = run([checkpoint, "--method", "budget", "--target", "80%", "--budget-loss", "hinge",
-                          "--flops-target", "60%", "--option", "lambda_flops=5", "--epochs", "2", "--out",
-                          tmp_path / "o", "--no-progress"], capsys)
-    assert code == 0, err
-    config = json.loads((tmp_path / "o" / "report.json").read_text())["method_config"]
-    assert (config["loss"], config["flops_target"], config["lambda_flops"]) == ("hinge", 0.6, 5.0)
 
 
 def test_train_then_compress_then_bench(tmp_path, capsys):
@@ -264,36 +256,6 @@ def test_deploy_writes_a_bundle_that_verifies(bad_inputs, tmp_path, capsys):
     check = subprocess.run([sys.executable, bundle / "verify.py", "--backend", "onnxruntime"], capture_output=True,
                            text=True, timeout=120)
     assert check.returncode == 0 and check.stdout.startswith("manifest:") and "PASS" in check.stdout
-
-
-def test_structured_flags_reach_the_method(tmp_path, capsys):
-    checkpoint = tmp_path / "lenet5.pt"
-    assert run(["train", "lenet5", "--epochs", "1", "-o", checkpoint, "--no-progress"], capsys)[0] == 0
-    code, out, err = run([checkpoint, "--method", "channel", "--target", "40%", "--channel-scope", "uniform",
-                          "--target-params", "30%", "--round-to", "16", "--latency-checks", "2", "--epochs", "1",
-                          "--out", tmp_path / "o", "--no-progress"], capsys)
-    assert code == 0, err
-    assert "channels.png" in out
-    saved = json.loads((tmp_path / "o" / "report.json").read_text())
-    assert saved["method_config"] == {"scope": "uniform", "target_params": 0.3, "round_to": 16, "target_latency": None,
-                                      "latency_backend": None, "latency_cache": None, "latency_checks": 2}
-    assert saved["structure"]["macs_removed"] >= 0.4 and saved["structure"]["params_removed"] >= 0.3
-
-
-def test_a_model_only_cloudpickle_can_write_runs_through_the_command(tmp_path):
-    from shared import write_cloudpickled_lambda_model
-
-    from compressor.loading import load_model
-
-    source = write_cloudpickled_lambda_model(tmp_path / "lambda.pt")
-    command = Path(sys.executable).with_name("compress")
-    result = subprocess.run([command, source, "--target", "50%", "--epochs", "1", "--trust-model", "--input-shape",
-                             "1,8,8", "--out", tmp_path / "o", "--no-progress"],
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    assert "Traceback" not in result.stderr
-    model = load_model(tmp_path / "o" / "model.pt", trust=True)
-    assert_onnx_matches_torch(model, tmp_path / "o" / "model.onnx")
 
 
 def test_a_model_that_cannot_be_saved_is_refused_up_front(tmp_path, capsys, monkeypatch):
