@@ -155,13 +155,6 @@ def test_copy_model_works_on_a_masked_model_after_a_forward_with_grad(snapshot, 
     assert torch.equal(model(x), reference)
 
 
-def test_copy_model_of_a_plain_model_is_a_deep_copy():
-    model = nn.Linear(4, 2)
-    copied = copy_model(model)
-    assert copied is not model and copied.weight is not model.weight
-    assert torch.equal(copied.weight, model.weight)
-
-
 def test_pass_modules_import_first():
     """Each pass module must import in a fresh interpreter on its own (as a user script or plugin would)."""
     script = """
