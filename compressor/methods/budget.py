@@ -234,15 +234,16 @@ class BudgetMethod(Method):
 
     def _initial_sparsity(self) -> float:
         if self.config.loss in FIXED_LOSSES:
-            return self._uniform_sparsity()
+            return self.uniform_sparsity()
         start = self.target if self.target is not None else 0.5
         return self.config.init_fraction * start
 
-    def _uniform_sparsity(self) -> float:
+    def uniform_sparsity(self) -> float:
         """The one per-layer sparsity that makes the counted global sparsity equal the target."""
         return self.target / float(self.param_shares.sum())
 
-    def _thresholds(self) -> list[AdaptiveThreshold]:
+    def thresholds(self) -> list[AdaptiveThreshold]:
+        """The adaptive threshold of every pruned layer, in the order of `layers`."""
         return [layer.parametrizations.weight[0] for layer in self.layers.values()]
 
     # --- training hooks -----------------------------------------------------------------------------------
@@ -256,7 +257,7 @@ class BudgetMethod(Method):
             self._correct_and_freeze()
 
     def param_groups(self, model: nn.Module) -> list[dict] | None:
-        ratios = [t.ratio for t in self._thresholds()]
+        ratios = [t.ratio for t in self.thresholds()]
         ratio_ids = {id(r) for r in ratios}
         weights = [p for p in model.parameters() if p.requires_grad and id(p) not in ratio_ids]
         groups = [{"params": weights}]
@@ -267,7 +268,7 @@ class BudgetMethod(Method):
     def extra_loss(self, model: nn.Module) -> torch.Tensor | None:
         if self.frozen or self.config.loss in FIXED_LOSSES:
             return None
-        ratios = torch.stack([t.ratio for t in self._thresholds()])
+        ratios = torch.stack([t.ratio for t in self.thresholds()])
         return self.budget_loss(erf_sparsity(ratios))
 
     def budget_loss(self, sparsity: torch.Tensor) -> torch.Tensor:
@@ -292,7 +293,7 @@ class BudgetMethod(Method):
             self._set_exact_bounds()
             return
         with torch.no_grad():
-            for threshold in self._thresholds():
+            for threshold in self.thresholds():
                 threshold.ratio.clamp_(MIN_RATIO, self.config.max_ratio)
 
     def after_epoch(self, model: nn.Module, epoch: int) -> None:
@@ -307,7 +308,7 @@ class BudgetMethod(Method):
         self.predicted = dict(state["predicted"])
         if self.frozen:
             # The model's state restores the masks, not which parameters train.
-            for threshold in self._thresholds():
+            for threshold in self.thresholds():
                 threshold.ratio.requires_grad_(False)
 
     # --- finishing ------------------------------------------------------------------------------------------
@@ -325,9 +326,9 @@ class BudgetMethod(Method):
 
         The paper finds it by binary search on b; the k-th smallest magnitude is that search's exact answer.
         """
-        sparsity = self._uniform_sparsity()
+        sparsity = self.uniform_sparsity()
         with torch.no_grad():
-            for layer, threshold in zip(self.layers.values(), self._thresholds()):
+            for layer, threshold in zip(self.layers.values(), self.thresholds()):
                 weight = layer.parametrizations.weight.original
                 magnitudes = weight.abs().flatten()
                 count = round(sparsity * magnitudes.numel())
@@ -345,7 +346,7 @@ class BudgetMethod(Method):
         """Scale all learned bounds by one factor until the counted sparsity equals the target, then freeze."""
         with torch.no_grad():
             weights = [layer.parametrizations.weight.original.detach() for layer in self.layers.values()]
-            thresholds = self._thresholds()
+            thresholds = self.thresholds()
             bounds = [t.bound(w) for t, w in zip(thresholds, weights)]
             self.predicted = {name: float(erf_sparsity(t.ratio)) for name, t in zip(self.layers, thresholds)}
             scale = self._correction_scale(weights, bounds)

@@ -400,6 +400,11 @@ class SwitcherMethod(Method):
         # only.
         return {**self.settings(), "gated": self.gated}
 
+    @property
+    def switchers(self) -> list[nn.Parameter]:
+        """The switcher networks' parameters (the task network's are the model's others)."""
+        return list(self._switchers)
+
     # --- fit, top-up and finalize ---------------------------------------------------------------------------
 
     def fit(self, model: nn.Module, data: DataBundle, config: TrainConfig, **loop: Any) -> TrainResult:

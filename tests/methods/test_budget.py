@@ -31,7 +31,7 @@ def unequal_model():
 
 def optimise_budget_only(method, steps=2000, lr=0.05):
     """Gradient descent on the budget term alone, as if the task loss were indifferent."""
-    ratios = [t.ratio for t in method._thresholds()]
+    ratios = [t.ratio for t in method.thresholds()]
     optimizer = torch.optim.SGD(ratios, lr=lr)
     for _ in range(steps):
         optimizer.zero_grad()
@@ -43,7 +43,7 @@ def optimise_budget_only(method, steps=2000, lr=0.05):
 
 def set_sparsities(method, values):
     with torch.no_grad():
-        for threshold, value in zip(method._thresholds(), values):
+        for threshold, value in zip(method.thresholds(), values):
             threshold.ratio.fill_(ratio_for_sparsity(value))
 
 
@@ -82,7 +82,7 @@ def test_budget_term_gradient_matches_finite_differences(loss, flops):
     method = create_method("budget", 0.7 if loss != "unconstrained" else None, loss=loss, flops_target=flops)
     method.prepare(create_model("lenet5"), no_data())
     set_sparsities(method, [0.2, 0.5, 0.3])
-    ratios = torch.stack([t.ratio for t in method._thresholds()]).detach().double().requires_grad_()
+    ratios = torch.stack([t.ratio for t in method.thresholds()]).detach().double().requires_grad_()
     method.param_shares, method.mac_shares = method.param_shares.double(), method.mac_shares.double()
 
     def value(r):
@@ -102,7 +102,7 @@ def test_fixed_bs_hits_each_layer_exactly_and_keeps_it_after_steps():
     method = create_method("budget", 0.8, loss="fixed-bs")
     method.prepare(model, no_data())
     method.on_train_begin(model, TrainConfig(epochs=3))
-    uniform = method._uniform_sparsity()
+    uniform = method.uniform_sparsity()
     optimizer = torch.optim.SGD(method.param_groups(model)[0]["params"], lr=0.1)
     for step in range(3):
         for row in layer_sparsity(model):
@@ -173,7 +173,7 @@ def test_one_training_step_and_exact_correction_on_every_zoo_model(name):
     optimizer = torch.optim.SGD(method.param_groups(model), lr=0.01, momentum=0.9)
     loss = F.cross_entropy(model(torch.randn(2, *model.input_shape)), torch.tensor([0, 1]))
     (loss + method.extra_loss(model)).backward()
-    assert all(t.ratio.grad is not None for t in method._thresholds())
+    assert all(t.ratio.grad is not None for t in method.thresholds())
     optimizer.step()
     method.after_step(model, 1)
     method.finalize(model.eval())
@@ -228,7 +228,7 @@ def test_unreachable_target_and_unusable_thresholds_fail_cleanly():
     method = create_method("budget", 0.85)
     method.prepare(model, no_data())
     with torch.no_grad():
-        for threshold in method._thresholds():
+        for threshold in method.thresholds():
             threshold.ratio.fill_(float("nan"))
     with pytest.raises(CompressorError, match="unusable"):
         method.finalize(model)

@@ -100,7 +100,7 @@ class Recording:
         def after_epoch(model, epoch):
             original(model, epoch)
             self.task.append({k: v.clone() for k, v in model.state_dict().items() if ".switcher." not in k})
-            self.switchers.append([p.detach().clone() for p in method._switchers])
+            self.switchers.append([p.detach().clone() for p in method.switchers])
 
         method.after_epoch = after_epoch
 
@@ -109,7 +109,7 @@ def test_alternating_epochs_leave_the_frozen_network_bit_identical():
     model, method = switched(mlp_with_batchnorm())
     data = random_data(model.input_shape)
     before_task = {k: v.clone() for k, v in model.state_dict().items() if ".switcher." not in k}
-    before_switchers = [p.detach().clone() for p in method._switchers]
+    before_switchers = [p.detach().clone() for p in method.switchers]
     record = Recording(method, model)
     # Weight decay and momentum on both sides: a frozen parameter must still not move.
     train(model, data.train, data.test, TrainConfig(epochs=3, lr=0.05, weight_decay=5e-4), hooks=method, progress=False)
