@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import onnx
 import torch
 import torch.nn as nn
@@ -47,8 +46,8 @@ from compressor.report import CompressedStats, DenseStats, LatencyStats, OnnxSta
 from compressor.runtime.bench import BenchResult, time_onnx_pair
 from compressor.runtime.bench import benchmark as run_benchmark
 from compressor.runtime.ort_backend import OrtBackend
-from compressor.training import (DEFAULT_WEIGHT_DECAY, TrainConfig, check_config, check_resume_settings, default_lr,
-                                 evaluate, train)
+from compressor.training import (DEFAULT_WEIGHT_DECAY, TrainConfig, TrainResult, check_config, check_resume_settings,
+                                 default_lr, evaluate, train)
 from compressor.verify import verify_onnx
 
 logger = logging.getLogger(__name__)

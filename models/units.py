@@ -109,7 +109,7 @@ class PadShortcut(nn.Module):
 class DenseUnit(nn.Module):
     """DenseNet unit: concatenates `new_features(x)` after its input `x` along the channels.
 
-    A unit gate on a dense unit scales its features as every later layer reads them (see compressor.gates);
+    A unit gate on a dense unit scales its features as every later layer reads them (see compressor.passes.gates);
     `gate` holds it so that methods and passes find it on the unit.
     """
 

@@ -66,10 +66,6 @@ class Pass(ABC):
         return result
 
 
-
-
-
-
 FP32_TOLERANCE = 1e-5
 _PROBE_SEED = 0
 

@@ -1,10 +1,10 @@
 """Channel pruning by filter L1 norm (Li et al. 2017), the structured baseline Torch-Pruning users know.
 
-Every group of coupled channels (compressor.passes.coupling: a convolution's filters with their BatchNorm, readers and,
-across residual adds, every tensor joined by the add) is scored per channel by the L1 norm of the filters that
-produce it, summed over the group's producing Conv/Linear layers. `scope="global"` ranks all channels of all
-groups together on scores divided by their group's mean (so wide and narrow layers compete fairly), and
-`scope="uniform"` removes the same fraction from every group. Channels are gated off, lowest score first,
+Every group of coupled channels (compressor.passes.analysis.groups: a convolution's filters with their BatchNorm,
+readers and, across residual adds, every tensor joined by the add) is scored per channel by the L1 norm of the
+filters that produce it, summed over the group's producing Conv/Linear layers. `scope="global"` ranks all
+channels of all groups together on scores divided by their group's mean (so wide and narrow layers compete
+fairly), and `scope="uniform"` removes the same fraction from every group. Channels are gated off, lowest score first,
 until the predicted MACs removed reach `--target` (and the parameters removed reach `--target-params`, when
 given); every group keeps at least one channel, and each group's width stays a multiple of `--round-to`
 (8 unless told otherwise; 1 turns rounding off). With `--target-latency` the channels go instead by the least

@@ -7,7 +7,7 @@ the backward passes ∂loss/∂m to p unchanged (the straight-through estimate o
 structure on and off). The path is computed even where s = 0, so that gradient exists. In eval mode the gate
 is its expected value, p. A dead structure's probability is 0: it samples 0 and gets no gradient.
 
-- `BernoulliUnitGate` is a `UnitGate` (compressor.gates): a residual unit's branch is scaled per example; a dense
+- `BernoulliUnitGate` is a `UnitGate` (compressor.passes.gates): a residual unit's branch is scaled per example; a dense
   unit's features are gated where its readers normalise them (their BatchNorm parameters, shared by the
   batch), so a dense unit draws one sample per batch. FoldGates and RemoveDeadSkipUnits read its eval value
   like any unit gate.

@@ -8,7 +8,7 @@ them per example and minimises, beside the task loss,
     ρ · [κ·L·E[MACs]/MACs₀ + (1−κ)·L·E[params]/params₀ + ν·Σθ]
 
 where the expectations are exact functions of (θ, π) read off the compiler's own per-layer counts
-(`compressor.passes.expected_counts`), L is the number of skip-units (of gated layers without them), and
+(`compressor.passes.analysis.expected_counts`), L is the number of skip-units (of gated layers without them), and
 MACs₀, params₀ are the dense model's. θ and π train with Adam at a constant rate, without weight decay,
 are projected onto [0, 1] after every step, and a structure whose probability falls below ε is dead for good:
 it samples 0 from then on. At the end of every epoch the dead structures are removed physically, by the
