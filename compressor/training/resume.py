@@ -74,11 +74,13 @@ def _save_state(
     atomic_torch_save(state, path)
 
 
-def _load_state(path: str | os.PathLike, device: torch.device) -> dict | None:
+def _load_state(path: str | os.PathLike, device: torch.device, mmap: bool = False) -> dict | None:
+    """The state at `path` (None when there is none); with `mmap`, its tensors are mapped from the file, not read,
+    for a caller that needs only the settings beside them."""
     if not Path(path).exists():
         return None
     try:
-        state = torch.load(path, map_location=device, weights_only=True)
+        state = torch.load(path, map_location=device, weights_only=True, mmap=mmap)
     except OSError as error:
         raise cannot_read("training state", path, error) from None
     except Exception:  # a damaged file surfaces as whatever the zip/pickle readers hit first
@@ -130,7 +132,8 @@ def check_resume_settings(path: str | os.PathLike, config: TrainConfig, hooks_fi
     the batches per epoch, the number of processes) `train` checks when it resumes. A damaged state, or one written
     by another version, is refused here as `train` would refuse it.
     """
-    state = _load_state(path, torch.device("cpu"))
+    # Mapped, not read: the weights and optimizer state the loop will load are not needed for the settings.
+    state = _load_state(path, torch.device("cpu"), mmap=True)
     if state is None:
         return
     compared = dataclasses.replace(config, **{name: state["config"].get(name) for name in unchecked})
